@@ -1,0 +1,3 @@
+import sys
+from kindling.cli import main
+sys.exit(main())
