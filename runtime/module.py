@@ -77,6 +77,15 @@ class Module:
             buf = self._scratch[key] = np.empty(shape, dtype)
         return buf
 
+    def _buffer_like(self, key: str, x: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """Like ``_buffer`` but with ``x``'s memory order, so elementwise work on an NCHW view
+        of NHWC memory (what Conv2d returns) stays a straight pass with no transpose."""
+        buf = self._scratch.get(key)
+        if (buf is None or buf.shape != x.shape or buf.dtype != dtype
+                or np.argsort(buf.strides).tolist() != np.argsort(x.strides).tolist()):
+            buf = self._scratch[key] = np.empty_like(x, dtype=dtype, order="K")
+        return buf
+
     # ---- structure ---------------------------------------------------------------------
     def children(self) -> list["Module"]:
         return []
