@@ -8,6 +8,7 @@ os.environ.setdefault("KINDLING_NUM_THREADS", "2")
 
 @pytest.fixture(scope="session")
 def torch():
-    torch = pytest.importorskip("torch")
+    import torch  # a test dependency: its absence is a failure, not a skip
     torch.set_num_threads(2)
+    torch.manual_seed(0)
     return torch
