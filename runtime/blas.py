@@ -5,7 +5,9 @@ GFLOP/s where numpy's OpenBLAS reached 125-184 on the same shapes. So the backen
 short calibration (about half a second) the first time it is needed on a machine, timing both
 on convolution-like shapes; the result is cached in ``~/.cache/kindling/blas.json`` keyed by the
 CPU model and library versions. ``KINDLING_BLAS=mkl|openblas`` forces a choice, and
-``KINDLING_NUM_THREADS`` sets the thread count (default: the cores this process may use).
+``KINDLING_NUM_THREADS`` sets the thread count (default: the cores this process may use); while
+other processes keep cores busy the count drops to the cores left free (``LoadMonitor``;
+``KINDLING_ADAPTIVE_THREADS=0`` turns that off).
 
 Only the chosen library runs threads: the other is held at one thread so that the two pools
 never oversubscribe the cores.
@@ -210,21 +212,76 @@ def _choose() -> Choice:
 
 
 _active: Choice | None = None
-_others: list = []
+
+
+class LoadMonitor:
+    """Shrinks the thread count while other processes keep cores busy, and grows it back.
+
+    BLAS pools spin while they wait for their slowest thread; when a neighbour holds a core, a
+    2-thread GEMM then runs at a fraction of 1-thread speed (PyTorch fell to 1/7 here). Every
+    half second this reads /proc/stat (all CPU time) and /proc/self/stat (ours); what is busy and
+    not ours is the neighbours' share, and the threads are set to the cores left over.
+    """
+    INTERVAL = 0.5
+
+    def __init__(self, max_threads: int):
+        self.max_threads = max_threads
+        self.threads = max_threads
+        self._last = None
+        self._next = 0.0
+
+    @staticmethod
+    def _sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        with open("/proc/self/stat") as f:
+            stat = f.read().rsplit(")", 1)[1].split()
+        ours = int(stat[11]) + int(stat[12])  # utime + stime, clock ticks
+        return time.monotonic(), sum(fields) - idle, ours
+
+    def poll(self) -> int | None:
+        """The thread count to switch to, or None to keep the current one."""
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + self.INTERVAL
+        try:
+            sample = self._sample()
+        except (OSError, ValueError, IndexError):
+            return None
+        last, self._last = self._last, sample
+        if last is None:
+            return None
+        ticks = os.sysconf("SC_CLK_TCK") * (sample[0] - last[0])
+        others = max(0.0, (sample[1] - last[1]) - (sample[2] - last[2])) / max(ticks, 1e-9)
+        wanted = max(1, min(self.max_threads, round(self.max_threads - others)))
+        if wanted != self.threads:
+            self.threads = wanted
+            return wanted
+        return None
+
+
+_monitor: LoadMonitor | None = None
 
 
 def backend() -> Choice:
     """The chosen backend (calibrating on first use), with its thread pool configured."""
-    global _active
+    global _active, _monitor
     if _active is None:
         _active = _choose()
         set_threads(default_threads())
+        if os.environ.get("KINDLING_ADAPTIVE_THREADS", "1") != "0" and os.path.exists("/proc/stat"):
+            _monitor = LoadMonitor(default_threads())
     return _active
 
 
 def set_threads(n: int) -> None:
-    """Runs the active backend on ``n`` threads and every other BLAS pool on one."""
+    """Runs the active backend on ``n`` threads and every other BLAS pool on one; ``n`` also
+    becomes the ceiling the load monitor may go back up to."""
     active = backend().backend
+    if _monitor is not None:
+        _monitor.max_threads = _monitor.threads = n
     for name, cls in BACKENDS.items():
         if name == active.name:
             continue
@@ -237,10 +294,16 @@ def set_threads(n: int) -> None:
 
 def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``a @ b`` for 2-D float32 arrays (transposed views are passed to BLAS without a copy)."""
-    return backend().backend.gemm(a, b, out)
+    chosen = backend().backend
+    if _monitor is not None:
+        n = _monitor.poll()
+        if n is not None:
+            chosen.set_threads(n)
+    return chosen.gemm(a, b, out)
 
 
 def describe() -> dict:
     c = backend()
     return {"backend": c.backend.name, "version": c.backend.version, "threads": c.backend.get_threads(),
-            "reason": c.reason, "calibration_gflops": c.gflops}
+            "max_threads": _monitor.max_threads if _monitor else c.backend.get_threads(),
+            "adaptive_threads": _monitor is not None, "reason": c.reason, "calibration_gflops": c.gflops}

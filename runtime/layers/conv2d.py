@@ -175,14 +175,34 @@ class Conv2d(Module):
             self._accumulate("weight", dw)
             if self.has_bias:
                 self._accumulate("bias", g2.sum(axis=0))
-        dcols = self._buffer("dcols", cols.shape)
-        if g == 1:
-            blas.gemm(g2, wm[0].T, dcols.reshape(m, -1))
-        else:
-            for gi in range(g):
-                dcols[:, gi] = blas.gemm(g2[:, gi * cog:(gi + 1) * cog], wm[gi].T).reshape(dcols[:, gi].shape)
-        win = dcols.reshape(n, oh, ow, g, *self.kernel_size, self.in_channels // g).transpose(0, 1, 2, 4, 5, 3, 6)
-        return self._col2im(win.reshape(n, oh, ow, *self.kernel_size, self.in_channels), n, h, w, oh, ow)
+        return self._input_grad(g2, wm, n, h, w, oh, ow)
+
+    def _input_grad(self, g2, wm, n, h, w, oh, ow) -> np.ndarray:
+        """col2im without the column matrix: for each kernel offset, one GEMM gives that offset's
+        (N*OH*OW, C) gradient slab, added into the input positions it came from with one strided
+        add. The slab is small enough to stay in cache, and each add runs over long contiguous rows."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        g, c, co = self.groups, self.in_channels, self.out_channels
+        cg, cog, m = c // g, co // g, n * oh * ow
+        dxp = self._buffer("dxpad", (n, h + 2 * ph, w + 2 * pw, c))
+        slab = self._buffer("dslab", (m, c))
+        if (kh, kw, sh, sw, ph, pw) != (1, 1, 1, 1, 0, 0):
+            dxp.fill(0)
+        for i in range(kh):
+            for j in range(kw):
+                k = i * kw + j
+                for gi in range(g):
+                    rows = wm[gi, k * cg:(k + 1) * cg].T
+                    if g == 1:
+                        blas.gemm(g2, rows, slab)
+                    else:
+                        slab[:, gi * cg:(gi + 1) * cg] = blas.gemm(g2[:, gi * cog:(gi + 1) * cog], rows)
+                target = dxp[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw, :]
+                if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+                    np.copyto(target, slab.reshape(n, oh, ow, c))
+                else:
+                    target += slab.reshape(n, oh, ow, c)
+        return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)
 
     def _cached_columns(self, x, n, oh, ow):
         """The columns from the forward pass: as in Torch and BigDL, backward follows the forward
@@ -196,22 +216,6 @@ class Conv2d(Module):
         if cols is None or cols.shape[0] != n * oh * ow:
             return self._columns(self._padded_nhwc(x), n, oh, ow)
         return cols
-
-    def _col2im(self, win: np.ndarray, n, h, w, oh, ow) -> np.ndarray:
-        """Sums every window's gradient back into the input positions it came from: one strided add
-        per kernel offset (kh*kw of them), never a per-element scatter."""
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        c = self.in_channels
-        dxp = self._buffer("dxpad", (n, h + 2 * ph, w + 2 * pw, c))
-        if kh == kw == 1 and (sh, sw) == (1, 1):
-            np.copyto(dxp, win[:, :, :, 0, 0, :])
-        else:
-            dxp.fill(0)
-            for i in range(kh):
-                for j in range(kw):
-                    dxp[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw, :] += \
-                        win[:, :, :, i, j, :]
-        return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)
 
     def _depthwise_backward(self, x, g2, n, h, w, oh, ow):
         c, mult = self.in_channels, self.out_channels // self.in_channels
@@ -228,8 +232,12 @@ class Conv2d(Module):
             self._accumulate("weight", dw.reshape(self.params["weight"].shape))
             if self.has_bias:
                 self._accumulate("bias", g2.sum(axis=0))
-        dwin = self._buffer("dwin", (n, oh, ow, kh, kw, c))
+        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
+        dxp = self._buffer("dxpad", (n, h + 2 * ph, w + 2 * pw, c))
+        dxp.fill(0)
+        slab = self._buffer("dslab", (n, oh, ow, c))
         for i in range(kh):
             for j in range(kw):
-                np.einsum("nhwcm,cm->nhwc", g5, wt[:, :, i, j], out=dwin[:, :, :, i, j, :])
-        return self._col2im(dwin, n, h, w, oh, ow)
+                np.einsum("nhwcm,cm->nhwc", g5, wt[:, :, i, j], out=slab)
+                dxp[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw, :] += slab
+        return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)

@@ -1,0 +1,206 @@
+"""Runtime speed against PyTorch, measured interleaved in one run on the same threads.
+
+    python benchmarks/runtime.py [--json out.json] [--contended] [--quick]
+
+For each workload and mode (inference; training = forward + backward + SGD step) it alternates a
+kindling batch and a PyTorch batch, so both see the same machine weather, and reports the median
+records/s of each and their ratio. With --contended the set is repeated while a neighbour process
+keeps one core busy. It also prints the GEMM efficiency of the largest VGG convolution, and RSS
+after 10 and after 200 training iterations (steady state must not grow).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _models  # noqa: E402
+
+from kindling.runtime import blas, nn  # noqa: E402
+from kindling.runtime.optim import SGD  # noqa: E402
+
+THREADS = int(os.environ.get("KINDLING_NUM_THREADS", "2"))
+TARGETS = {("lenet", "inference"): 1.0, ("lenet", "training"): 0.8, ("vgg_cnn", "inference"): 1.0,
+           ("vgg_cnn", "training"): 0.8, ("resnet18", "inference"): 0.8}
+WORKLOADS = {
+    # name: (builder, input shape without batch, batch, modes)
+    "lenet": (_models.lenet, (1, 28, 28), 64, ("inference", "training")),
+    "vgg_cnn": (_models.vgg_cnn, (3, 32, 32), 64, ("inference", "training")),
+    "resnet18": (_models.resnet18, (3, 224, 224), 8, ("inference",)),
+}
+
+
+def _kindling_step(model, mode, x, y, criterion, optim):
+    if mode == "inference":
+        return lambda: model.forward(x)
+
+    def step():
+        model.zero_grad()
+        out = model.forward(x)
+        criterion.forward(out, y)
+        model.backward(x, criterion.backward(out, y))
+        optim.update(model)
+    return step
+
+
+def _torch_step(torch, tmodel, mode, tx, ty, lr):
+    if mode == "inference":
+        def infer():
+            with torch.no_grad():
+                return tmodel(tx)
+        return infer
+    opt = torch.optim.SGD(tmodel.parameters(), lr=lr)
+    loss_fn = torch.nn.NLLLoss()
+
+    def step():
+        opt.zero_grad()
+        loss_fn(tmodel(tx), ty).backward()
+        opt.step()
+    return step
+
+
+def measure(name, mode, repeats, torch):
+    builder, shape, batch, _ = WORKLOADS[name]
+    rng = np.random.default_rng(0)
+    model = builder()
+    tmodel = _models.torch_twin(model)
+    training = mode == "training"
+    model.train(training)
+    tmodel.train(training)
+    x = rng.standard_normal((batch, *shape)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    k = _kindling_step(model, mode, x, y, nn.ClassNLLCriterion(), SGD(learningrate=0.01))
+    t = _torch_step(torch, tmodel, mode, torch.from_numpy(x), torch.from_numpy(y), 0.01)
+    for f in (k, t, k, t):  # warm up: buffers, caches, thread pools
+        f()
+    times = {"kindling": [], "torch": []}
+    for _ in range(repeats):
+        for who, f in (("kindling", k), ("torch", t)):
+            start = time.perf_counter()
+            f()
+            times[who].append(time.perf_counter() - start)
+    krps = batch / statistics.median(times["kindling"])
+    trps = batch / statistics.median(times["torch"])
+    return {"kindling_rps": round(krps, 1), "torch_rps": round(trps, 1), "ratio": round(krps / trps, 3),
+            "target": TARGETS.get((name, mode))}
+
+
+def gemm_efficiency(repeats=7):
+    """The largest convolution of the VGG-style CNN: the whole layer's forward and its GEMM call,
+    as GFLOP/s, against the backend's bare sgemm on the same matrix shape."""
+    conv = nn.Conv2d(64, 64, 3, padding=1)
+    x = np.random.default_rng(0).standard_normal((64, 64, 32, 32)).astype(np.float32)
+    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # as the previous conv hands it on
+    m, kdim, n = 64 * 32 * 32, 64 * 9, 64
+    flops = 2.0 * m * kdim * n
+    conv.forward(x)
+    cols = conv._scratch["cols"].reshape(m, kdim)
+    wm = conv._scratch["wmat"][0]
+    a = np.random.default_rng(1).standard_normal((m, kdim)).astype(np.float32)
+    b = np.random.default_rng(2).standard_normal((kdim, n)).astype(np.float32)
+    out = np.empty((m, n), np.float32)
+    res = {"layer": [], "gemm_in_layer": [], "bare_sgemm": []}
+    for _ in range(repeats):
+        for key, f in (("layer", lambda: conv.forward(x)), ("gemm_in_layer", lambda: blas.gemm(cols, wm, out)),
+                       ("bare_sgemm", lambda: blas.gemm(a, b, out))):
+            start = time.perf_counter()
+            f()
+            res[key].append(time.perf_counter() - start)
+    g = {k: round(flops / statistics.median(v) / 1e9, 1) for k, v in res.items()}
+    g["shape"] = f"{m}x{kdim}x{n}"
+    g["layer_vs_bare"] = round(g["layer"] / g["bare_sgemm"], 3)
+    g["gemm_vs_bare"] = round(g["gemm_in_layer"] / g["bare_sgemm"], 3)
+    return g
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def steady_state(iterations=200):
+    """RSS after iteration 10 and after the last: buffers are reused, so it must not grow."""
+    model = _models.vgg_cnn()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 64)
+    step = _kindling_step(model, "training", x, y, nn.ClassNLLCriterion(), SGD(learningrate=0.01))
+    rss = {}
+    for i in range(1, iterations + 1):
+        step()
+        if i in (10, iterations):
+            rss[i] = round(_rss_mb(), 1)
+    return {"rss_mb_after_10": rss[10], f"rss_mb_after_{iterations}": rss[iterations],
+            "growth_mb": round(rss[iterations] - rss[10], 1)}
+
+
+def _burn():
+    while True:
+        pass
+
+
+def run_set(torch, repeats, label):
+    results = {}
+    for name, (_, _, _, modes) in WORKLOADS.items():
+        for mode in modes:
+            r = measure(name, mode, repeats, torch)
+            results[f"{name}/{mode}"] = r
+            tgt = f" (target >= {r['target']})" if r["target"] else ""
+            print(f"[{label}] {name:9s} {mode:9s} kindling {r['kindling_rps']:8.1f} rec/s   torch {r['torch_rps']:8.1f}"
+                  f" rec/s   ratio {r['ratio']:.2f}{tgt}", flush=True)
+    return results
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--contended", action="store_true", help="repeat the set with a neighbour busy on one core")
+    ap.add_argument("--repeats", type=int, default=9, help="interleaved timed batches per workload and framework")
+    ap.add_argument("--steady-iterations", type=int, default=200)
+    args = ap.parse_args(argv)
+
+    import torch
+    torch.set_num_threads(THREADS)
+    blas.set_threads(THREADS)
+    info = blas.describe()
+    print(f"kindling BLAS: {info['backend']} {info['version']} ({info['reason']}), {info['threads']} threads; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    report = {"backend": info, "torch": torch.__version__, "threads": THREADS}
+    report["quiet"] = run_set(torch, args.repeats, "quiet")
+    if args.contended:
+        neighbour = multiprocessing.Process(target=_burn, daemon=True)
+        neighbour.start()
+        try:
+            report["contended"] = run_set(torch, args.repeats, "contended")
+        finally:
+            neighbour.terminate()
+    g = gemm_efficiency()
+    report["vgg_largest_conv_gflops"] = g
+    print(f"VGG largest conv {g['shape']}: layer {g['layer']} GFLOP/s, its GEMM {g['gemm_in_layer']}, bare sgemm "
+          f"{g['bare_sgemm']} -> layer/bare {g['layer_vs_bare']:.2f}, gemm/bare {g['gemm_vs_bare']:.2f} (target >= 0.70)")
+    s = steady_state(args.steady_iterations)
+    report["steady_state"] = s
+    print(f"steady state (VGG-style training): RSS {s['rss_mb_after_10']} MB after 10 iterations, "
+          f"{s[f'rss_mb_after_{args.steady_iterations}']} MB after {args.steady_iterations} (growth {s['growth_mb']} MB)")
+    if args.json:
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=2)
+        os.replace(tmp, args.json)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
