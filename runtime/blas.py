@@ -2,15 +2,14 @@
 
 Neither library wins everywhere: on an AMD EPYC with AVX-512, MKL's sgemm measured 68-120
 GFLOP/s where numpy's OpenBLAS reached 125-184 on the same shapes. So the backend is chosen by a
-short calibration (about half a second) the first time it is needed on a machine, timing both
-on convolution-like shapes; the result is cached in ``~/.cache/kindling/blas.json`` keyed by the
-CPU model and library versions. ``KINDLING_BLAS=mkl|openblas`` forces a choice, and
-``KINDLING_NUM_THREADS`` sets the thread count (default: the cores this process may use); while
-other processes keep cores busy the count drops to the cores left free (``LoadMonitor``;
-``KINDLING_ADAPTIVE_THREADS=0`` turns that off).
+short calibration (well under a second) the first time it is needed on a machine, timing both on
+convolution-like shapes; the result is cached in ``~/.cache/kindling/blas.json`` keyed by the CPU
+model, thread count and library versions. ``KINDLING_BLAS=mkl|openblas`` forces a choice.
 
-Only the chosen library runs threads: the other is held at one thread so that the two pools
-never oversubscribe the cores.
+Both are called through the same CBLAS interface (ctypes releases the GIL). The libraries run
+single-threaded; kindling splits large products across its own pool (``runtime/parallel.py``),
+so the two libraries' thread pools can never oversubscribe the cores, and the threads follow the
+cores left free by other processes. ``KINDLING_NUM_THREADS`` sets the thread count.
 """
 from __future__ import annotations
 
@@ -26,46 +25,80 @@ from pathlib import Path
 
 import numpy as np
 
-_CBLAS_ROW_MAJOR, _CBLAS_NO_TRANS, _CBLAS_TRANS = 101, 111, 112
+from .parallel import default_threads, pool
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 CALIBRATION_SHAPES = [(1024, 576, 256), (256, 2304, 512), (2048, 512, 512)]
+# Below this many multiply-adds a product is not worth splitting across threads.
+_SPLIT_MIN_MACS = 2_000_000
 
 
-def default_threads() -> int:
-    env = os.environ.get("KINDLING_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+class CBLAS:
+    """``cblas_sgemm`` of one shared library, through ctypes."""
+    name = "?"
 
+    def __init__(self, path: str, sgemm: str, int_type, set_threads: str, version: str):
+        self._lib = ctypes.CDLL(path)
+        self.path = path
+        self._int = int_type
+        self._sgemm = getattr(self._lib, sgemm)
+        self._sgemm.restype = None
+        i = int_type
+        self._sgemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i, i, i, ctypes.c_float, ctypes.c_void_p,
+                                i, ctypes.c_void_p, i, ctypes.c_float, ctypes.c_void_p, i]
+        self._set_threads = getattr(self._lib, set_threads)
+        self._set_threads.argtypes = [ctypes.c_int]
+        self.version = version
 
-class OpenBLAS:
-    """numpy's own matmul, which calls the OpenBLAS bundled with the numpy wheel."""
-    name = "openblas"
+    @staticmethod
+    def _layout(m: np.ndarray):
+        """(transpose flag, leading dimension) of a 2-D row-major view, or None if BLAS cannot read it."""
+        item = m.itemsize
+        s0, s1 = m.strides
+        if (s1 == item or m.shape[1] == 1) and s0 % item == 0 and s0 >= max(m.shape[1], 1) * item:
+            return _NO_TRANS, s0 // item
+        if (s0 == item or m.shape[0] == 1) and s1 % item == 0 and s1 >= max(m.shape[0], 1) * item:
+            return _TRANS, s1 // item
+        return None
 
-    def __init__(self):
-        from threadpoolctl import threadpool_info
-        info = [i for i in threadpool_info() if i.get("internal_api") == "openblas"
-                and "numpy" in i.get("filepath", "")] or [i for i in threadpool_info() if i.get("user_api") == "blas"]
-        self.version = info[0].get("version", "?") if info else "?"
-        self._path = info[0]["filepath"] if info else None
-
-    def gemm(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        return np.matmul(a, b, out=out)
+    def sgemm(self, a: np.ndarray, b: np.ndarray, out: np.ndarray, beta: float = 0.0) -> None:
+        """out = a @ b (+ beta * out), all float32 2-D; out's rows may be strided, its columns not."""
+        (m, k), n = a.shape, b.shape[1]
+        la = self._layout(a)
+        if la is None:
+            a = np.ascontiguousarray(a)
+            la = (_NO_TRANS, max(k, 1))
+        lb = self._layout(b)
+        if lb is None:
+            b = np.ascontiguousarray(b)
+            lb = (_NO_TRANS, max(n, 1))
+        ldc = out.strides[0] // 4 if m > 1 else max(n, 1)
+        self._sgemm(_ROW_MAJOR, la[0], lb[0], m, n, k, 1.0, a.ctypes.data, max(la[1], 1), b.ctypes.data,
+                    max(lb[1], 1), beta, out.ctypes.data, max(ldc, n, 1))
 
     def set_threads(self, n: int) -> None:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(n, user_api="blas")
+        self._set_threads(int(n))
 
-    def get_threads(self) -> int:
-        from threadpoolctl import threadpool_info
-        for i in threadpool_info():
-            if i.get("filepath") == self._path:
-                return i["num_threads"]
-        return 1
+
+def _numpy_openblas() -> CBLAS:
+    from threadpoolctl import threadpool_info
+    info = [i for i in threadpool_info() if i.get("internal_api") == "openblas" and "numpy" in i.get("filepath", "")]
+    if not info:
+        raise OSError("numpy's OpenBLAS not found")
+    path = info[0]["filepath"]
+    lib = ctypes.CDLL(path)
+    for prefix, suffix, int_type in (("scipy_", "64_", ctypes.c_int64), ("", "64_", ctypes.c_int64),
+                                     ("", "", ctypes.c_int)):
+        if hasattr(lib, f"{prefix}cblas_sgemm{suffix}"):
+            backend = CBLAS(path, f"{prefix}cblas_sgemm{suffix}", int_type, f"{prefix}openblas_set_num_threads{suffix}",
+                            info[0].get("version", "?"))
+            backend.name = "openblas"
+            return backend
+    raise OSError(f"no cblas_sgemm in {path}")
 
 
 def _find_mkl_rt() -> str | None:
-    roots = [sys.prefix, sys.base_prefix, *os.environ.get("LD_LIBRARY_PATH", "").split(":")]
-    for root in roots:
+    for root in dict.fromkeys([sys.prefix, sys.base_prefix, *os.environ.get("LD_LIBRARY_PATH", "").split(":")]):
         for pattern in ("lib/libmkl_rt.so*", "libmkl_rt.so*", "Library/bin/mkl_rt*.dll", "lib/libmkl_rt*.dylib"):
             hits = sorted(glob.glob(os.path.join(root, pattern)))
             if hits:
@@ -73,82 +106,42 @@ def _find_mkl_rt() -> str | None:
     return None
 
 
-class MKL:
-    """Intel MKL's cblas_sgemm through ctypes, from the PyPI ``mkl`` package's libmkl_rt."""
-    name = "mkl"
-
-    def __init__(self):
-        path = _find_mkl_rt()
-        if path is None:
-            raise OSError("libmkl_rt not found (pip install mkl)")
-        self._lib = ctypes.CDLL(path)
-        self._path = path
-        self._sgemm = self._lib.cblas_sgemm
-        self._sgemm.restype = None
-        self._sgemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
-                                ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
-        buf = ctypes.create_string_buffer(256)
-        self._lib.MKL_Get_Version_String(buf, 256)
-        self.version = buf.value.decode(errors="replace").strip()
-        self._lib.MKL_Set_Num_Threads.argtypes = [ctypes.c_int]
-        self._lib.MKL_Get_Max_Threads.restype = ctypes.c_int
-
-    @staticmethod
-    def _layout(m: np.ndarray) -> tuple[int, int] | None:
-        """(transpose flag, leading dimension) for a row-major view, or None if it needs a copy."""
-        item = m.itemsize
-        if m.strides[1] == item and m.strides[0] >= m.shape[1] * item:
-            return _CBLAS_NO_TRANS, m.strides[0] // item
-        if m.strides[0] == item and m.strides[1] >= m.shape[0] * item:
-            return _CBLAS_TRANS, m.strides[1] // item
-        return None
-
-    def gemm(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if a.dtype != np.float32 or b.dtype != np.float32 or a.ndim != 2 or b.ndim != 2:
-            return np.matmul(a, b, out=out)
-        (m, k), n = a.shape, b.shape[1]
-        if out is None:
-            out = np.empty((m, n), np.float32)
-        la = self._layout(a) or (_CBLAS_NO_TRANS, (a := np.ascontiguousarray(a)).shape[1])
-        lb = self._layout(b) or (_CBLAS_NO_TRANS, (b := np.ascontiguousarray(b)).shape[1])
-        if not out.flags.c_contiguous or min(m, n, k) == 0:
-            out[...] = np.matmul(a, b)
-            return out
-        self._sgemm(_CBLAS_ROW_MAJOR, la[0], lb[0], m, n, k, 1.0, a.ctypes.data, max(la[1], 1),
-                    b.ctypes.data, max(lb[1], 1), 0.0, out.ctypes.data, max(n, 1))
-        return out
-
-    def set_threads(self, n: int) -> None:
-        self._lib.MKL_Set_Num_Threads(int(n))
-
-    def get_threads(self) -> int:
-        return int(self._lib.MKL_Get_Max_Threads())
+def _mkl() -> CBLAS:
+    path = _find_mkl_rt()
+    if path is None:
+        raise OSError("libmkl_rt not found (pip install mkl)")
+    lib = ctypes.CDLL(path)
+    buf = ctypes.create_string_buffer(256)
+    lib.MKL_Get_Version_String(buf, 256)
+    backend = CBLAS(path, "cblas_sgemm", ctypes.c_int, "MKL_Set_Num_Threads",
+                    buf.value.decode(errors="replace").strip())
+    backend.name = "mkl"
+    return backend
 
 
-BACKENDS = {"openblas": OpenBLAS, "mkl": MKL}
+BACKENDS = {"openblas": _numpy_openblas, "mkl": _mkl}
 
 
 @dataclass
 class Choice:
-    backend: object
+    backend: CBLAS
     reason: str
     gflops: dict
 
 
-def _gflops(backend, shapes, repeats=3) -> float:
-    """Median GFLOP/s over the calibration shapes (geometric mean across shapes)."""
+def _gflops(backend: CBLAS, shapes, repeats=3) -> float:
+    """Geometric mean over the calibration shapes of the median GFLOP/s, split as gemm() splits."""
     rates = []
     rng = np.random.default_rng(0)
     for m, k, n in shapes:
         a = rng.standard_normal((m, k), dtype=np.float32)
         b = rng.standard_normal((k, n), dtype=np.float32)
         out = np.empty((m, n), np.float32)
-        backend.gemm(a, b, out)  # warm up
+        _gemm_with(backend, a, b, out)  # warm up
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            backend.gemm(a, b, out)
+            _gemm_with(backend, a, b, out)
             times.append(time.perf_counter() - t)
         rates.append(2 * m * k * n / sorted(times)[len(times) // 2] / 1e9)
     return float(np.exp(np.mean(np.log(rates))))
@@ -157,13 +150,11 @@ def _gflops(backend, shapes, repeats=3) -> float:
 def _cache_key(backends: dict) -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    versions = ",".join(f"{k}={getattr(v, 'version', '?')}" for k, v in sorted(backends.items()))
+    versions = ",".join(f"{k}={v.version}" for k, v in sorted(backends.items()))
     return f"{cpu}|{default_threads()}|{versions}"
 
 
@@ -178,11 +169,14 @@ def _choose() -> Choice:
             raise ValueError(f"KINDLING_BLAS={forced!r}: expected one of {', '.join(BACKENDS)}")
         return Choice(BACKENDS[forced](), "forced by KINDLING_BLAS", {})
     available = {}
-    for name, cls in BACKENDS.items():
+    for name, make in BACKENDS.items():
         try:
-            available[name] = cls()
-        except OSError:
+            available[name] = make()
+            available[name].set_threads(1)
+        except (OSError, AttributeError):
             pass
+    if not available:
+        raise OSError("no BLAS backend found: neither numpy's OpenBLAS nor MKL's libmkl_rt could be loaded")
     if len(available) == 1:
         (name, b), = available.items()
         return Choice(b, "the only backend available", {})
@@ -194,12 +188,7 @@ def _choose() -> Choice:
             return Choice(available[cached["choice"]], f"calibrated earlier ({path})", cached["gflops"])
     except (OSError, ValueError):
         pass
-    threads = default_threads()
-    rates = {}
-    for name, b in available.items():
-        for other in available.values():
-            other.set_threads(threads if other is b else 1)
-        rates[name] = round(_gflops(b, CALIBRATION_SHAPES), 1)
+    rates = {name: round(_gflops(b, CALIBRATION_SHAPES), 1) for name, b in available.items()}
     best = max(rates, key=rates.get)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,96 +203,57 @@ def _choose() -> Choice:
 _active: Choice | None = None
 
 
-class LoadMonitor:
-    """Shrinks the thread count while other processes keep cores busy, and grows it back.
-
-    BLAS pools spin while they wait for their slowest thread; when a neighbour holds a core, a
-    2-thread GEMM then runs at a fraction of 1-thread speed (PyTorch fell to 1/7 here). Every
-    half second this reads /proc/stat (all CPU time) and /proc/self/stat (ours); what is busy and
-    not ours is the neighbours' share, and the threads are set to the cores left over.
-    """
-    INTERVAL = 0.5
-
-    def __init__(self, max_threads: int):
-        self.max_threads = max_threads
-        self.threads = max_threads
-        self._last = None
-        self._next = 0.0
-
-    @staticmethod
-    def _sample():
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        with open("/proc/self/stat") as f:
-            stat = f.read().rsplit(")", 1)[1].split()
-        ours = int(stat[11]) + int(stat[12])  # utime + stime, clock ticks
-        return time.monotonic(), sum(fields) - idle, ours
-
-    def poll(self) -> int | None:
-        """The thread count to switch to, or None to keep the current one."""
-        now = time.monotonic()
-        if now < self._next:
-            return None
-        self._next = now + self.INTERVAL
-        try:
-            sample = self._sample()
-        except (OSError, ValueError, IndexError):
-            return None
-        last, self._last = self._last, sample
-        if last is None:
-            return None
-        ticks = os.sysconf("SC_CLK_TCK") * (sample[0] - last[0])
-        others = max(0.0, (sample[1] - last[1]) - (sample[2] - last[2])) / max(ticks, 1e-9)
-        wanted = max(1, min(self.max_threads, round(self.max_threads - others)))
-        if wanted != self.threads:
-            self.threads = wanted
-            return wanted
-        return None
-
-
-_monitor: LoadMonitor | None = None
-
-
 def backend() -> Choice:
-    """The chosen backend (calibrating on first use), with its thread pool configured."""
-    global _active, _monitor
+    """The chosen backend, calibrating on first use."""
+    global _active
     if _active is None:
         _active = _choose()
-        set_threads(default_threads())
-        if os.environ.get("KINDLING_ADAPTIVE_THREADS", "1") != "0" and os.path.exists("/proc/stat"):
-            _monitor = LoadMonitor(default_threads())
+        _active.backend.set_threads(1)
     return _active
 
 
 def set_threads(n: int) -> None:
-    """Runs the active backend on ``n`` threads and every other BLAS pool on one; ``n`` also
-    becomes the ceiling the load monitor may go back up to."""
-    active = backend().backend
-    if _monitor is not None:
-        _monitor.max_threads = _monitor.threads = n
-    for name, cls in BACKENDS.items():
-        if name == active.name:
-            continue
-        try:
-            cls().set_threads(1)
-        except OSError:
-            pass
-    active.set_threads(n)
+    """kindling's thread count (the pool's); the BLAS libraries themselves stay single-threaded."""
+    pool.set_threads(n)
 
 
-def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``a @ b`` for 2-D float32 arrays (transposed views are passed to BLAS without a copy)."""
-    chosen = backend().backend
-    if _monitor is not None:
-        n = _monitor.poll()
-        if n is not None:
-            chosen.set_threads(n)
-    return chosen.gemm(a, b, out)
+def _gemm_with(lib: CBLAS, a, b, out) -> None:
+    m, k = a.shape
+    n = b.shape[1]
+    if m * n * k < _SPLIT_MIN_MACS:
+        lib.sgemm(a, b, out)
+    elif m >= 2 * 64 or m >= n:  # split the rows
+        pool.run(m, lambda _, lo, hi: lib.sgemm(a[lo:hi], b, out[lo:hi]), min_per_worker=16)
+    else:  # few rows (a small batch through a wide layer): split the columns
+        pool.run(n, lambda _, lo, hi: lib.sgemm(a, b[:, lo:hi], out[:, lo:hi]), min_per_worker=64)
+
+
+def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, parallel: bool = True) -> np.ndarray:
+    """``a @ b`` for 2-D float32 arrays; transposed views go to BLAS without a copy. ``out`` may be a
+    row-strided view (a column block of a larger matrix). ``parallel=False`` when the caller is
+    itself one of several threads working on separate blocks."""
+    if a.dtype != np.float32 or b.dtype != np.float32 or a.ndim != 2 or b.ndim != 2:
+        return np.matmul(a, b, out=out)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"gemm: shapes {a.shape} and {b.shape} do not align")
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), np.float32)
+    elif out.shape != (a.shape[0], b.shape[1]) or out.dtype != np.float32 or out.strides[1] != 4:
+        np.copyto(out, gemm(a, b, parallel=parallel))
+        return out
+    if 0 in a.shape or 0 in b.shape:
+        out.fill(0)
+        return out
+    lib = backend().backend
+    if parallel:
+        _gemm_with(lib, a, b, out)
+    else:
+        lib.sgemm(a, b, out)
+    return out
 
 
 def describe() -> dict:
     c = backend()
-    return {"backend": c.backend.name, "version": c.backend.version, "threads": c.backend.get_threads(),
-            "max_threads": _monitor.max_threads if _monitor else c.backend.get_threads(),
-            "adaptive_threads": _monitor is not None, "reason": c.reason, "calibration_gflops": c.gflops}
+    return {"backend": c.backend.name, "version": c.backend.version, "library": c.backend.path,
+            "threads": pool.max_threads, "active_threads": pool.active,
+            "adaptive_threads": pool._monitor is not None, "reason": c.reason, "calibration_gflops": c.gflops}

@@ -1,10 +1,13 @@
 """2-D convolution (cross-correlation, as PyTorch and Caffe), with stride, padding, dilation and groups.
 
-Inside, the work is done in NHWC: the input window of every output pixel is gathered into one
-row of a column matrix (im2col through a strided view, a single copy of contiguous C-length
-runs), and the whole batch becomes one GEMM against the weight. The result is returned as an NCHW
-*view* of that NHWC memory, so the next convolution reads it back without a transpose.
-Depthwise convolution (groups == in_channels) skips GEMM: a multiply-add per kernel offset.
+Inside, the work is done in NHWC, a block of images at a time: the receptive field of every output
+pixel of the block is gathered into one row of a column matrix (im2col through a strided view: a
+copy of contiguous C-length runs), and the block becomes one GEMM against the weight, with the
+bias added while the block is still in cache. Blocks are sized to stay in cache and are shared
+out among kindling's threads (runtime/parallel.py), so the gathering runs on every core too. The
+result is returned as an NCHW *view* of NHWC memory, which the next convolution reads back
+without a transpose. Depthwise convolution (groups == in_channels) skips GEMM: one multiply-add
+per kernel offset.
 """
 from __future__ import annotations
 
@@ -14,6 +17,10 @@ from numpy.lib.stride_tricks import as_strided
 from .. import blas
 from ..init import kaiming_uniform
 from ..module import Module
+from ..parallel import pool
+
+# Bytes of column matrix per block: small enough to stay in a core's share of the cache.
+_BLOCK_BYTES = 4 << 20
 
 
 def pair(v, what: str, owner: str) -> tuple[int, int]:
@@ -57,7 +64,12 @@ class Conv2d(Module):
     def depthwise(self) -> bool:
         return self.groups > 1 and self.groups == self.in_channels
 
-    # ---- shapes and views -------------------------------------------------------------------
+    @property
+    def _pointwise(self) -> bool:
+        """1x1, stride 1, no padding: the input itself is the column matrix."""
+        return self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+
+    # ---- geometry and views -----------------------------------------------------------------
     def _geometry(self, x: np.ndarray):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2d {self.name!r} expects input (N, {self.in_channels}, H, W), got {x.shape}")
@@ -76,12 +88,11 @@ class Conv2d(Module):
         if ph == 0 and pw == 0:
             return xh
         n, h, w, c = xh.shape
-        key = ("xpad", n, h, w, c)
+        shape = (n, h + 2 * ph, w + 2 * pw, c)
         buf = self._scratch.get("xpad")
-        if buf is None or self._scratch.get("xpad_key") != key:
-            buf = self._scratch["xpad"] = np.zeros((n, h + 2 * ph, w + 2 * pw, c), np.float32)
-            self._scratch["xpad_key"] = key
-        buf[:, ph:ph + h, pw:pw + w, :] = xh
+        if buf is None or buf.shape != shape:
+            buf = self._scratch["xpad"] = np.zeros(shape, np.float32)
+        pool.run(n, lambda _, lo, hi: np.copyto(buf[lo:hi, ph:ph + h, pw:pw + w, :], xh[lo:hi]))
         return buf
 
     def _windows(self, xp: np.ndarray, oh: int, ow: int) -> np.ndarray:
@@ -92,17 +103,22 @@ class Conv2d(Module):
         return as_strided(xp, (n, oh, ow, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1] * dh, s[2] * dw, s[3]),
                           writeable=False)
 
-    def _columns(self, xp: np.ndarray, n: int, oh: int, ow: int) -> np.ndarray:
-        """im2col: (N*OH*OW, G, kh, kw, C/G) rows, one copy into a reused buffer; free for 1x1/stride 1."""
-        (kh, kw), g = self.kernel_size, self.groups
-        c = self.in_channels
-        m = n * oh * ow
-        if kh == kw == 1 and self.stride == (1, 1) and xp.flags.c_contiguous:
-            return xp.reshape(m, g, 1, 1, c // g)
-        win = self._windows(xp, oh, ow).reshape(n, oh, ow, kh, kw, g, c // g)
-        cols = self._buffer("cols", (m, g, kh, kw, c // g))
-        np.copyto(cols.reshape(n, oh, ow, g, kh, kw, c // g), win.transpose(0, 1, 2, 5, 3, 4, 6))
-        return cols
+    def _block_images(self, oh: int, ow: int) -> int:
+        kh, kw = self.kernel_size
+        row_bytes = kh * kw * self.in_channels * 4
+        return max(1, _BLOCK_BYTES // max(oh * ow * row_bytes, 1))
+
+    def _columns(self, worker: int, win: np.ndarray, xp: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """im2col for images lo..hi as (rows, G, kh*kw*C/G), in the worker's reused block buffer."""
+        (kh, kw), g, c = self.kernel_size, self.groups, self.in_channels
+        _, oh, ow = win.shape[:3]
+        rows = (hi - lo) * oh * ow
+        if self._pointwise and xp[lo:hi].flags.c_contiguous:
+            return xp[lo:hi].reshape(rows, g, c // g)
+        cols = self._buffer(f"cols{worker}", (rows, g, kh, kw, c // g))
+        np.copyto(cols.reshape(hi - lo, oh, ow, g, kh, kw, c // g),
+                  win[lo:hi].reshape(hi - lo, oh, ow, kh, kw, g, c // g).transpose(0, 1, 2, 5, 3, 4, 6))
+        return cols.reshape(rows, g, kh * kw * (c // g))
 
     def _weight_matrix(self) -> np.ndarray:
         """Weight as (G, kh*kw*C/G, Cout/G), matching the column layout."""
@@ -113,131 +129,160 @@ class Conv2d(Module):
         np.copyto(wm.reshape(g, kh, kw, cg, co // g), w.reshape(g, co // g, cg, kh, kw).transpose(0, 3, 4, 2, 1))
         return wm
 
+    def _blocks(self, n, oh, ow, fn) -> None:
+        """Runs ``fn(worker, lo, hi)`` over cache-sized blocks of images, shared among the threads."""
+        step = self._block_images(oh, ow)
+
+        def worker(wi, lo, hi):
+            for start in range(lo, hi, step):
+                fn(wi, start, min(start + step, hi))
+        pool.run(n, worker)
+
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, x):
         x = np.asarray(x, np.float32)
         n, h, w, oh, ow = self._geometry(x)
         xp = self._padded_nhwc(x)
-        out = self._buffer("out", (n * oh * ow, self.out_channels))
+        out = self._buffer("out", (n, oh, ow, self.out_channels))
         if self.depthwise:
-            self._depthwise_forward(xp, out, n, oh, ow)
+            self._depthwise_forward(xp, out)
         else:
-            cols = self._columns(xp, n, oh, ow)
-            wm = self._weight_matrix()
-            g, m = self.groups, n * oh * ow
-            if g == 1:
-                blas.gemm(cols.reshape(m, -1), wm[0], out)
-            else:
-                cog = self.out_channels // g
-                for gi in range(g):
-                    out[:, gi * cog:(gi + 1) * cog] = blas.gemm(cols[:, gi].reshape(m, -1), wm[gi])
-        if self.has_bias:
-            out += self.params["bias"]
-        self.output = out.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
+            self._gemm_forward(xp, out)
+        self.output = out.transpose(0, 3, 1, 2)
         return self.output
 
-    def _depthwise_forward(self, xp, out, n, oh, ow):
-        c, mult = self.in_channels, self.out_channels // self.in_channels
+    def _gemm_forward(self, xp, out):
+        n, oh, ow, co = out.shape
+        g = self.groups
+        cog = co // g
         win = self._windows(xp, oh, ow)
-        w = self.params["weight"].reshape(c, mult, *self.kernel_size)
-        out4 = out.reshape(n, oh, ow, c, mult)
-        tmp = self._buffer("dw_tmp", out4.shape)
-        out4.fill(0)
+        wm = self._weight_matrix()
+        bias = self.params.get("bias")
+
+        def block(wi, lo, hi):
+            cols = self._columns(wi, win, xp, lo, hi)
+            o = out[lo:hi].reshape(-1, co)
+            for gi in range(g):
+                blas.gemm(cols[:, gi], wm[gi], o[:, gi * cog:(gi + 1) * cog], parallel=False)
+            if bias is not None:
+                o += bias
+        self._blocks(n, oh, ow, block)
+
+    def _depthwise_forward(self, xp, out):
+        n, oh, ow, _ = out.shape
+        c, mult = self.in_channels, self.out_channels // self.in_channels
         kh, kw = self.kernel_size
-        for i in range(kh):
-            for j in range(kw):
-                np.multiply(win[:, :, :, i, j, :, None], w[:, :, i, j], out=tmp)
-                out4 += tmp
+        win = self._windows(xp, oh, ow)
+        w = self.params["weight"].reshape(c, mult, kh, kw)
+        bias = self.params.get("bias")
+
+        def block(wi, lo, hi):
+            o = out[lo:hi].reshape(hi - lo, oh, ow, c, mult)
+            tmp = self._buffer(f"dw_tmp{wi}", o.shape)
+            o.fill(0)
+            for i in range(kh):
+                for j in range(kw):
+                    np.multiply(win[lo:hi, :, :, i, j, :, None], w[:, :, i, j], out=tmp)
+                    o += tmp
+            if bias is not None:
+                o += bias.reshape(c, mult)
+        self._blocks(n, oh, ow, block)
 
     # ---- backward ---------------------------------------------------------------------------
     def backward(self, x, grad_out):
         x = np.asarray(x, np.float32)
         n, h, w, oh, ow = self._geometry(x)
-        m = n * oh * ow
         gh = np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1)
         if not gh.flags.c_contiguous:
-            gh = self._buffer("gy", gh.shape)
-            np.copyto(gh, np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1))
-        g2 = gh.reshape(m, self.out_channels)
+            buf = self._buffer("gy", gh.shape)
+            pool.run(n, lambda _, lo, hi: np.copyto(buf[lo:hi], gh[lo:hi]))
+            gh = buf
+        xp = self._padded_nhwc(x)
+        (ph, pw) = self.padding
+        dxp = self._buffer("dxpad", (n, h + 2 * ph, w + 2 * pw, self.in_channels))
+        want_params = self.needs_param_grads
         if self.depthwise:
-            return self._depthwise_backward(x, g2, n, h, w, oh, ow)
-        cols = self._cached_columns(x, n, oh, ow)
-        g, co = self.groups, self.out_channels
-        cog = co // g
-        wm = self._weight_matrix()
-        if self.needs_param_grads:
-            kh, kw = self.kernel_size
-            cg = self.in_channels // g
-            dwm = self._buffer("dwmat", wm.shape)
-            for gi in range(g):
-                blas.gemm(cols[:, gi].reshape(m, -1).T, g2[:, gi * cog:(gi + 1) * cog], dwm[gi])
-            dw = dwm.reshape(g, kh, kw, cg, cog).transpose(0, 4, 3, 1, 2).reshape(co, cg, kh, kw)
-            self._accumulate("weight", dw)
+            partials = self._depthwise_backward(xp, gh, dxp, want_params)
+        else:
+            partials = self._gemm_backward(xp, gh, dxp, want_params)
+        if want_params:
+            self._accumulate("weight", sum(partials[1:], partials[0]) if len(partials) > 1 else partials[0])
             if self.has_bias:
-                self._accumulate("bias", g2.sum(axis=0))
-        return self._input_grad(g2, wm, n, h, w, oh, ow)
-
-    def _input_grad(self, g2, wm, n, h, w, oh, ow) -> np.ndarray:
-        """col2im without the column matrix: for each kernel offset, one GEMM gives that offset's
-        (N*OH*OW, C) gradient slab, added into the input positions it came from with one strided
-        add. The slab is small enough to stay in cache, and each add runs over long contiguous rows."""
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        g, c, co = self.groups, self.in_channels, self.out_channels
-        cg, cog, m = c // g, co // g, n * oh * ow
-        dxp = self._buffer("dxpad", (n, h + 2 * ph, w + 2 * pw, c))
-        slab = self._buffer("dslab", (m, c))
-        if (kh, kw, sh, sw, ph, pw) != (1, 1, 1, 1, 0, 0):
-            dxp.fill(0)
-        for i in range(kh):
-            for j in range(kw):
-                k = i * kw + j
-                for gi in range(g):
-                    rows = wm[gi, k * cg:(k + 1) * cg].T
-                    if g == 1:
-                        blas.gemm(g2, rows, slab)
-                    else:
-                        slab[:, gi * cg:(gi + 1) * cg] = blas.gemm(g2[:, gi * cog:(gi + 1) * cog], rows)
-                target = dxp[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw, :]
-                if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
-                    np.copyto(target, slab.reshape(n, oh, ow, c))
-                else:
-                    target += slab.reshape(n, oh, ow, c)
+                self._accumulate("bias", gh.reshape(-1, self.out_channels).sum(axis=0))
         return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)
 
-    def _cached_columns(self, x, n, oh, ow):
-        """The columns from the forward pass: as in Torch and BigDL, backward follows the forward
-        on the same input, so they need not be gathered again."""
-        kh, kw = self.kernel_size
-        if kh == kw == 1 and self.stride == (1, 1) and self.padding == (0, 0):
-            xh = x.transpose(0, 2, 3, 1)
-            if xh.flags.c_contiguous:
-                return xh.reshape(n * oh * ow, self.groups, 1, 1, self.in_channels // self.groups)
-        cols = self._scratch.get("cols")
-        if cols is None or cols.shape[0] != n * oh * ow:
-            return self._columns(self._padded_nhwc(x), n, oh, ow)
-        return cols
-
-    def _depthwise_backward(self, x, g2, n, h, w, oh, ow):
-        c, mult = self.in_channels, self.out_channels // self.in_channels
-        kh, kw = self.kernel_size
-        xp = self._padded_nhwc(x)
+    def _gemm_backward(self, xp, gh, dxp, want_params):
+        """Per block of images: gather the columns again (cheaper than keeping them), weight
+        gradient by one GEMM added into the worker's partial sum, and the input gradient kernel
+        offset by kernel offset: one GEMM gives that offset's (rows, C) slab, added into the input
+        positions it came from with one strided add (no column matrix, no scatter)."""
+        n, oh, ow, co = gh.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        g, c = self.groups, self.in_channels
+        cg, cog = c // g, co // g
         win = self._windows(xp, oh, ow)
-        g5 = g2.reshape(n, oh, ow, c, mult)
-        wt = self.params["weight"].reshape(c, mult, kh, kw)
-        if self.needs_param_grads:
-            dw = np.empty((c, mult, kh, kw), np.float32)
+        wm = self._weight_matrix()
+        # A 1x1 kernel at stride 1 writes every input position exactly once: copy instead of add.
+        single_cover = (kh, kw, sh, sw) == (1, 1, 1, 1)
+        dwm = {}
+
+        def block(wi, lo, hi):
+            rows = (hi - lo) * oh * ow
+            g2 = gh[lo:hi].reshape(rows, co)
+            if want_params:
+                cols = self._columns(wi, win, xp, lo, hi)
+                acc = dwm.get(wi)
+                fresh = acc is None
+                if fresh:
+                    acc = dwm[wi] = self._buffer(f"dwmat{wi}", wm.shape)
+                for gi in range(g):
+                    part = blas.gemm(cols[:, gi].T, g2[:, gi * cog:(gi + 1) * cog], parallel=False)
+                    if fresh:
+                        acc[gi] = part
+                    else:
+                        acc[gi] += part
+            dx = dxp[lo:hi]
+            if not single_cover:
+                dx.fill(0)
+            slab = self._buffer(f"dslab{wi}", (rows, c))
             for i in range(kh):
                 for j in range(kw):
-                    dw[:, :, i, j] = np.einsum("nhwc,nhwcm->cm", win[:, :, :, i, j, :], g5, optimize=True)
-            self._accumulate("weight", dw.reshape(self.params["weight"].shape))
-            if self.has_bias:
-                self._accumulate("bias", g2.sum(axis=0))
-        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
-        dxp = self._buffer("dxpad", (n, h + 2 * ph, w + 2 * pw, c))
-        dxp.fill(0)
-        slab = self._buffer("dslab", (n, oh, ow, c))
-        for i in range(kh):
-            for j in range(kw):
-                np.einsum("nhwcm,cm->nhwc", g5, wt[:, :, i, j], out=slab)
-                dxp[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw, :] += slab
-        return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)
+                    k = i * kw + j
+                    for gi in range(g):
+                        blas.gemm(g2[:, gi * cog:(gi + 1) * cog], wm[gi, k * cg:(k + 1) * cg].T,
+                                  slab[:, gi * cg:(gi + 1) * cg], parallel=False)
+                    target = dx[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw, :]
+                    if single_cover:
+                        np.copyto(target, slab.reshape(hi - lo, oh, ow, c))
+                    else:
+                        target += slab.reshape(hi - lo, oh, ow, c)
+        self._blocks(n, oh, ow, block)
+        if not want_params:
+            return []
+        shape = self.params["weight"].shape
+        return [dwm[wi].reshape(g, kh, kw, cg, cog).transpose(0, 4, 3, 1, 2).reshape(shape) for wi in sorted(dwm)]
+
+    def _depthwise_backward(self, xp, gh, dxp, want_params):
+        n, oh, ow, _ = gh.shape
+        c, mult = self.in_channels, self.out_channels // self.in_channels
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        win = self._windows(xp, oh, ow)
+        wt = self.params["weight"].reshape(c, mult, kh, kw)
+        partials = {}
+
+        def block(wi, lo, hi):
+            g5 = gh[lo:hi].reshape(hi - lo, oh, ow, c, mult)
+            if want_params:
+                dw_ = partials.setdefault(wi, np.zeros((c, mult, kh, kw), np.float32))
+                for i in range(kh):
+                    for j in range(kw):
+                        dw_[:, :, i, j] += np.einsum("nhwc,nhwcm->cm", win[lo:hi, :, :, i, j, :], g5, optimize=True)
+            dx = dxp[lo:hi]
+            dx.fill(0)
+            slab = self._buffer(f"dslab{wi}", (hi - lo, oh, ow, c))
+            for i in range(kh):
+                for j in range(kw):
+                    np.einsum("nhwcm,cm->nhwc", g5, wt[:, :, i, j], out=slab)
+                    dx[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw, :] += slab
+        self._blocks(n, oh, ow, block)
+        return [p.reshape(self.params["weight"].shape) for _, p in sorted(partials.items())]
