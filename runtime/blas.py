@@ -217,21 +217,22 @@ def set_threads(n: int) -> None:
     pool.set_threads(n)
 
 
-def _gemm_with(lib: CBLAS, a, b, out) -> None:
+def _gemm_with(lib: CBLAS, a, b, out, beta: float = 0.0) -> None:
     m, k = a.shape
     n = b.shape[1]
     if m * n * k < _SPLIT_MIN_MACS:
-        lib.sgemm(a, b, out)
+        lib.sgemm(a, b, out, beta)
     elif m >= 2 * 64 or m >= n:  # split the rows
-        pool.run(m, lambda _, lo, hi: lib.sgemm(a[lo:hi], b, out[lo:hi]), min_per_worker=16)
+        pool.run(m, lambda _, lo, hi: lib.sgemm(a[lo:hi], b, out[lo:hi], beta), min_per_worker=16)
     else:  # few rows (a small batch through a wide layer): split the columns
-        pool.run(n, lambda _, lo, hi: lib.sgemm(a, b[:, lo:hi], out[:, lo:hi]), min_per_worker=64)
+        pool.run(n, lambda _, lo, hi: lib.sgemm(a, b[:, lo:hi], out[:, lo:hi], beta), min_per_worker=64)
 
 
-def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, parallel: bool = True) -> np.ndarray:
+def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, parallel: bool = True,
+         accumulate: bool = False) -> np.ndarray:
     """``a @ b`` for 2-D float32 arrays; transposed views go to BLAS without a copy. ``out`` may be a
-    row-strided view (a column block of a larger matrix). ``parallel=False`` when the caller is
-    itself one of several threads working on separate blocks."""
+    row-strided view (a column block of a larger matrix). ``accumulate=True`` adds into ``out``.
+    ``parallel=False`` when the caller is itself one of several threads working on separate blocks."""
     if a.dtype != np.float32 or b.dtype != np.float32 or a.ndim != 2 or b.ndim != 2:
         return np.matmul(a, b, out=out)
     if a.shape[1] != b.shape[0]:
@@ -239,16 +240,22 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, paralle
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), np.float32)
     elif out.shape != (a.shape[0], b.shape[1]) or out.dtype != np.float32 or out.strides[1] != 4:
-        np.copyto(out, gemm(a, b, parallel=parallel))
+        product = gemm(a, b, parallel=parallel)
+        if accumulate:
+            out += product
+        else:
+            np.copyto(out, product)
         return out
     if 0 in a.shape or 0 in b.shape:
-        out.fill(0)
+        if not accumulate:
+            out.fill(0)
         return out
     lib = backend().backend
+    beta = 1.0 if accumulate else 0.0
     if parallel:
-        _gemm_with(lib, a, b, out)
+        _gemm_with(lib, a, b, out, beta)
     else:
-        lib.sgemm(a, b, out)
+        lib.sgemm(a, b, out, beta)
     return out
 
 

@@ -17,6 +17,9 @@ CASES = {
     "5x5_pad2_dil2_groups3": (6, 6, 5, 1, 2, 2, 3, True, 2, 13, 12),
     "batch1_odd": (2, 3, 3, 1, 1, 1, 1, True, 1, 5, 6),
     "lenet_conv1": (1, 20, 5, 1, 0, 1, 1, True, 3, 28, 28),
+    "row_shift_stride_w2_dil_h2": (3, 4, 3, (1, 2), 1, (2, 1), 1, True, 2, 9, 8),
+    "tall_kernel_groups": (4, 4, (3, 1), 1, (1, 0), 1, 2, True, 2, 6, 5),
+    "wide_kernel_stride_h2": (3, 2, (1, 3), (2, 1), (0, 1), 1, 1, False, 2, 7, 6),
 }
 
 
