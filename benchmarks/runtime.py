@@ -7,6 +7,13 @@ kindling batch and a PyTorch batch, so both see the same machine weather, and re
 records/s of each and their ratio. With --contended the set is repeated while a neighbour process
 keeps one core busy. It also prints the GEMM efficiency of the largest VGG convolution, and RSS
 after 10 and after 200 training iterations (steady state must not grow).
+
+Fairness: both frameworks live in this one process, so PyTorch runs with OMP_WAIT_POLICY=PASSIVE
+(unless you set it): by default its OpenMP threads keep spinning after each batch and steal the
+cores from whatever runs next, which here measured kindling 1.5x slower than when run alone, while
+PyTorch's own speed changed by under 5%. On machines that set OPENBLAS_CORETYPE (older OpenBLAS
+builds crash on some CPUs), numpy's OpenBLAS is held to that older kernel; the kernel in use is
+printed. To measure the current one: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python ...
 """
 from __future__ import annotations
 
@@ -20,7 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: see the docstring
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
@@ -175,8 +184,12 @@ def main(argv=None):
     torch.set_num_threads(THREADS)
     blas.set_threads(THREADS)
     info = blas.describe()
-    print(f"kindling BLAS: {info['backend']} {info['version']} ({info['reason']}), {info['threads']} threads; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    from threadpoolctl import threadpool_info
+    info["openblas_kernel"] = next((i.get("architecture") for i in threadpool_info()
+                                    if i.get("internal_api") == "openblas"), None)
+    print(f"kindling BLAS: {info['backend']} {info['version']} (kernel {info['openblas_kernel']}; {info['reason']}), "
+          f"{info['threads']} threads; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
     report = {"backend": info, "torch": torch.__version__, "threads": THREADS}
     report["quiet"] = run_set(torch, args.repeats, "quiet")
     if args.contended:
