@@ -1,0 +1,91 @@
+"""Elementwise activations. Outputs keep the input's memory order (an NCHW view of NHWC memory
+stays one), so each is a single straight pass over memory."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..module import Module
+
+
+class _Elementwise(Module):
+    """forward computes y = f(x) into a reused buffer; backward uses x or the cached y."""
+
+    def forward(self, x):
+        x = np.asarray(x, np.float32)
+        self.output = self._f(x, self._buffer_like("out", x))
+        return self.output
+
+    def backward(self, x, grad_out):
+        x = np.asarray(x, np.float32)
+        g = np.asarray(grad_out, np.float32)
+        return self._df(x, self.output, g, self._buffer_like("grad_in", x))
+
+
+class ReLU(_Elementwise):
+    def _f(self, x, out):
+        return np.maximum(x, 0, out=out)
+
+    def _df(self, x, y, g, out):
+        return np.multiply(g, y > 0, out=out)
+
+
+class LeakyReLU(_Elementwise):
+    def __init__(self, negative_slope: float = 0.01, name: str | None = None):
+        super().__init__(name)
+        self.negative_slope = float(negative_slope)
+
+    def config(self):
+        return {"negative_slope": self.negative_slope}
+
+    def _f(self, x, out):
+        np.multiply(x, self.negative_slope, out=out)
+        return np.maximum(x, out, out=out) if self.negative_slope <= 1 else np.minimum(x, out, out=out)
+
+    def _df(self, x, y, g, out):
+        return np.multiply(g, np.where(x > 0, np.float32(1), np.float32(self.negative_slope)), out=out)
+
+
+class ELU(_Elementwise):
+    def __init__(self, alpha: float = 1.0, name: str | None = None):
+        super().__init__(name)
+        self.alpha = float(alpha)
+
+    def config(self):
+        return {"alpha": self.alpha}
+
+    def _f(self, x, out):
+        np.expm1(np.minimum(x, 0), out=out)
+        out *= self.alpha
+        np.copyto(out, x, where=x > 0)
+        return out
+
+    def _df(self, x, y, g, out):
+        # d/dx = 1 for x > 0, else alpha * exp(x) = y + alpha
+        return np.multiply(g, np.where(x > 0, np.float32(1), y + np.float32(self.alpha)), out=out)
+
+
+class Sigmoid(_Elementwise):
+    def _f(self, x, out):
+        # 1 / (1 + exp(-x)) written via tanh: no overflow for large |x|.
+        np.multiply(x, 0.5, out=out)
+        np.tanh(out, out=out)
+        out += 1
+        out *= 0.5
+        return out
+
+    def _df(self, x, y, g, out):
+        np.subtract(1, y, out=out)
+        out *= y
+        out *= g
+        return out
+
+
+class Tanh(_Elementwise):
+    def _f(self, x, out):
+        return np.tanh(x, out=out)
+
+    def _df(self, x, y, g, out):
+        np.multiply(y, y, out=out)
+        np.subtract(1, out, out=out)
+        out *= g
+        return out

@@ -1,0 +1,36 @@
+"""Inverted dropout: in training, zero each value with probability p and scale the rest by
+1/(1-p); in evaluate mode, the identity. Seeded, so a run can be repeated exactly."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..module import Module
+
+
+class Dropout(Module):
+    def __init__(self, p: float = 0.5, seed: int | None = None, name: str | None = None):
+        super().__init__(name)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout {self.name!r}: p must be in [0, 1), got {p}")
+        self.p, self.seed = float(p), seed
+        self._rng = np.random.default_rng(seed)
+
+    def config(self):
+        return {"p": self.p, "seed": self.seed}
+
+    def forward(self, x):
+        x = np.asarray(x, np.float32)
+        if not self.training or self.p == 0.0:
+            self.output = x
+            return x
+        self._mask = self._buffer_like("mask", x)
+        # One draw per value, kept as the scale factor: 0 or 1/(1-p).
+        np.greater_equal(self._rng.random(x.shape, dtype=np.float32), self.p, out=self._mask, casting="unsafe")
+        self._mask *= np.float32(1.0 / (1.0 - self.p))
+        self.output = np.multiply(x, self._mask, out=self._buffer_like("out", x))
+        return self.output
+
+    def backward(self, x, grad_out):
+        if not self.training or self.p == 0.0:
+            return grad_out
+        return np.multiply(grad_out, self._mask, out=self._buffer_like("grad_in", self._mask))

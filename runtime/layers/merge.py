@@ -1,0 +1,148 @@
+"""Joins: Concat, Add, Mul, Max. Each works two ways:
+
+- with branches, ``Concat(branch_a, branch_b)`` feeds the same input to every branch and joins
+  their outputs (BigDL's Concat / ConcatTable + CAddTable);
+- with none, it joins a list of arrays (``multi_input``), which is how a Graph node uses it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..module import Container
+
+
+class _Join(Container):
+    def __init__(self, *branches, name: str | None = None):
+        super().__init__(*branches, name=name)
+        self.multi_input = not branches
+
+    # -- the join itself, over a list of arrays -------------------------------------------
+    def join(self, xs: list) -> np.ndarray:
+        raise NotImplementedError
+
+    def join_backward(self, xs: list, grad_out) -> list:
+        raise NotImplementedError
+
+    def _check(self, xs):
+        if len(xs) < 1:
+            raise ValueError(f"{type(self).__name__} {self.name!r} needs at least one input")
+        return [np.asarray(x, np.float32) for x in xs]
+
+    # -- the module interface -----------------------------------------------------------------
+    def forward(self, x):
+        if self.multi_input:
+            xs = self._check(x)
+        else:
+            xs = [b.forward(x) for b in self.modules_list]
+        self._branch_outputs = xs
+        self.output = self.join(xs)
+        return self.output
+
+    def backward(self, x, grad_out):
+        grads = self.join_backward(self._branch_outputs, grad_out)
+        if self.multi_input:
+            return grads
+        total = None
+        for b, g in zip(self.modules_list, grads):
+            gx = b.backward(x, g)
+            total = np.array(gx, np.float32, copy=True) if total is None else total + gx
+        return total
+
+
+class Concat(_Join):
+    def __init__(self, *branches, axis: int = 1, name: str | None = None):
+        super().__init__(*branches, name=name)
+        self.axis = int(axis)
+
+    def config(self):
+        return {"axis": self.axis}
+
+    def join(self, xs):
+        try:
+            return np.concatenate(xs, axis=self.axis)
+        except ValueError as e:
+            raise ValueError(f"Concat {self.name!r}: cannot join shapes {[x.shape for x in xs]} on axis {self.axis}") from e
+
+    def join_backward(self, xs, grad_out):
+        bounds = np.cumsum([x.shape[self.axis] for x in xs])[:-1]
+        return np.split(np.asarray(grad_out, np.float32), bounds, axis=self.axis)
+
+
+class Add(_Join):
+    """Sum of the inputs, each weighted by ``coeffs`` when given (Caffe's Eltwise SUM coeff)."""
+
+    def __init__(self, *branches, coeffs=None, name: str | None = None):
+        super().__init__(*branches, name=name)
+        self.coeffs = None if coeffs is None else [float(c) for c in coeffs]
+
+    def config(self):
+        return {"coeffs": self.coeffs}
+
+    def _coeffs(self, n):
+        if self.coeffs is not None and len(self.coeffs) != n:
+            raise ValueError(f"Add {self.name!r}: {len(self.coeffs)} coeffs for {n} inputs")
+        return self.coeffs or [1.0] * n
+
+    def join(self, xs):
+        out = self._buffer("out", np.broadcast_shapes(*[x.shape for x in xs]))
+        for i, (x, c) in enumerate(zip(xs, self._coeffs(len(xs)))):
+            if i == 0:
+                np.multiply(x, np.float32(c), out=out) if c != 1.0 else np.copyto(out, x)
+            elif c == 1.0:
+                out += x
+            else:
+                out += np.float32(c) * x
+        return out
+
+    def join_backward(self, xs, grad_out):
+        g = np.asarray(grad_out, np.float32)
+        return [_unbroadcast(g if c == 1.0 else g * np.float32(c), x.shape) for x, c in zip(xs, self._coeffs(len(xs)))]
+
+
+class Mul(_Join):
+    def join(self, xs):
+        out = np.array(xs[0], np.float32, copy=True)
+        for x in xs[1:]:
+            out = out * x
+        return out
+
+    def join_backward(self, xs, grad_out):
+        g = np.asarray(grad_out, np.float32)
+        grads = []
+        for i, x in enumerate(xs):
+            others = np.ones((), np.float32)
+            for j, y in enumerate(xs):
+                if j != i:
+                    others = others * y
+            grads.append(_unbroadcast(g * others, x.shape))
+        return grads
+
+
+class Max(_Join):
+    """Elementwise maximum; the gradient goes to the first input holding the maximum."""
+
+    def join(self, xs):
+        out = np.array(xs[0], np.float32, copy=True)
+        for x in xs[1:]:
+            np.maximum(out, x, out=out)
+        return out
+
+    def join_backward(self, xs, grad_out):
+        g = np.asarray(grad_out, np.float32)
+        taken = np.zeros(self.output.shape, bool)
+        grads = []
+        for x in xs:
+            hit = (x == self.output) & ~taken
+            taken |= hit
+            grads.append(_unbroadcast(np.where(hit, g, np.float32(0)), x.shape))
+        return grads
+
+
+def _unbroadcast(g: np.ndarray, shape) -> np.ndarray:
+    """Sums a gradient back down to the shape of an input that was broadcast."""
+    if g.shape == tuple(shape):
+        return g
+    extra = g.ndim - len(shape)
+    g = g.sum(axis=tuple(range(extra))) if extra else g
+    axes = tuple(i for i, d in enumerate(shape) if d == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g

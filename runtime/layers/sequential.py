@@ -1,0 +1,51 @@
+"""A chain of modules: each one's output is the next one's input."""
+from __future__ import annotations
+
+from ..module import Container, Module
+
+
+class Sequential(Container):
+    def forward(self, x):
+        self._inputs = []
+        for m in self.modules_list:
+            self._inputs.append(x)
+            x = m.forward(x)
+        self.output = x
+        return x
+
+    def backward(self, x, grad_out):
+        inputs = getattr(self, "_inputs", None)
+        if inputs is None or len(inputs) != len(self.modules_list):
+            self.forward(x)
+            inputs = self._inputs
+        g = grad_out
+        # Modules before the first one that trains need no gradient at all (a frozen feature
+        # extractor under a new head): stop there instead of back-propagating through them.
+        stop = self._first_needing_grad()
+        for i in range(len(self.modules_list) - 1, stop - 1, -1):
+            g = self.modules_list[i].backward(inputs[i], g)
+        return g if stop == 0 else None
+
+    def _first_needing_grad(self) -> int:
+        if not getattr(self, "skip_frozen_prefix", False):
+            return 0
+        for i, m in enumerate(self.modules_list):
+            if any(sub.params and sub.needs_param_grads for sub in m.modules()):
+                return i
+        return len(self.modules_list)
+
+    def replace(self, name: str, new: Module) -> Module:
+        """Swaps the direct or nested child called ``name`` for ``new``; returns the old module."""
+        for i, m in enumerate(self.modules_list):
+            if m.name == name:
+                self.modules_list[i] = new
+                return m
+            if hasattr(m, "replace") and any(sub.name == name for sub in m.modules()):
+                return m.replace(name, new)
+        raise KeyError(f"no module named {name!r} in {self.name!r}")
+
+    def __getitem__(self, i):
+        return self.modules_list[i]
+
+    def __len__(self):
+        return len(self.modules_list)
