@@ -1,0 +1,94 @@
+"""kindling info MODEL: layers, output shapes, parameters, size; --backend: the BLAS in use."""
+from __future__ import annotations
+
+import numpy as np
+
+HELP = "describe a model file (layers, output shapes, parameters, size) or, with --backend, the BLAS in use"
+
+
+def add_arguments(p):
+    p.add_argument("model", nargs="?", help="a .kdl model file")
+    p.add_argument("--backend", action="store_true", help="print the BLAS backend, its version and threads")
+    p.add_argument("--input-shape", help="input shape to trace output shapes with, e.g. 1,3,224,224 "
+                                         "(default: the model's recorded input shape)")
+
+
+def _backend_lines() -> list[str]:
+    from kindling.runtime import blas
+    d = blas.describe()
+    lines = [f"backend: {d['backend']} {d['version']}", f"library: {d['library']}",
+             f"threads: {d['threads']} (kindling's pool; {d['active_threads']} active now; the BLAS library itself "
+             f"runs single-threaded inside it)", f"chosen: {d['reason']}"]
+    if d["calibration_gflops"]:
+        lines.append("calibration: " + ", ".join(f"{k} {v} GFLOP/s" for k, v in d["calibration_gflops"].items()))
+    return lines
+
+
+def _trace_shapes(model, shape) -> dict:
+    """Output shape of every module, from one forward pass on zeros (hooks around forward)."""
+    shapes = {}
+    originals = {}
+    for m in model.modules():
+        originals[m] = m.forward
+
+        def wrapped(x, m=m):
+            y = originals[m](x)
+            shapes[m.name] = [tuple(np.shape(o)) for o in y] if isinstance(y, (list, tuple)) else tuple(np.shape(y))
+            return y
+        m.forward = wrapped
+    try:
+        model.evaluate()
+        model.forward(np.zeros(shape, np.float32))
+    finally:
+        for m, f in originals.items():
+            del m.forward
+    return shapes
+
+
+def run(args) -> int:
+    if args.backend:
+        print("\n".join(_backend_lines()))
+        if not args.model:
+            return 0
+    if not args.model:
+        raise ValueError("give a model file, or --backend")
+    import os
+
+    import kindling
+    model = kindling.load(args.model)
+    meta = model.metadata
+    shape = [int(d) for d in args.input_shape.split(",")] if args.input_shape else meta.get("input_shape")
+    shapes = {}
+    if shape and len(meta.get("input_names") or [None]) == 1:
+        shape = [1 if d <= 0 else d for d in shape]
+        shapes = _trace_shapes(model, shape)
+    rows = [("layer", "type", "output shape", "params")]
+    total = 0
+    for m in model.modules():
+        n = sum(int(np.prod(p.shape)) for p in m.params.values())
+        total += n
+        rows.append((m.name, type(m).__name__, str(shapes.get(m.name, "")), f"{n:,}" if n else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(f"parameters: {total:,}")
+    print(f"file size: {os.path.getsize(args.model) / 1e6:.1f} MB")
+    if shape:
+        print(f"input shape: {list(shape)}")
+    for key in ("input_names", "output_names"):
+        if meta.get(key):
+            print(f"{key.replace('_', ' ')}: {', '.join(meta[key])}")
+    if meta.get("source"):
+        print(f"source: {meta['source'].get('framework')} "
+              + ", ".join(f.get("path", "") for f in meta["source"].get("files", [])))
+    if meta.get("labels"):
+        print(f"labels: {len(meta['labels'])} ({', '.join(meta['labels'][:3])}{', ...' if len(meta['labels']) > 3 else ''})")
+    if meta.get("training"):
+        t = meta["training"]
+        line = f"training: iteration {t.get('iteration')}, epoch {t.get('epoch')}, loss {t.get('loss'):.6g}"
+        if t.get("validation"):
+            v = t["validation"]
+            line += f"; validated on {v.get('dataset')}: " + ", ".join(f"{k} {x:.4f}" for k, x in v["results"].items())
+        print(line)
+    print("\n".join(_backend_lines()[:1]))
+    return 0
