@@ -57,8 +57,9 @@ class Module:
 
     @property
     def needs_param_grads(self) -> bool:
-        """False while frozen: the layer skips computing its parameter gradients."""
-        return self.training and not self.frozen
+        """False while frozen: the layer skips computing its parameter gradients. (Evaluate mode
+        still computes them, as in PyTorch: fine-tuning may run BatchNorm on its global statistics.)"""
+        return not self.frozen
 
     def _accumulate(self, pname: str, grad: np.ndarray) -> None:
         """Add ``grad`` into ``self.grads[pname]`` (allocated once, reused across iterations)."""

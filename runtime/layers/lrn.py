@@ -14,9 +14,9 @@ from ..module import Module
 
 
 def _window_sum(a: np.ndarray, axis: int, size: int) -> np.ndarray:
-    """Sum over a centred window of ``size`` along ``axis`` (zeros beyond the edges), as Caffe
-    places it: (size - 1) // 2 before, size // 2 after."""
-    before, after = (size - 1) // 2, size // 2
+    """Sum over a centred window of ``size`` along ``axis`` (zeros beyond the edges). Caffe takes
+    odd sizes only; an even one is placed as PyTorch does: size // 2 before, (size - 1) // 2 after."""
+    before, after = size // 2, (size - 1) // 2
     pad = [(0, 0)] * a.ndim
     pad[axis] = (before + 1, after)
     c = np.cumsum(np.pad(a, pad), axis=axis, dtype=np.float64)
