@@ -365,6 +365,14 @@ def load(path, mmap: bool = False) -> Module:
                 got += n
         if h.digest() != t.sha256:
             raise FormatError(path, f"corrupt data: SHA-256 mismatch in tensor {t.key}")
+        pad = _pad(t.nbytes)
+        if pad:
+            if mapped is not None:
+                tail = bytes(mapped[data_start + t.offset + t.nbytes:data_start + t.offset + t.nbytes + pad])
+            else:
+                tail = f.read(pad)
+            if tail.strip(b"\0"):
+                raise FormatError(path, f"corrupt data: non-zero padding after tensor {t.key}")
         return a
 
     def fill(m: Module) -> None:

@@ -1,0 +1,82 @@
+"""`kindling info` and `kindling run` through the real entry point."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import kindling
+from kindling.runtime import nn
+
+
+def kindling_cli(*args):
+    return subprocess.run([sys.executable, "-m", "kindling", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory):
+    model = nn.Sequential(
+        nn.Conv2d(1, 20, 5, name="conv1"), nn.MaxPool2d(2, 2, name="pool1"),
+        nn.Conv2d(20, 50, 5, name="conv2"), nn.MaxPool2d(2, 2, name="pool2"),
+        nn.Flatten(name="flatten"), nn.Linear(800, 500, name="ip1"), nn.ReLU(name="relu1"),
+        nn.Linear(500, 10, name="ip2"), nn.LogSoftmax(name="prob"), name="lenet")
+    path = tmp_path_factory.mktemp("m") / "lenet.kdl"
+    kindling.save(model, path, metadata={"input_shape": [-1, 1, 28, 28], "labels": [str(i) for i in range(10)]})
+    return path, model.evaluate()
+
+
+def test_info_lists_layers_shapes_parameters_and_backend(lenet):
+    path, _ = lenet
+    r = kindling_cli("info", path)
+    assert r.returncode == 0, r.stderr
+    for text in ("conv1", "Conv2d", "(1, 20, 24, 24)", "(1, 10)", "parameters: 431,080", "backend:", "labels: 10"):
+        assert text in r.stdout, text
+
+
+def test_info_backend(monkeypatch):
+    r = kindling_cli("info", "--backend")
+    assert r.returncode == 0 and "backend:" in r.stdout and "threads:" in r.stdout
+
+
+def test_run_matches_forward_and_batches_agree(lenet, tmp_path):
+    path, model = lenet
+    x = np.random.default_rng(0).standard_normal((7, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for bs in (0, 3):
+        r = kindling_cli("run", path, "--input", tmp_path / "x.npy", "--output", tmp_path / f"y{bs}.npy",
+                         "--batch-size", bs)
+        assert r.returncode == 0, r.stderr
+    y = np.load(tmp_path / "y0.npy")
+    np.testing.assert_allclose(y, model.forward(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "y3.npy"), y, rtol=1e-5, atol=1e-6)
+
+
+def test_run_npz_for_two_inputs_and_outputs(tmp_path):
+    g = nn.Graph(inputs=["a", "b"], outputs=["sum", "neg"], name="g")
+    g.add(nn.Linear(3, 2, name="fa"), ["a"])
+    g.add(nn.Linear(4, 2, name="fb"), ["b"])
+    g.add(nn.Add(name="sum"), ["fa", "fb"])
+    g.add(nn.Scale(2, bias=False, axis=1, name="neg"), ["fa"])
+    path = kindling.save(g, tmp_path / "g.kdl", metadata={"input_names": ["a", "b"], "output_names": ["sum", "neg"]})
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", a=a, b=b)
+    r = kindling_cli("run", path, "--input", tmp_path / "in.npz", "--output", tmp_path / "out.npz", "--batch-size", 2)
+    assert r.returncode == 0, r.stderr
+    out = np.load(tmp_path / "out.npz")
+    s, n = g.forward({"a": a, "b": b})
+    np.testing.assert_allclose(out["sum"], s, rtol=1e-5)
+    np.testing.assert_allclose(out["neg"], n, rtol=1e-5)
+    r = kindling_cli("run", path, "--input", tmp_path / "in.npz", "--output", tmp_path / "out.npy")
+    assert r.returncode != 0 and "write them to an .npz" in r.stderr
+
+
+def test_run_bad_input_shape_is_a_clear_error(lenet, tmp_path):
+    path, _ = lenet
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 28, 28), np.float32))
+    r = kindling_cli("run", path, "--input", tmp_path / "wrong.npy", "--output", tmp_path / "y.npy")
+    assert r.returncode == 1
+    assert "does not fit the model's [-1, 1, 28, 28]" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "y.npy").exists()
+    r = kindling_cli("info", tmp_path / "wrong.npy")
+    assert r.returncode == 1 and "not a kindling model" in r.stderr
