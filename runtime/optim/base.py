@@ -1,0 +1,150 @@
+"""OptimMethod: the state and bookkeeping every optimisation method shares.
+
+A method's ``update(model)`` applies one step to every parameter of every module that is not
+frozen, using the gradients the backward pass accumulated, and honouring each module's
+``lr_mult`` / ``decay_mult`` (Caffe's). The maths of each method is a keyword-only function over
+one array, in place (like PyTorch's ``_single_tensor_sgd``); the class only walks the model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..module import Module
+
+
+class OptimMethod:
+    #: registry of subclasses by name, for load(); filled by __init_subclass__
+    _types: dict[str, type] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        OptimMethod._types[cls.__name__] = cls
+
+    def __init__(self, learningrate: float, learningrate_schedule=None):
+        if learningrate < 0:
+            raise ValueError(f"{type(self).__name__}: learningrate must be >= 0, got {learningrate}")
+        self.learningrate = float(learningrate)
+        self.learningrate_schedule = learningrate_schedule
+        self.state: dict = {"iteration": 0, "epoch": 1}
+        self.buffers: dict[str, dict[str, np.ndarray]] = {}  # per parameter key: named slots
+
+    # ---- the step ---------------------------------------------------------------------------
+    def hyper(self) -> dict:
+        """Constructor arguments, for saving and the log line."""
+        raise NotImplementedError
+
+    def _step(self, key: str, w: np.ndarray, g: np.ndarray, lr: float, lr_mult: float, decay_mult: float) -> None:
+        raise NotImplementedError
+
+    def current_learning_rate(self) -> float:
+        """The rate the next update uses (after the schedule)."""
+        if self.learningrate_schedule is not None:
+            return float(self.learningrate_schedule.rate(self.learningrate, self.state))
+        return self._default_rate()
+
+    def _default_rate(self) -> float:
+        return self.learningrate
+
+    def update(self, model: Module) -> None:
+        lr = self.current_learning_rate()
+        self.state["learning_rate"] = lr
+        for m in model.modules():
+            if m.frozen:
+                continue
+            for pname, w in m.params.items():
+                g = m.grads.get(pname)
+                if g is None:
+                    continue
+                self._step(f"{m.name}.{pname}", w, g, lr, m.lr_mult.get(pname, 1.0), m.decay_mult.get(pname, 1.0))
+        self.state["iteration"] += 1
+
+    def slot(self, key: str, name: str, like: np.ndarray, init=None) -> np.ndarray:
+        """A per-parameter buffer (momentum, moments), created on first use."""
+        slots = self.buffers.setdefault(key, {})
+        if name not in slots:
+            slots[name] = np.zeros_like(like) if init is None else np.array(init, like.dtype, copy=True)
+        return slots[name]
+
+    def scratch(self, key: str, like: np.ndarray) -> np.ndarray:
+        """A temporary of the parameter's shape, reused every step (not part of the saved state)."""
+        store = self.__dict__.setdefault("_scratch", {})
+        buf = store.get(key)
+        if buf is None or buf.shape != like.shape:
+            buf = store[key] = np.empty_like(like)
+        return buf
+
+    def set_epoch(self, epoch: int) -> None:
+        self.state["epoch"] = int(epoch)
+
+    def on_validation(self, score: float) -> None:
+        """Passes a validation score to a schedule that reacts to it (Plateau)."""
+        if hasattr(self.learningrate_schedule, "on_validation"):
+            self.learningrate_schedule.on_validation(score, self)
+
+    def hyper_parameters(self) -> dict:
+        return {"learning rate": self.current_learning_rate()}
+
+    # ---- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"type": type(self).__name__, "hyper": self.hyper(), "state": dict(self.state),
+                "schedule": _schedule_state(self.learningrate_schedule),
+                "buffers": {k: dict(v) for k, v in self.buffers.items()}}
+
+    def load_state_dict(self, d: dict) -> None:
+        if d.get("type") != type(self).__name__:
+            raise ValueError(f"state of a {d.get('type')} cannot be loaded into {type(self).__name__}")
+        self.state = dict(d["state"])
+        self.buffers = {k: {n: np.array(a, copy=True) for n, a in v.items()} for k, v in d["buffers"].items()}
+        if d.get("schedule") and self.learningrate_schedule is not None:
+            self.learningrate_schedule.load_state(d["schedule"]["state"])
+
+    def save(self, path) -> Path:
+        """Writes the method, its hyper-parameters and state atomically (.npz; never pickled)."""
+        path = Path(path)
+        d = self.state_dict()
+        arrays = {f"buf/{k}/{n}": a for k, v in d["buffers"].items() for n, a in v.items()}
+        meta = {k: v for k, v in d.items() if k != "buffers"}
+        meta["buffer_keys"] = {k: list(v) for k, v in d["buffers"].items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path) -> "OptimMethod":
+        from . import schedules
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["__meta__"]).decode())
+                buffers = {k: {n: z[f"buf/{k}/{n}"] for n in names} for k, names in meta["buffer_keys"].items()}
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{path}: not a kindling optim method file ({e})") from e
+        kind = OptimMethod._types.get(meta["type"])
+        if kind is None:
+            raise ValueError(f"{path}: unknown optim method {meta['type']!r}")
+        hyper = dict(meta["hyper"])
+        if meta.get("schedule"):
+            hyper["learningrate_schedule"] = schedules.from_config(meta["schedule"])
+        method = kind(**hyper)
+        method.load_state_dict({**meta, "buffers": buffers})
+        return method
+
+
+def _schedule_state(schedule):
+    if schedule is None:
+        return None
+    return {"config": schedule.config(), "state": schedule.state()}
