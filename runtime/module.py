@@ -43,6 +43,9 @@ class Module:
         self.lr_mult: dict[str, float] = {}
         self.decay_mult: dict[str, float] = {}
         self.output: Any = None
+        # Caffe's propagate_down: False when nobody needs the gradient w.r.t. this module's input
+        # (the first layer of a model in training); a layer may then skip computing it.
+        self.propagate_down = True
         self._scratch: dict[str, np.ndarray] = {}
 
     # ---- computation -------------------------------------------------------------------

@@ -199,7 +199,8 @@ class Conv2d(Module):
             gh = buf
         xp = self._padded_nhwc(x)
         (ph, pw) = self.padding
-        dxp = self._buffer("dxpad", (n, h + 2 * ph, w + 2 * pw, self.in_channels))
+        want_input = self.propagate_down
+        dxp = self._buffer("dxpad", (n, h + 2 * ph, w + 2 * pw, self.in_channels)) if want_input else None
         want_params = self.needs_param_grads
         if self.depthwise:
             partials = self._depthwise_backward(xp, gh, dxp, want_params)
@@ -209,6 +210,8 @@ class Conv2d(Module):
             self._accumulate("weight", sum(partials[1:], partials[0]) if len(partials) > 1 else partials[0])
             if self.has_bias:
                 self._accumulate("bias", gh.reshape(-1, self.out_channels).sum(axis=0))
+        if not want_input:
+            return None
         return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)
 
     def _gemm_backward(self, xp, gh, dxp, want_params):
@@ -241,6 +244,8 @@ class Conv2d(Module):
                         acc[gi] = part
                     else:
                         acc[gi] += part
+            if dxp is None:
+                return
             dx = dxp[lo:hi]
             if not single_cover:
                 dx.fill(0)
@@ -277,6 +282,8 @@ class Conv2d(Module):
                 for i in range(kh):
                     for j in range(kw):
                         dw_[:, :, i, j] += np.einsum("nhwc,nhwcm->cm", win[lo:hi, :, :, i, j, :], g5, optimize=True)
+            if dxp is None:
+                return
             dx = dxp[lo:hi]
             dx.fill(0)
             slab = self._buffer(f"dslab{wi}", (hi - lo, oh, ow, c))

@@ -19,6 +19,8 @@ class Sequential(Container):
             self.forward(x)
             inputs = self._inputs
         g = grad_out
+        if self.modules_list:
+            self.modules_list[0].propagate_down = self.propagate_down
         # Modules before the first one that trains need no gradient at all (a frozen feature
         # extractor under a new head): stop there instead of back-propagating through them.
         stop = self._first_needing_grad()

@@ -113,3 +113,17 @@ def test_conv2d_rejects_bad_arguments():
         conv.forward(np.zeros((1, 2, 8, 8), np.float32))
     with pytest.raises(ValueError, match="smaller than the kernel"):
         conv.forward(np.zeros((1, 3, 3, 3), np.float32))
+
+
+def test_conv2d_without_input_gradient_still_gives_weight_gradients(torch):
+    rng = np.random.default_rng(4)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    tc, tx = _torch_conv(torch, conv, x)
+    ty = tc(tx)
+    gy = rng.standard_normal(ty.shape).astype(np.float32)
+    ty.backward(torch.from_numpy(gy))
+    conv.propagate_down = False
+    conv.forward(x)
+    assert conv.backward(x, gy) is None
+    assert_close(conv.grads["weight"], to_numpy(tc.weight.grad))
