@@ -11,6 +11,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..module import Module
+from ..parallel import pool
 from .conv2d import pair
 
 
@@ -94,7 +95,6 @@ class _Pool2d(Module):
         xp = self._padded(x.transpose(0, 2, 3, 1), k, s, p, o)
         g = np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1)
         dxp = self._buffer("dxpad", xp.shape)
-        dxp.fill(0)
         self._unpool(xp, g, dxp, k, s, p, o, (h, w))
         return dxp[:, p[0]:p[0] + h, p[1]:p[1] + w].transpose(0, 3, 1, 2)
 
@@ -115,17 +115,32 @@ class MaxPool2d(_Pool2d):
                     np.maximum(out, self._offset(xp, i, j, s, o), out=out)
 
     def _unpool(self, xp, g, dxp, k, s, p, o, hw):
-        # Each window's gradient goes to its first maximum in scan order, as in PyTorch.
+        # Each window's gradient goes to its first maximum in scan order, as in PyTorch. Windows
+        # that tile the input write every position once (no zero fill, no add); images are
+        # shared among the threads.
         out = self.output.transpose(0, 2, 3, 1)
-        taken = self._buffer("taken", out.shape, np.bool_)
-        taken.fill(False)
-        hit = self._buffer("hit", out.shape, np.bool_)
-        for i in range(k[0]):
-            for j in range(k[1]):
-                np.equal(self._offset(xp, i, j, s, o), out, out=hit)
-                hit &= ~taken
-                taken |= hit
-                self._offset(dxp, i, j, s, o)[...] += np.where(hit, g, np.float32(0))
+        tiles = k == s and dxp.shape[1] == o[0] * k[0] and dxp.shape[2] == o[1] * k[1]
+        taken_all = self._buffer("taken", out.shape, np.bool_)
+        hit_all = self._buffer("hit", out.shape, np.bool_)
+        tmp_all = self._buffer("tmp", out.shape)
+
+        def work(_, lo, hi):
+            taken, hit, tmp = taken_all[lo:hi], hit_all[lo:hi], tmp_all[lo:hi]
+            taken.fill(False)
+            if not tiles:
+                dxp[lo:hi] = 0
+            for i in range(k[0]):
+                for j in range(k[1]):
+                    np.equal(self._offset(xp[lo:hi], i, j, s, o), out[lo:hi], out=hit)
+                    np.greater(hit, taken, out=hit)  # hit and not yet taken
+                    np.logical_or(taken, hit, out=taken)
+                    target = self._offset(dxp[lo:hi], i, j, s, o)
+                    if tiles:
+                        np.multiply(g[lo:hi], hit, out=target)
+                    else:
+                        np.multiply(g[lo:hi], hit, out=tmp)
+                        target += tmp
+        pool.run(out.shape[0], work)
 
 
 class AvgPool2d(_Pool2d):
@@ -162,6 +177,7 @@ class AvgPool2d(_Pool2d):
         out /= self._divisor(k, s, p, o, hw)
 
     def _unpool(self, xp, g, dxp, k, s, p, o, hw):
+        dxp.fill(0)
         gd = g / self._divisor(k, s, p, o, hw)
         for i in range(k[0]):
             for j in range(k[1]):
