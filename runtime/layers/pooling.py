@@ -37,8 +37,8 @@ class _Pool2d(Module):
         self.stride = pair(stride, "stride", self.name) if stride is not None else self.kernel_size
         self.padding = pair(padding, "padding", self.name)
         self.ceil_mode, self.global_pooling = bool(ceil_mode), bool(global_pooling)
-        if self.kernel_size and any(p * 2 > k for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"{type(self).__name__} {self.name!r}: padding {self.padding} must be at most half "
+        if self.kernel_size and any(p >= k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"{type(self).__name__} {self.name!r}: padding {self.padding} must be smaller than "
                              f"the kernel {self.kernel_size}")
 
     def config(self):

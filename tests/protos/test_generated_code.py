@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
 
@@ -19,6 +20,8 @@ def test_generated_code_is_current(tmp_path, proto):
     _drop_json_names(fresh)  # protoc adds them to descriptor sets but not to generated code
     module = importlib.import_module(f"kindling.protos.{proto[:-len('.proto')]}_pb2")
     committed = descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb)
+    _normalise_float_defaults(fresh)
+    _normalise_float_defaults(committed)
     assert committed == fresh, f"protos/{proto} changed: run `python protos/build.py` and commit the result"
 
 
@@ -31,3 +34,16 @@ def _drop_json_names(file_proto):
     walk(file_proto.message_type)
     for f in file_proto.extension:
         f.ClearField("json_name")
+
+
+def _normalise_float_defaults(file_proto):
+    """Float defaults are written as "0.999" in one place and "0.999000013" in the other."""
+    kinds = (descriptor_pb2.FieldDescriptorProto.TYPE_FLOAT, descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE)
+
+    def walk(messages):
+        for m in messages:
+            for f in m.field:
+                if f.type in kinds and f.HasField("default_value"):
+                    f.default_value = repr(float(np.float32(float(f.default_value))))
+            walk(m.nested_type)
+    walk(file_proto.message_type)
