@@ -1,0 +1,223 @@
+"""Caffe models into kindling: ``convert`` a prototxt + caffemodel, or ``load_weights`` of a Caffe
+model into a model of your own by layer name (the transfer-learning path).
+
+    from kindling.converters import caffe
+    model = caffe.convert("deploy.prototxt", "bvlc_alexnet.caffemodel")
+    report = caffe.load_weights(my_model, "deploy.prototxt", "bvlc_alexnet.caffemodel")
+
+Both formats are read: the current ``layer { type: "Convolution" }`` one and the legacy V1
+``layers { type: CONVOLUTION }`` one, inputs declared by an Input layer or by ``input:`` with
+``input_dim:`` / ``input_shape``, and train_val files (layers filtered by phase as Caffe does; data,
+loss and accuracy layers dropped with a note). Custom layer types are translated by functions you
+pass in (``translators={"MyType": fn}``, see translators.py for the signature); a built-in type
+cannot be replaced, and every unsupported layer is listed in one error.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from kindling.protos import caffe_pb2
+from kindling.runtime import nn
+
+from . import wire
+from .build import build, check_supported, dummy_data_shapes, translator_table
+from .errors import CaffeError
+from .parse import CaffeLayer, declared_inputs, layers_of, read_prototxt
+
+__all__ = ["convert", "load_weights", "CaffeError", "CaffeLayer", "read_blobs"]
+
+# Types whose layers carry weights in the caffemodel.
+WEIGHTED = {"Convolution", "ConvolutionDepthwise", "DepthwiseConvolution", "Deconvolution", "InnerProduct",
+            "BatchNorm", "PReLU", "Normalize", "Bias"}
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_blobs(caffemodel) -> dict[str, list[np.ndarray]]:
+    """Every layer's blobs by layer name, read one layer at a time (see wire.py)."""
+    path = Path(caffemodel)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            return {layer.name: layer.blobs for layer in wire.read_layers(f, size) if layer.blobs}
+    except OSError as e:
+        raise CaffeError(f"{path}: cannot read: {e.strerror or e}") from e
+    except wire.WireError as e:
+        raise CaffeError(f"{path}: truncated or corrupt caffemodel: {e}") from e
+
+
+def _attach(layers: list[CaffeLayer], blobs: dict, caffemodel) -> None:
+    missing = []
+    for layer in layers:
+        layer.blobs = blobs.get(layer.name, [])
+        one_bottom_scale = layer.type == "Scale" and len(layer.bottoms) == 1
+        if not layer.blobs and (layer.type in WEIGHTED or one_bottom_scale):
+            missing.append(f"{layer.name} ({layer.type})")
+    if missing:
+        raise CaffeError(f"{caffemodel}: no weights for layers {', '.join(missing)}: the caffemodel does not "
+                         f"match the prototxt (or its layers were renamed)")
+
+
+def _parse_inputs(net, layers, given: dict | None, path) -> dict:
+    inputs = declared_inputs(net, layers)
+    for layer in layers:
+        if layer.type == "DummyData":
+            inputs.update(zip(layer.tops, dummy_data_shapes(layer)))
+    produced = set(inputs)
+    for layer in layers:
+        if layer.type in ("Input", "DummyData") or _dropped(layer):
+            continue
+        for b in layer.bottoms:
+            if b not in produced:
+                inputs.setdefault(b, None)  # a train_val net: fed by a data layer that is dropped
+                produced.add(b)
+        produced.update(layer.tops)
+    for name, shape in (given or {}).items():
+        if name not in inputs:
+            raise CaffeError(f"{path}: --input names {name!r}, but the net's inputs are {list(inputs)}")
+        inputs[name] = list(shape)
+    unknown = [n for n, s in inputs.items() if not s]
+    if unknown:
+        raise CaffeError(f"{path}: no shape for input(s) {', '.join(unknown)}: give it, e.g. "
+                         f"--input {unknown[0]}=1,3,224,224")
+    return inputs
+
+
+_TRAINING_DATA = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "AnnotatedData"}
+
+
+def _dropped(layer) -> bool:
+    from .translators import TABLE
+    return layer.type in TABLE and TABLE[layer.type] is None
+
+
+def _data_preprocessing(layers) -> dict | None:
+    """Mean and scale from a train_val data layer's transform_param, as defaults for metadata."""
+    for layer in layers:
+        if layer.type in _TRAINING_DATA and layer.param.HasField("transform_param"):
+            t = layer.param.transform_param
+            out = {}
+            if t.mean_value:
+                out["mean"] = [float(v) for v in t.mean_value]
+            if t.scale != 1:
+                out["scale"] = float(t.scale)
+            if t.crop_size:
+                out["input_size"] = [int(t.crop_size)] * 2
+            return out or None
+    return None
+
+
+def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translators: dict | None = None,
+            softmax_loss_as_softmax: bool = False, labels: list[str] | None = None,
+            preprocessing: dict | None = None, phase: str = "test") -> nn.Module:
+    """A kindling model computing the Caffe net. Module names are the Caffe layer names. Notes
+    about what was dropped or ignored are in ``model.notes``; provenance in ``model.metadata``."""
+    prototxt = Path(prototxt)
+    net, notes = read_prototxt(prototxt)
+    layers = layers_of(net, prototxt, caffe_pb2.TEST if phase == "test" else caffe_pb2.TRAIN)
+    table = translator_table(translators)
+    check_supported(layers, table, prototxt)
+    shapes = _parse_inputs(net, layers, inputs, prototxt)
+    if caffemodel is not None:
+        _attach(layers, read_blobs(caffemodel), caffemodel)
+    model, outputs = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net")
+    files = [prototxt] + ([Path(caffemodel)] if caffemodel is not None else [])
+    meta = {"source": {"framework": "caffe", "files": [{"path": p.name, "sha256": _sha256(p), "size": p.stat().st_size}
+                                                        for p in files]},
+            "input_names": list(shapes), "output_names": outputs}
+    if len(shapes) == 1:
+        meta["input_shape"] = [-1, *list(shapes.values())[0][1:]]
+    if labels:
+        meta["labels"] = list(labels)
+    pre = {**(_data_preprocessing(layers) or {}), **(preprocessing or {})}
+    if pre:
+        meta["preprocessing"] = pre
+    model.metadata = meta
+    model.notes = notes
+    return model
+
+
+# ---- weights into a model of your own -----------------------------------------------------------------
+def _fit(blob: np.ndarray, shape, what: str) -> np.ndarray:
+    """The blob as ``shape`` when they agree up to leading 1s (legacy 4-D blobs), else an error."""
+    squeezed = list(blob.shape)
+    while len(squeezed) > len(shape) and squeezed[0] == 1:
+        squeezed.pop(0)
+    if tuple(squeezed) != tuple(shape):
+        raise ValueError(f"{what}: the caffemodel has shape {list(blob.shape)}, the model expects {list(shape)}")
+    return np.ascontiguousarray(blob.reshape(shape), dtype=np.float32)
+
+
+def _assign(module: nn.Module, layer: CaffeLayer, where: str) -> None:
+    blobs = layer.blobs
+    if type(module).__name__ == "BatchNorm2d":
+        if len(blobs) != 3:
+            raise ValueError(f"{where}: BatchNorm needs 3 blobs, the caffemodel has {len(blobs)}")
+        factor = float(blobs[2].reshape(-1)[0]) if blobs[2].size else 1.0
+        k = np.float32(0.0 if factor == 0 else 1.0 / factor)
+        for name, b in zip(("running_mean", "running_var"), blobs[:2]):
+            module.buffers[name] = _fit(b, module.buffers[name].shape, f"{where} {name}") * k
+        return
+    names = [n for n in ("weight", "bias") if n in module.params] or list(module.params)
+    if len(blobs) > len(names):
+        raise ValueError(f"{where}: the caffemodel has {len(blobs)} blobs, the module has {len(names)} parameters")
+    transpose = layer.type == "InnerProduct" and layer.param.inner_product_param.transpose
+    for name, b in zip(names, blobs):
+        target = module.params[name].shape
+        if name == "weight" and transpose:
+            module.params[name] = np.ascontiguousarray(_fit(b, target[::-1], f"{where} weight").T)
+        else:
+            module.params[name] = _fit(b, target, f"{where} {name}")
+
+
+def load_weights(model: nn.Module, prototxt, caffemodel, match_all: bool = False) -> dict:
+    """Copies the Caffe layers' weights into the modules of ``model`` with the same names.
+
+    Returns ``{"loaded": [...], "skipped": [...], "unused": [...]}``: modules that got weights,
+    modules with parameters that kept their initialisation (a renamed last layer starts fresh),
+    and Caffe layers with weights that no module matched. With ``match_all=True`` a skipped module
+    is an error. A same-named module whose shape differs is always an error naming both shapes."""
+    prototxt = Path(prototxt)
+    net, _ = read_prototxt(prototxt)
+    layers = {la.name: la for la in layers_of(net, prototxt)}
+    blobs = read_blobs(caffemodel)
+    by_name = {m.name: m for m in model.modules()}
+    loaded, unused = [], []
+    for name, bl in blobs.items():
+        module = by_name.get(name)
+        if module is None:
+            unused.append(name)
+            continue
+        layer = layers.get(name) or CaffeLayer(name, "", [], [], caffe_pb2.LayerParameter())
+        layer.blobs = bl
+        try:
+            _assign(module, layer, f"layer {name!r}")
+        except ValueError as e:
+            raise CaffeError(f"{caffemodel}: {e}") from e
+        lr = layer.lr_mult
+        for i, pname in enumerate(n for n in ("weight", "bias") if n in module.params):
+            if i < len(lr) and (lr[i] != 1.0 or (i < len(layer.decay_mult) and layer.decay_mult[i] != 1.0)):
+                module.set_mult(pname, lr[i], layer.decay_mult[i] if i < len(layer.decay_mult) else 1.0)
+        loaded.append(name)
+    skipped = [m.name for m in model.modules() if (m.params or m.buffers) and m.name not in loaded
+               and not m.children()]
+    if match_all and skipped:
+        raise CaffeError(f"{caffemodel}: no Caffe weights for modules {', '.join(skipped)} (match_all=True)")
+    return {"loaded": loaded, "skipped": skipped, "unused": unused}
+
+
+def describe(model: nn.Module, seconds: float | None = None) -> str:
+    params = sum(int(np.prod(p.shape)) for _, p, _ in model.named_parameters())
+    kind = type(model).__name__
+    return f"{kind} with {sum(1 for _ in model.modules()) - 1} modules, {params:,} parameters" + (
+        f", converted in {seconds:.2f} s" if seconds is not None else "")
+

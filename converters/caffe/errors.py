@@ -1,0 +1,3 @@
+class CaffeError(ValueError):
+    """A Caffe file that cannot be converted; the message names the file and, where it applies,
+    the layer."""

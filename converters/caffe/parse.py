@@ -1,0 +1,162 @@
+"""Reading Caffe net definitions: text prototxt (current and V1 format), inputs, phase rules."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from kindling.protos import caffe_pb2
+
+from .errors import CaffeError
+
+# V1 enum names -> current type strings (Caffe's UpgradeV1LayerType).
+V1_TYPES = {
+    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL", "CONCAT": "Concat",
+    "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution", "DATA": "Data",
+    "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output", "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData", "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss", "MVN": "MVN",
+    "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
+    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+}
+# V1 parameter fields that the current LayerParameter has under the same name.
+_V1_PARAMS = ["concat_param", "convolution_param", "dropout_param", "dummy_data_param", "eltwise_param",
+              "inner_product_param", "lrn_param", "pooling_param", "power_param", "relu_param", "softmax_param",
+              "slice_param", "transform_param", "loss_param"]
+
+
+@dataclass
+class CaffeLayer:
+    """One layer, format-neutral: what every translator receives."""
+    name: str
+    type: str
+    bottoms: list[str]
+    tops: list[str]
+    param: caffe_pb2.LayerParameter          # the layer's *_param fields, in the current format
+    blobs: list = field(default_factory=list)  # numpy arrays from the caffemodel
+    lr_mult: list[float] = field(default_factory=list)
+    decay_mult: list[float] = field(default_factory=list)
+
+
+def _known_field_names() -> set[str]:
+    names = set()
+
+    def walk(desc):
+        for f in desc.fields:
+            names.add(f.name)
+        for nested in desc.nested_types:
+            walk(nested)
+        for e in desc.enum_types:
+            names.update(v.name for v in e.values)
+    for msg in caffe_pb2.DESCRIPTOR.message_types_by_name.values():
+        walk(msg)
+    for e in caffe_pb2.DESCRIPTOR.enum_types_by_name.values():
+        names.update(v.name for v in e.values)
+    return names
+
+
+def read_prototxt(path) -> tuple[caffe_pb2.NetParameter, list[str]]:
+    """Parses a prototxt; returns the net and notes about fields this schema does not know
+    (fork additions, skipped). A syntax error names the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise CaffeError(f"{path}: cannot read: {e.strerror or e}") from e
+    net = caffe_pb2.NetParameter()
+    try:
+        text_format.Parse(text, net, allow_unknown_field=True, allow_unknown_extension=True)
+    except text_format.ParseError as e:
+        m = re.match(r"(\d+):(\d+) : (.*)", str(e))
+        where = f"line {m.group(1)}, column {m.group(2)}: {m.group(3)}" if m else str(e)
+        raise CaffeError(f"{path}: syntax error at {where}") from e
+    known = _known_field_names()
+    used = set(re.findall(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*[:{]", re.sub(r"#[^\n]*", "", text), re.M))
+    unknown = sorted(used - known)
+    notes = [f"{path.name}: ignored fields this converter does not use: {', '.join(unknown)}"] if unknown else []
+    return net, notes
+
+
+def read_net_binary(path) -> caffe_pb2.NetParameter:
+    """A whole binary NetParameter (for small files: tests, net structure from a caffemodel)."""
+    try:
+        return caffe_pb2.NetParameter.FromString(Path(path).read_bytes())
+    except Exception as e:
+        raise CaffeError(f"{path}: not a readable caffemodel ({e})") from e
+
+
+def _state_meets_rule(rule: caffe_pb2.NetStateRule, phase: int, level: int, stages: set[str]) -> bool:
+    """Caffe's Net::StateMeetsRule."""
+    if rule.HasField("phase") and rule.phase != phase:
+        return False
+    if rule.HasField("min_level") and level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and level > rule.max_level:
+        return False
+    if any(s not in stages for s in rule.stage):
+        return False
+    return not any(s in stages for s in rule.not_stage)
+
+
+def included(layer, phase: int = caffe_pb2.TEST, level: int = 0, stages=()) -> bool:
+    """Caffe's Net::FilterNet: include rules (any met) or exclude rules (none met)."""
+    stages = set(stages)
+    if layer.include:
+        return any(_state_meets_rule(r, phase, level, stages) for r in layer.include)
+    return not any(_state_meets_rule(r, phase, level, stages) for r in layer.exclude)
+
+
+def layers_of(net: caffe_pb2.NetParameter, path, phase: int = caffe_pb2.TEST, stages=()) -> list[CaffeLayer]:
+    """The net's layers for ``phase``, in order, current or V1 format alike."""
+    if net.layer and net.layers:
+        raise CaffeError(f"{path}: mixes `layer` (current) and `layers` (V1) definitions")
+    out = []
+    for v1 in net.layers:
+        if v1.HasField("layer"):
+            raise CaffeError(f"{path}: V0 layer definitions (layers {{ layer {{ ... }} }}) are too old to read; "
+                             f"upgrade the net with Caffe's upgrade_net_proto_text first")
+        if not included(v1, phase, stages=stages):
+            continue
+        p = caffe_pb2.LayerParameter()
+        for name in _V1_PARAMS:
+            if v1.HasField(name):
+                getattr(p, name).CopyFrom(getattr(v1, name))
+        kind = caffe_pb2.V1LayerParameter.LayerType.Name(v1.type)
+        out.append(CaffeLayer(v1.name, V1_TYPES.get(kind, kind), list(v1.bottom), list(v1.top), p,
+                              lr_mult=list(v1.blobs_lr), decay_mult=list(v1.weight_decay)))
+    for layer in net.layer:
+        if not included(layer, phase, stages=stages):
+            continue
+        out.append(CaffeLayer(layer.name, layer.type, list(layer.bottom), list(layer.top), layer,
+                              lr_mult=[p.lr_mult for p in layer.param],
+                              decay_mult=[p.decay_mult for p in layer.param]))
+    names = [la.name for la in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise CaffeError(f"{path}: layer names repeat ({', '.join(dup)}); each layer needs its own name")
+    return out
+
+
+def declared_inputs(net: caffe_pb2.NetParameter, layers: list[CaffeLayer]) -> dict[str, list[int] | None]:
+    """Net inputs and their shapes from `input:` + `input_dim:` / `input_shape`, or Input layers."""
+    inputs: dict[str, list[int] | None] = {}
+    dims = list(net.input_dim)
+    for i, name in enumerate(net.input):
+        if i < len(net.input_shape):
+            inputs[name] = list(net.input_shape[i].dim)
+        elif len(dims) >= 4 * (i + 1):
+            inputs[name] = dims[4 * i:4 * i + 4]
+        else:
+            inputs[name] = None
+    for layer in layers:
+        if layer.type == "Input":
+            shapes = [list(s.dim) for s in layer.param.input_param.shape]
+            for i, top in enumerate(layer.tops):
+                inputs[top] = shapes[i] if i < len(shapes) else (shapes[0] if shapes else None)
+    return inputs

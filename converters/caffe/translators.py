@@ -1,0 +1,325 @@
+"""Caffe layer type -> kindling modules: one translator per type, and the TABLE that maps them.
+
+A translator is ``fn(layer: CaffeLayer, shapes: list[tuple]) -> Module | list[Module]``: it gets
+the layer (its *_param fields in ``layer.param``, its weights in ``layer.blobs``) and the shapes of
+its inputs (batch 1), and returns the module that computes it, or a chain of modules (the first
+reads the layer's bottoms, the last produces its top). The module that holds the weights is named
+after the Caffe layer, so weights stay addressable as in Caffe. Weight layout fixes live in the
+translator. DROP marks types that only matter for training (data, loss, accuracy): they are
+left out with a note.
+
+Your own layer types come in as an argument, not a global registry::
+
+    def my_layer(layer, shapes):
+        return nn.Scale(shapes[0][1], name=layer.name)
+    convert("deploy.prototxt", "w.caffemodel", translators={"MyLayer": my_layer})
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kindling.protos import caffe_pb2
+from kindling.runtime import nn
+
+from .errors import CaffeError
+from .parse import CaffeLayer
+
+DROP = None  # a TABLE value: the type is left out of the converted model, with a note
+
+
+def _fail(layer: CaffeLayer, problem: str):
+    raise CaffeError(f"layer {layer.name!r} ({layer.type}): {problem}")
+
+
+def _hw(layer, p, name: str, default: int) -> tuple[int, int]:
+    """kernel/pad/stride/dilation from the repeated field or its _h/_w forms."""
+    h, w = f"{name}_h", f"{name}_w"
+    if h in p.DESCRIPTOR.fields_by_name and (p.HasField(h) or p.HasField(w)):
+        return int(getattr(p, h)), int(getattr(p, w))
+    values = list(p.kernel_size if name == "kernel" else getattr(p, name))
+    if not values:
+        return default, default
+    if len(values) <= 2:
+        return int(values[0]), int(values[-1])
+    _fail(layer, f"{name} has {len(values)} values; only 2-D layers are supported")
+
+
+def _blob(layer: CaffeLayer, i: int, shape, what: str) -> np.ndarray:
+    """Blob i reshaped to ``shape``; an error names the layer and both shapes when it does not fit."""
+    b = layer.blobs[i]
+    if b.size != int(np.prod(shape)):
+        _fail(layer, f"{what} blob has shape {list(b.shape)} ({b.size} values) but the layer needs {list(shape)}")
+    return np.ascontiguousarray(b.reshape(shape), dtype=np.float32)
+
+
+def _expect_blobs(layer: CaffeLayer, counts: tuple[int, ...]):
+    if layer.blobs and len(layer.blobs) not in counts:
+        _fail(layer, f"has {len(layer.blobs)} blobs in the caffemodel, expected {' or '.join(map(str, counts))}")
+
+
+def _set(module: nn.Module, layer: CaffeLayer, names: list[str]):
+    """Copies the layer's blobs into the module's parameters, in order, checking each shape."""
+    _expect_blobs(layer, (len(names),) if len(names) == len(module.params) else (len(names), len(module.params)))
+    for i, pname in enumerate(names[:len(layer.blobs)]):
+        module.params[pname] = _blob(layer, i, module.params[pname].shape, pname)
+    _mults(module, layer, names)
+    return module
+
+
+def _mults(module, layer, names):
+    for i, pname in enumerate(names):
+        lr = layer.lr_mult[i] if i < len(layer.lr_mult) else 1.0
+        decay = layer.decay_mult[i] if i < len(layer.decay_mult) else 1.0
+        if (lr, decay) != (1.0, 1.0):
+            module.set_mult(pname, lr, decay)
+
+
+def _channels(layer, shapes, axis=1) -> int:
+    if not shapes or len(shapes[0]) <= axis:
+        _fail(layer, f"needs an input with a channel axis, got shape {shapes[0] if shapes else None}")
+    return int(shapes[0][axis])
+
+
+# ---- compute layers ---------------------------------------------------------------------------
+def convolution(layer: CaffeLayer, shapes):
+    p = layer.param.convolution_param
+    if p.axis != 1:
+        _fail(layer, f"convolution over axis {p.axis} is not supported (only axis 1)")
+    cin = _channels(layer, shapes)
+    group = cin if layer.type == "ConvolutionDepthwise" else p.group
+    if not p.num_output:
+        _fail(layer, "convolution_param.num_output is missing")
+    with _deferred(layer):
+        m = nn.Conv2d(cin, p.num_output, _hw(layer, p, "kernel", 0), _hw(layer, p, "stride", 1),
+                      _hw(layer, p, "pad", 0), _hw(layer, p, "dilation", 1), group, p.bias_term, name=layer.name)
+    return _set(m, layer, ["weight", "bias"] if p.bias_term else ["weight"])
+
+
+def deconvolution(layer: CaffeLayer, shapes):
+    p = layer.param.convolution_param
+    cin = _channels(layer, shapes)
+    with _deferred(layer):
+        m = nn.ConvTranspose2d(cin, p.num_output, _hw(layer, p, "kernel", 0), _hw(layer, p, "stride", 1),
+                               _hw(layer, p, "pad", 0), 0, p.group, p.bias_term, _hw(layer, p, "dilation", 1),
+                               name=layer.name)
+    return _set(m, layer, ["weight", "bias"] if p.bias_term else ["weight"])
+
+
+def inner_product(layer: CaffeLayer, shapes):
+    p = layer.param.inner_product_param
+    shape = shapes[0]
+    axis = p.axis % len(shape)
+    fin = int(np.prod(shape[axis:]))
+    with _deferred(layer):
+        m = nn.Linear(fin, p.num_output, p.bias_term, name=layer.name)
+    if layer.blobs:
+        _expect_blobs(layer, (2,) if p.bias_term else (1,))
+        w = _blob(layer, 0, (fin, p.num_output) if p.transpose else (p.num_output, fin), "weight")
+        m.params["weight"] = np.ascontiguousarray(w.T) if p.transpose else w
+        if p.bias_term:
+            m.params["bias"] = _blob(layer, 1, (p.num_output,), "bias")
+    _mults(m, layer, ["weight", "bias"])
+    if axis == 1:
+        return m  # Linear flattens (N, ...) itself
+    # Caffe keeps the axes before `axis`: flatten the rest, multiply, restore the leading axes.
+    return [nn.Reshape([-1, fin], name=f"{layer.name}/flatten"), m,
+            nn.Reshape([-1, *shape[1:axis], p.num_output], name=f"{layer.name}/unflatten")]
+
+
+def pooling(layer: CaffeLayer, shapes):
+    p = layer.param.pooling_param
+    ceil = p.round_mode == caffe_pb2.PoolingParameter.CEIL and p.ceil_mode
+    kernel = None if p.global_pooling else _hw(layer, p, "kernel", 0)
+    if kernel is not None and 0 in kernel:
+        _fail(layer, "pooling_param needs kernel_size (or global_pooling)")
+    args = dict(kernel_size=kernel, stride=_hw(layer, p, "stride", 1), padding=_hw(layer, p, "pad", 0),
+                ceil_mode=ceil, global_pooling=p.global_pooling, name=layer.name)
+    if p.pool == caffe_pb2.PoolingParameter.MAX:
+        return nn.MaxPool2d(**args)
+    if p.pool == caffe_pb2.PoolingParameter.AVE:
+        return nn.AvgPool2d(count_include_pad=True, **args)
+    _fail(layer, "STOCHASTIC pooling is not supported")
+
+
+# ---- activations and normalisation --------------------------------------------------------------
+def relu(layer, shapes):
+    slope = layer.param.relu_param.negative_slope
+    return nn.LeakyReLU(slope, name=layer.name) if slope else nn.ReLU(name=layer.name)
+
+
+def prelu(layer, shapes):
+    shared = layer.param.prelu_param.channel_shared
+    m = nn.PReLU(1 if shared else _channels(layer, shapes), name=layer.name)
+    return _set(m, layer, ["weight"])
+
+
+def lrn(layer, shapes):
+    p = layer.param.lrn_param
+    within = p.norm_region == caffe_pb2.LRNParameter.WITHIN_CHANNEL
+    return nn.LocalResponseNorm(p.local_size, p.alpha, p.beta, 1.0 if within else p.k,
+                                region="within" if within else "across", name=layer.name)
+
+
+def batch_norm(layer, shapes):
+    """Caffe keeps mean and variance multiplied by a running factor (the third blob)."""
+    p = layer.param.batch_norm_param
+    c = _channels(layer, shapes)
+    m = nn.BatchNorm2d(c, eps=p.eps, momentum=1.0 - p.moving_average_fraction, affine=False, name=layer.name)
+    if layer.blobs:
+        _expect_blobs(layer, (3,))
+        factor = float(layer.blobs[2].reshape(-1)[0]) if layer.blobs[2].size else 1.0
+        scale = 0.0 if factor == 0 else 1.0 / factor
+        m.buffers["running_mean"] = _blob(layer, 0, (c,), "mean") * np.float32(scale)
+        m.buffers["running_var"] = _blob(layer, 1, (c,), "variance") * np.float32(scale)
+    return m
+
+
+def scale(layer, shapes):
+    p = layer.param.scale_param
+    if len(layer.bottoms) == 2:
+        if p.bias_term:
+            _fail(layer, "Scale with two bottoms and bias_term is not supported")
+        return nn.ScaleBy(p.axis, name=layer.name)
+    shape = _param_shape(layer, shapes[0], p.axis, p.num_axes, blob=0)
+    m = nn.Scale(shape, bias=p.bias_term, axis=p.axis, name=layer.name)
+    return _set(m, layer, ["weight", "bias"] if p.bias_term else ["weight"])
+
+
+def bias(layer, shapes):
+    p = layer.param.bias_param
+    if len(layer.bottoms) == 2:
+        _fail(layer, "Bias with two bottoms is not supported")
+    shape = _param_shape(layer, shapes[0], p.axis, p.num_axes, blob=0)
+    return _set(nn.Bias(shape, p.axis, name=layer.name), layer, ["bias"])
+
+
+def _param_shape(layer, in_shape, axis, num_axes, blob):
+    if layer.blobs:
+        return list(layer.blobs[blob].shape)
+    axis = axis % len(in_shape)
+    end = len(in_shape) if num_axes == -1 else axis + num_axes
+    return list(in_shape[axis:end])
+
+
+def normalize(layer, shapes):
+    p = layer.param.norm_param
+    m = nn.Normalize(_channels(layer, shapes), p.across_spatial, p.channel_shared, p.eps, name=layer.name)
+    return _set(m, layer, ["weight"])
+
+
+# ---- joins and shapes ---------------------------------------------------------------------------
+def eltwise(layer, shapes):
+    p = layer.param.eltwise_param
+    op = p.operation
+    if op == caffe_pb2.EltwiseParameter.SUM:
+        coeffs = list(p.coeff) or None
+        if coeffs and len(coeffs) != len(layer.bottoms):
+            _fail(layer, f"{len(coeffs)} coeff values for {len(layer.bottoms)} bottoms")
+        return nn.Add(coeffs=coeffs, name=layer.name)
+    return {caffe_pb2.EltwiseParameter.PROD: nn.Mul, caffe_pb2.EltwiseParameter.MAX: nn.Max}[op](name=layer.name)
+
+
+def concat(layer, shapes):
+    p = layer.param.concat_param
+    axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
+    return nn.Concat(axis=axis, name=layer.name)
+
+
+def flatten(layer, shapes):
+    p = layer.param.flatten_param
+    return nn.Flatten(p.axis, p.end_axis, name=layer.name)
+
+
+def reshape(layer, shapes):
+    """Caffe's axis/num_axes form becomes a full target shape (0 = copy, -1 = infer)."""
+    p = layer.param.reshape_param
+    in_shape = shapes[0]
+    axis = p.axis if p.axis >= 0 else len(in_shape) + 1 + p.axis
+    end = len(in_shape) if p.num_axes == -1 else axis + p.num_axes
+    spec = list(p.shape.dim)
+    # Leading dims are kept as 0 (copy), so a 0 in the spec still copies the input dim at its position.
+    target = [0] * axis + spec + [int(d) for d in in_shape[end:]]
+    return nn.Reshape(target, name=layer.name)
+
+
+def slice_(layer, shapes):
+    p = layer.param.slice_param
+    axis = p.axis if p.HasField("axis") or not p.HasField("slice_dim") else p.slice_dim
+    return nn.Slice(axis, list(p.slice_point), num_outputs=len(layer.tops), name=layer.name)
+
+
+def crop(layer, shapes):
+    p = layer.param.crop_param
+    return nn.Crop(p.axis, list(p.offset), name=layer.name)
+
+
+def permute(layer, shapes):
+    return nn.Permute(list(layer.param.permute_param.order), name=layer.name)
+
+
+def upsample(layer, shapes):
+    p = layer.param.upsample_param
+    if len(layer.bottoms) > 1:
+        _fail(layer, "SegNet's two-bottom Upsample (unpooling with a max-pool mask) is not supported")
+    if p.HasField("scale_h") and p.scale_h != p.scale_w:
+        _fail(layer, f"different scales for height and width ({p.scale_h}, {p.scale_w}) are not supported")
+    return nn.Upsample(p.scale_h or p.scale, name=layer.name)
+
+
+def _simple(cls, **fixed):
+    return lambda layer, shapes: cls(**fixed, name=layer.name)
+
+
+def dropout(layer, shapes):
+    return nn.Dropout(layer.param.dropout_param.dropout_ratio, name=layer.name)
+
+
+def power(layer, shapes):
+    p = layer.param.power_param
+    return nn.Power(p.power, p.scale, p.shift, name=layer.name)
+
+
+def softmax(layer, shapes):
+    return nn.Softmax(layer.param.softmax_param.axis, name=layer.name)
+
+
+def shuffle_channel(layer, shapes):
+    return nn.ShuffleChannel(layer.param.shuffle_channel_param.group, name=layer.name)
+
+
+class _deferred:
+    """Skips random initialisation of a module whose weights are about to be copied in."""
+
+    def __init__(self, layer):
+        from kindling.runtime import init
+        self._ctx = init.deferred() if layer.blobs else None
+
+    def __enter__(self):
+        if self._ctx:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self._ctx:
+            return self._ctx.__exit__(*exc)
+
+
+SPLIT = "split"  # tops alias the bottom: no module
+
+TABLE = {
+    "Convolution": convolution, "ConvolutionDepthwise": convolution, "DepthwiseConvolution": convolution,
+    "Deconvolution": deconvolution, "InnerProduct": inner_product, "Pooling": pooling,
+    "ReLU": relu, "PReLU": prelu, "ELU": lambda layer, s: nn.ELU(layer.param.elu_param.alpha, name=layer.name),
+    "Sigmoid": _simple(nn.Sigmoid), "TanH": _simple(nn.Tanh), "AbsVal": _simple(nn.AbsVal), "BNLL": _simple(nn.BNLL),
+    "Power": power, "LRN": lrn, "Dropout": dropout, "Softmax": softmax, "Concat": concat, "Eltwise": eltwise,
+    "BatchNorm": batch_norm, "Scale": scale, "Bias": bias, "Flatten": flatten, "Reshape": reshape,
+    "Slice": slice_, "Crop": crop, "Permute": permute, "Normalize": normalize,
+    "ShuffleChannel": shuffle_channel, "Axpy": _simple(nn.Axpy), "Upsample": upsample,
+    "Split": SPLIT,
+    # training only
+    "Data": DROP, "ImageData": DROP, "HDF5Data": DROP, "MemoryData": DROP, "WindowData": DROP,
+    "AnnotatedData": DROP, "Accuracy": DROP, "SoftmaxWithLoss": DROP, "EuclideanLoss": DROP,
+    "SigmoidCrossEntropyLoss": DROP, "HingeLoss": DROP, "InfogainLoss": DROP, "ContrastiveLoss": DROP,
+    "MultinomialLogisticLoss": DROP, "Silence": DROP, "HDF5Output": DROP,
+}
+# Input layers and DummyData that feed the net define its inputs (converters/caffe/build.py).
+INPUT_TYPES = {"Input", "DummyData"}

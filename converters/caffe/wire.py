@@ -1,0 +1,150 @@
+"""Reads a .caffemodel layer by layer, straight from the protobuf wire format.
+
+A VGG16 caffemodel is 550 MB, nearly all of it in a few packed float arrays. Parsing it whole
+with protobuf holds the file's bytes, the parsed message and then the numpy copies at once (3x
+the file), which is how converting VGG16 ran BigDL's driver out of heap. Here each layer's bytes
+are read into one buffer and its blob data become numpy arrays *over that buffer*, with no copy;
+only the layer name, type and blobs are read (the structure comes from the prototxt).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from kindling.protos import caffe_pb2
+
+# wire types
+VARINT, I64, LEN, I32 = 0, 1, 2, 5
+# NetParameter: layer (current) and layers (V1); LayerParameter and V1LayerParameter field numbers
+NET_LAYER, NET_V1_LAYERS = 100, 2
+LAYER_FIELDS = {NET_LAYER: {"name": 1, "type": 2, "blobs": 7}, NET_V1_LAYERS: {"name": 4, "type": 5, "blobs": 6}}
+BLOB_SHAPE, BLOB_DATA, BLOB_DOUBLE_DATA = 7, 5, 8
+BLOB_LEGACY = {1: 0, 2: 1, 3: 2, 4: 3}  # num, channels, height, width
+
+
+class WireError(ValueError):
+    pass
+
+
+@dataclass
+class RawLayer:
+    name: str = ""
+    type: str = ""
+    blobs: list = field(default_factory=list)
+    v1: bool = False
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise WireError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 70:
+            raise WireError("malformed varint")
+
+
+def fields(buf, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, object]]:
+    """(field number, wire type, value) for each field in buf[start:end]; LEN values are
+    (offset, length) pairs into buf, not copies."""
+    pos, end = start, len(buf) if end is None else end
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == VARINT:
+            value, pos = _varint(buf, pos)
+        elif wire == I64:
+            value, pos = pos, pos + 8
+        elif wire == I32:
+            value, pos = pos, pos + 4
+        elif wire == LEN:
+            n, pos = _varint(buf, pos)
+            value, pos = (pos, n), pos + n
+        else:
+            raise WireError(f"unsupported wire type {wire} for field {number}")
+        if pos > end:
+            raise WireError("truncated field")
+        yield number, wire, value
+
+
+def _blob(buf, start: int, end: int) -> np.ndarray:
+    shape, legacy, data = None, [0, 0, 0, 0], None
+    floats: list[np.ndarray] = []
+    for number, wire, value in fields(buf, start, end):
+        if number == BLOB_SHAPE and wire == LEN:
+            off, n = value
+            shape = list(caffe_pb2.BlobShape.FromString(bytes(buf[off:off + n])).dim)
+        elif number in BLOB_LEGACY and wire == VARINT:
+            legacy[BLOB_LEGACY[number]] = value
+        elif number == BLOB_DATA and wire == LEN:  # packed floats: an array over the buffer
+            off, n = value
+            data = np.frombuffer(buf, "<f4", n // 4, off)
+        elif number == BLOB_DATA and wire == I32:  # unpacked repeated float (very old writers)
+            floats.append(np.frombuffer(buf, "<f4", 1, value))
+        elif number == BLOB_DOUBLE_DATA and wire == LEN:
+            off, n = value
+            data = np.frombuffer(buf, "<f8", n // 8, off).astype(np.float32)
+    if data is None:
+        data = np.concatenate(floats) if floats else np.zeros(0, np.float32)
+    if shape is None:
+        shape = legacy if any(legacy) else [data.size]
+    if int(np.prod(shape)) != data.size:
+        raise WireError(f"blob of shape {shape} holds {data.size} values")
+    return data.reshape(shape)
+
+
+def _layer(buf, kind: int) -> RawLayer:
+    spec = LAYER_FIELDS[kind]
+    layer = RawLayer(v1=kind == NET_V1_LAYERS)
+    for number, wire, value in fields(buf):
+        if number == spec["name"] and wire == LEN:
+            off, n = value
+            layer.name = bytes(buf[off:off + n]).decode("utf-8", "replace")
+        elif number == spec["type"]:
+            if wire == LEN:
+                off, n = value
+                layer.type = bytes(buf[off:off + n]).decode("utf-8", "replace")
+            else:
+                layer.type = caffe_pb2.V1LayerParameter.LayerType.Name(value) \
+                    if value in caffe_pb2.V1LayerParameter.LayerType.values() else str(value)
+        elif number == spec["blobs"] and wire == LEN:
+            off, n = value
+            layer.blobs.append(_blob(buf, off, off + n))
+    return layer
+
+
+def read_layers(f: BinaryIO, size: int) -> Iterator[RawLayer]:
+    """Yields the layers of a binary NetParameter one at a time, reading only that layer's bytes."""
+    pos = 0
+    while pos < size:
+        head = f.read(min(10, size - pos))
+        key, used = _varint(head, 0)
+        number, wire = key >> 3, key & 7
+        if wire == LEN:
+            n, used2 = _varint(head, used)
+            f.seek(pos + used2)
+            if pos + used2 + n > size:
+                raise WireError(f"truncated: a field of {n} bytes at offset {pos} runs past the end of the file")
+            if number in LAYER_FIELDS:
+                buf = bytearray(n)
+                if f.readinto(buf) != n:
+                    raise WireError("truncated layer")
+                yield _layer(buf, number)
+            else:
+                f.seek(n, 1)
+            pos += used2 + n
+        elif wire == VARINT:
+            _, used2 = _varint(head, used)
+            pos += used2
+        elif wire in (I64, I32):
+            pos += used + (8 if wire == I64 else 4)
+        else:
+            raise WireError(f"not a Caffe NetParameter (wire type {wire} at offset {pos})")
+        f.seek(pos)
