@@ -48,12 +48,16 @@ def _shape_of(y):
 
 
 def _run(module, xs, layer, path):
+    training = module.training
+    module.train(False)  # a shape probe must not move BatchNorm's running statistics
     try:
         with np.errstate(all="ignore"):
             y = module.forward(xs if getattr(module, "multi_input", False) else xs[0])
     except (ValueError, IndexError) as e:
         raise CaffeError(f"{path}: layer {layer.name!r} ({layer.type}) does not fit its input shapes "
                          f"{[tuple(x.shape) for x in xs]}: {e}") from e
+    finally:
+        module.train(training)
     shape = _shape_of(y)
     module._scratch.clear()  # build-time buffers are not kept
     return shape

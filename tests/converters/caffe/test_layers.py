@@ -1,0 +1,169 @@
+"""Every supported Caffe layer type, each in a small net, against OpenCV's dnn module (an
+independent Caffe reader) or, where OpenCV lacks the layer, against PyTorch."""
+import numpy as np
+import pytest
+
+from caffe_nets import inputs_header, opencv_forward, write_net
+from helpers import assert_close
+from kindling.converters import caffe
+
+X = (2, 4, 7, 6)
+
+
+def conv(name, bottom, top, extra, blobs):
+    return f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{top}" convolution_param {{ {extra} }} }}\n', {name: blobs}
+
+
+# name: (layers text, blob shapes, inputs {name: shape}, outputs)
+CASES = {
+    "convolution_pad_stride": (
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+        'convolution_param { num_output: 5 kernel_size: 3 stride: 2 pad: 1 } }', {"c": [(5, 4, 3, 3), (5,)]}),
+    "convolution_group_dilation_hw": (
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 6 group: 2 '
+        'kernel_h: 3 kernel_w: 2 pad_h: 2 pad_w: 1 stride_h: 1 stride_w: 2 dilation: 2 bias_term: false } }',
+        {"c": [(6, 2, 3, 2)]}),
+    "convolution_depthwise": (
+        'layer { name: "c" type: "ConvolutionDepthwise" bottom: "data" top: "c" '
+        'convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }', {"c": [(4, 1, 3, 3), (4,)]}),
+    "deconvolution": (
+        'layer { name: "d" type: "Deconvolution" bottom: "data" top: "d" '
+        'convolution_param { num_output: 3 kernel_size: 4 stride: 2 pad: 1 } }', {"d": [(4, 3, 4, 4), (3,)]}),
+    "inner_product": (
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 5 } }',
+        {"fc": [(5, 168), (5,)]}),
+    "pooling_max_ceil": (
+        'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }', {}),
+    "pooling_ave_pad": (
+        'layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+        'pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }', {}),
+    "pooling_global": (
+        'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: AVE global_pooling: true } }', {}),
+    "relu_negative_slope": (
+        'layer { name: "r" type: "ReLU" bottom: "data" top: "r" relu_param { negative_slope: 0.1 } }', {}),
+    "prelu": ('layer { name: "r" type: "PReLU" bottom: "data" top: "r" }', {"r": [(4,)]}),
+    "prelu_channel_shared": (
+        'layer { name: "r" type: "PReLU" bottom: "data" top: "r" prelu_param { channel_shared: true } }', {"r": [(1,)]}),
+    "elu": ('layer { name: "e" type: "ELU" bottom: "data" top: "e" elu_param { alpha: 0.5 } }', {}),
+    "sigmoid": ('layer { name: "s" type: "Sigmoid" bottom: "data" top: "s" }', {}),
+    "tanh": ('layer { name: "t" type: "TanH" bottom: "data" top: "t" }', {}),
+    "absval": ('layer { name: "a" type: "AbsVal" bottom: "data" top: "a" }', {}),
+    "power": ('layer { name: "p" type: "Power" bottom: "data" top: "p" '
+              'power_param { power: 2 scale: 0.5 shift: 3 } }', {}),
+    "bnll": ('layer { name: "b" type: "BNLL" bottom: "data" top: "b" }', {}),
+    "lrn_across": ('layer { name: "n" type: "LRN" bottom: "data" top: "n" '
+                   'lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 } }', {}),
+    "lrn_within": ('layer { name: "n" type: "LRN" bottom: "data" top: "n" '
+                   'lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 norm_region: WITHIN_CHANNEL } }', {}),
+    "dropout": ('layer { name: "d" type: "Dropout" bottom: "data" top: "d" dropout_param { dropout_ratio: 0.3 } }', {}),
+    "softmax_axis": ('layer { name: "s" type: "Softmax" bottom: "data" top: "s" softmax_param { axis: 2 } }', {}),
+    "batchnorm_scale": (
+        'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" batch_norm_param { eps: 0.001 } }\n'
+        'layer { name: "sc" type: "Scale" bottom: "bn" top: "bn" scale_param { bias_term: true } }',
+        {"bn": [np.array([1, 2, 3, 4.0]), np.array([2, 3, 4, 5.0]), np.array([2.0])], "sc": [(4,), (4,)]}),
+    "scale_alone": ('layer { name: "sc" type: "Scale" bottom: "data" top: "sc" }', {"sc": [(4,)]}),
+    "flatten": ('layer { name: "f" type: "Flatten" bottom: "data" top: "f" }', {}),
+    "reshape": ('layer { name: "r" type: "Reshape" bottom: "data" top: "r" '
+                'reshape_param { shape { dim: 0 dim: -1 dim: 3 } } }', {}),
+    "permute": ('layer { name: "p" type: "Permute" bottom: "data" top: "p" '
+                'permute_param { order: 0 order: 2 order: 3 order: 1 } }', {}),
+    "normalize": ('layer { name: "n" type: "Normalize" bottom: "data" top: "n" '
+                  'norm_param { across_spatial: false channel_shared: false } }', {"n": [(4,)]}),
+    "shuffle_channel": ('layer { name: "s" type: "ShuffleChannel" bottom: "data" top: "s" '
+                        'shuffle_channel_param { group: 2 } }', {}),
+    "slice_split_concat": (
+        'layer { name: "sl" type: "Slice" bottom: "data" top: "s1" top: "s2" slice_param { axis: 1 slice_point: 1 } }\n'
+        'layer { name: "sp" type: "Split" bottom: "s2" top: "s2a" top: "s2b" }\n'
+        'layer { name: "cat" type: "Concat" bottom: "s2a" bottom: "s1" bottom: "s2b" top: "cat" concat_param { axis: 1 } }', {}),
+    "eltwise_sum_coeff": (
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 1 } }\n'
+        'layer { name: "e" type: "Eltwise" bottom: "c" bottom: "data" top: "e" '
+        'eltwise_param { operation: SUM coeff: 0.5 coeff: -2 } }', {"c": [(4, 4, 1, 1), (4,)]}),
+    "eltwise_prod": ('layer { name: "e" type: "Eltwise" bottom: "data" bottom: "data" top: "e" '
+                     'eltwise_param { operation: PROD } }', {}),
+    "eltwise_max": (
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 1 } }\n'
+        'layer { name: "e" type: "Eltwise" bottom: "c" bottom: "data" top: "e" eltwise_param { operation: MAX } }',
+        {"c": [(4, 4, 1, 1), (4,)]}),
+    "crop": (
+        'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+        'layer { name: "cr" type: "Crop" bottom: "data" bottom: "p" top: "cr" crop_param { axis: 2 offset: 1 } }', {}),
+    "scale_two_bottoms": (
+        'layer { name: "g" type: "Pooling" bottom: "data" top: "g" pooling_param { pool: AVE global_pooling: true } }\n'
+        'layer { name: "f" type: "Flatten" bottom: "g" top: "f" }\n'
+        'layer { name: "s" type: "Scale" bottom: "data" bottom: "f" top: "s" scale_param { axis: 0 } }', {}),
+    "in_place_relu_after_convolution": (
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 3 kernel_size: 3 } }\n'
+        'layer { name: "r" type: "ReLU" bottom: "c" top: "c" }', {"c": [(3, 4, 3, 3), (3,)]}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_layer_matches_opencv(tmp_path, case):
+    body, blobs = CASES[case]
+    proto, model_file = write_net(tmp_path, inputs_header({"data": X}) + body, blobs)
+    model = caffe.convert(proto, model_file).evaluate()
+    x = np.random.default_rng(1).standard_normal(X).astype(np.float32)
+    ours = np.asarray(model.forward(x))
+    last_layer = body.rsplit('name: "', 1)[1].split('"')[0]  # OpenCV names outputs by layer
+    theirs = opencv_forward(proto, model_file, {"data": x}, [last_layer])[0]
+    assert ours.shape == theirs.shape, f"{case}: shape {ours.shape} vs OpenCV {theirs.shape}"
+    assert_close(ours, theirs, 1e-4, case)
+
+
+def test_axpy_against_its_definition(tmp_path):
+    """OpenCV does not read SENet's Axpy: compare with a * x + y computed here."""
+    body = ('layer { name: "g" type: "Pooling" bottom: "data" top: "g" pooling_param { pool: AVE global_pooling: true } }\n'
+            'layer { name: "s" type: "Sigmoid" bottom: "g" top: "s" }\n'
+            'layer { name: "ax" type: "Axpy" bottom: "s" bottom: "data" bottom: "data" top: "ax" }')
+    proto, model_file = write_net(tmp_path, inputs_header({"data": X}) + body, {})
+    model = caffe.convert(proto, model_file).evaluate()
+    x = np.random.default_rng(2).standard_normal(X).astype(np.float32)
+    a = 1 / (1 + np.exp(-x.mean(axis=(2, 3), keepdims=True)))
+    assert_close(model.forward(x), a * x + x)
+
+
+def test_two_bottom_upsample_is_refused_clearly(tmp_path):
+    body = 'layer { name: "up" type: "Upsample" bottom: "data" bottom: "mask" top: "up" }'
+    proto, model_file = write_net(tmp_path, inputs_header({"data": X, "mask": X}) + body, {})
+    with pytest.raises(caffe.CaffeError, match="up.*two-bottom Upsample"):
+        caffe.convert(proto, model_file)
+
+
+def test_inner_product_transpose_follows_caffe(tmp_path):
+    """With transpose: true Caffe stores the weight as (inputs, outputs) and computes x W + b.
+    OpenCV 4 ignores the flag (it reads the blob as (outputs, inputs)), so the reference is Caffe's
+    definition, computed here."""
+    body = ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+            'inner_product_param { num_output: 5 transpose: true } }')
+    w = np.random.default_rng(3).standard_normal((168, 5)).astype(np.float32)
+    b = np.arange(5, dtype=np.float32)
+    proto, model_file = write_net(tmp_path, inputs_header({"data": X}) + body, {"fc": [w, b]})
+    x = np.random.default_rng(4).standard_normal(X).astype(np.float32)
+    assert_close(caffe.convert(proto, model_file).evaluate().forward(x), x.reshape(2, -1) @ w + b)
+
+
+# Layers OpenCV 4 reads differently from Caffe, or not at all: Caffe's definitions, computed here.
+def _single(tmp_path, body, blobs=None):
+    proto, model_file = write_net(tmp_path, inputs_header({"data": X}) + body, blobs or {})
+    x = np.random.default_rng(5).standard_normal(X).astype(np.float32)
+    return caffe.convert(proto, model_file).evaluate().forward(x), x
+
+
+def test_lrn_k_follows_caffe(tmp_path):
+    """OpenCV ignores lrn_param.k (it always adds 1); Caffe divides by (k + alpha/n sum x^2)^beta."""
+    y, x = _single(tmp_path, 'layer { name: "n" type: "LRN" bottom: "data" top: "n" '
+                             'lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 k: 2 } }')
+    sq = np.pad(x * x, ((0, 0), (1, 1), (0, 0), (0, 0)))
+    assert_close(y, x / (2 + 0.1 / 3 * (sq[:, :4] + sq[:, 1:5] + sq[:, 2:6])) ** 0.75)
+
+
+def test_bias_layer(tmp_path):
+    b = np.array([1, -2, 3, 0.5], np.float32)
+    y, x = _single(tmp_path, 'layer { name: "b" type: "Bias" bottom: "data" top: "b" }', {"b": [b]})
+    assert_close(y, x + b.reshape(1, 4, 1, 1))
+
+
+def test_upsample_nearest(tmp_path):
+    y, x = _single(tmp_path, 'layer { name: "u" type: "Upsample" bottom: "data" top: "u" upsample_param { scale: 2 } }')
+    assert_close(y, x.repeat(2, axis=2).repeat(2, axis=3))
