@@ -77,7 +77,9 @@ def read_prototxt(path) -> tuple[caffe_pb2.NetParameter, list[str]]:
         where = f"line {m.group(1)}, column {m.group(2)}: {m.group(3)}" if m else str(e)
         raise CaffeError(f"{path}: syntax error at {where}") from e
     known = _known_field_names()
-    used = set(re.findall(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*[:{]", re.sub(r"#[^\n]*", "", text), re.M))
+    bare = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', text)  # strings out
+    bare = re.sub(r"#[^\n]*", "", bare)  # comments out
+    used = set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?=[:{])", bare))
     unknown = sorted(used - known)
     notes = [f"{path.name}: ignored fields this converter does not use: {', '.join(unknown)}"] if unknown else []
     return net, notes

@@ -1,0 +1,126 @@
+"""The ways real zoo files are written: V1 layers, input_dim, train_val phases, in-place layers,
+BatchNorm + Scale pairs, ceil-mode pooling, custom layer types."""
+import numpy as np
+import pytest
+
+from caffe_nets import inputs_header, opencv_forward, write_net
+from helpers import assert_close
+from kindling.converters import caffe
+from kindling.runtime import nn
+
+V1_NET = """name: "v1net"
+input: "data"
+input_dim: 2
+input_dim: 3
+input_dim: 9
+input_dim: 9
+layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1" blobs_lr: 1 blobs_lr: 2
+  weight_decay: 1 weight_decay: 0
+  convolution_param { num_output: 4 kernel_size: 3 stride: 1 weight_filler { type: "gaussian" std: 0.01 } } }
+layers { name: "relu1" type: RELU bottom: "conv1" top: "conv1" }
+layers { name: "pool1" type: POOLING bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layers { name: "fc" type: INNER_PRODUCT bottom: "pool1" top: "fc" inner_product_param { num_output: 3 } }
+layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" }
+"""
+
+
+def test_legacy_v1_net_with_input_dim_matches_opencv(tmp_path):
+    proto, weights = write_net(tmp_path, V1_NET, {"conv1": [(4, 3, 3, 3), (4,)], "fc": [(3, 64), (3,)]}, v1=True)
+    model = caffe.convert(proto, weights).evaluate()
+    assert isinstance(model, nn.Sequential) and model.metadata["input_shape"] == [-1, 3, 9, 9]
+    assert model.find("conv1").lr_mult == {"bias": 2.0} and model.find("conv1").decay_mult == {"bias": 0.0}
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    assert_close(model.forward(x), opencv_forward(proto, weights, {"data": x}, ["prob"])[0])
+
+
+TRAIN_VAL = """name: "tv"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { mirror: true crop_size: 8 mean_value: 104 mean_value: 117 mean_value: 123 }
+  data_param { source: "train_lmdb" batch_size: 64 backend: LMDB } }
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
+  transform_param { crop_size: 8 mean_value: 104 mean_value: 117 mean_value: 123 }
+  data_param { source: "val_lmdb" batch_size: 50 backend: LMDB } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  convolution_param { num_output: 4 kernel_size: 3 engine: CAFFE } }
+layer { name: "drop_train_only" type: "Dropout" bottom: "conv1" top: "conv1" include { phase: TRAIN } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc" inner_product_param { num_output: 5 } }
+layer { name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy" include { phase: TEST } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def test_train_val_file_is_filtered_by_phase(tmp_path):
+    proto, weights = write_net(tmp_path, TRAIN_VAL, {"conv1": [(4, 3, 3, 3), (4,)], "fc": [(5, 144), (5,)]})
+    with pytest.raises(caffe.CaffeError, match="no shape for input.*data.*--input data="):
+        caffe.convert(proto, weights)
+    model = caffe.convert(proto, weights, inputs={"data": [1, 3, 8, 8]})
+    assert [m.name for m in model.children()] == ["conv1", "fc"], "TRAIN-only dropout, data, loss, accuracy dropped"
+    assert any("dropped loss (SoftmaxWithLoss)" in n for n in model.notes)
+    assert model.metadata["preprocessing"] == {"mean": [104.0, 117.0, 123.0], "input_size": [8, 8]}
+    assert model.metadata["input_names"] == ["data"]
+    with_softmax = caffe.convert(proto, weights, inputs={"data": [1, 3, 8, 8]}, softmax_loss_as_softmax=True)
+    y = with_softmax.evaluate().forward(np.ones((2, 3, 8, 8), np.float32))
+    assert np.allclose(y.sum(1), 1)
+
+
+def test_batchnorm_scale_pair_and_in_place_layers_as_a_graph(tmp_path):
+    body = """layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" batch_norm_param { use_global_stats: true } }
+layer { name: "sc" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "add" type: "Eltwise" bottom: "conv" bottom: "data" top: "add" }
+"""
+    blobs = {"conv": [(4, 4, 1, 1), (4,)], "bn": [np.full(4, 3.0), np.full(4, 8.0), np.array([4.0])],
+             "sc": [(4,), (4,)]}
+    proto, weights = write_net(tmp_path, inputs_header({"data": (1, 4, 5, 5)}) + body, blobs)
+    model = caffe.convert(proto, weights).evaluate()
+    assert isinstance(model, nn.Graph)
+    assert model.node_inputs["add"] == ["relu", "data"]
+    bn = model.find("bn")
+    assert np.allclose(bn.buffers["running_mean"], 0.75) and np.allclose(bn.buffers["running_var"], 2.0)
+    x = np.random.default_rng(1).standard_normal((1, 4, 5, 5)).astype(np.float32)
+    assert_close(model.forward(x), opencv_forward(proto, weights, {"data": x}, ["add"])[0])
+
+
+@pytest.mark.parametrize("rounding,size", [("", 4), ("round_mode: FLOOR", 3), ("ceil_mode: false", 3)])
+def test_pooling_rounding(tmp_path, rounding, size):
+    body = f'layer {{ name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param {{ pool: MAX kernel_size: 3 stride: 2 {rounding} }} }}'
+    proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 8, 8)}) + body, {})
+    model = caffe.convert(proto, weights)
+    assert model.forward(np.zeros((1, 2, 8, 8), np.float32)).shape == (1, 2, size, size)
+    if not rounding:  # Caffe's default: ceil, which OpenCV follows too
+        x = np.random.default_rng(2).standard_normal((1, 2, 8, 8)).astype(np.float32)
+        assert_close(model.forward(x), opencv_forward(proto, weights, {"data": x}, ["p"])[0])
+
+
+def test_input_layer_and_unknown_fork_fields_are_noted(tmp_path):
+    body = """layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+layer { name: "relu" type: "ReLU" bottom: "data" top: "relu" relu_param { fused_with_bn: true } }
+"""
+    proto, weights = write_net(tmp_path, body, {})
+    model = caffe.convert(proto, weights)
+    assert model.metadata["input_shape"] == [-1, 2, 4, 4]
+    assert any("fused_with_bn" in n for n in model.notes)
+
+
+def test_custom_translator_for_a_fork_layer(tmp_path):
+    body = 'layer { name: "sw" type: "Swishy" bottom: "data" top: "sw" }'
+    proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body, {})
+    with pytest.raises(caffe.CaffeError, match=r"unsupported layers: sw \(Swishy\)"):
+        caffe.convert(proto, weights)
+    model = caffe.convert(proto, weights, translators={"Swishy": lambda layer, shapes: nn.Sigmoid(name=layer.name)})
+    x = np.random.default_rng(3).standard_normal((1, 2, 3, 3)).astype(np.float32)
+    assert_close(model.forward(x), 1 / (1 + np.exp(-x)))
+    with pytest.raises(ValueError, match="built-in Caffe type 'ReLU' cannot be replaced"):
+        caffe.convert(proto, weights, translators={"ReLU": lambda layer, shapes: nn.Identity()})
+
+
+def test_every_unsupported_layer_is_listed_at_once(tmp_path):
+    body = """layer { name: "pb" type: "PriorBox" bottom: "data" top: "pb" }
+layer { name: "r" type: "ReLU" bottom: "data" top: "r" }
+layer { name: "det" type: "DetectionOutput" bottom: "pb" top: "det" }
+"""
+    proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body, {})
+    with pytest.raises(caffe.CaffeError, match=r"pb \(PriorBox\), det \(DetectionOutput\)"):
+        caffe.convert(proto, weights)
