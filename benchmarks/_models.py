@@ -106,3 +106,22 @@ def torch_twin(model):
             tn.AdaptiveAvgPool2d(1) if global_pooling else tn.AvgPool2d(kernel_size, stride, padding, ceil_mode)),
     }
     return convert(model)
+
+
+VGG16_CONFIG = [64, 64, "P", 128, 128, "P", 256, 256, 256, "P", 512, 512, 512, "P", 512, 512, 512, "P"]
+
+
+def vgg16(num_classes: int = 1000):
+    """VGG16 with Caffe's layer names (conv1_1 ... fc8): 138 M parameters, about 550 MB."""
+    layers, c, block, idx = [], 3, 1, 1
+    for v in VGG16_CONFIG:
+        if v == "P":
+            layers.append(nn.MaxPool2d(2, 2, name=f"pool{block}"))
+            block, idx = block + 1, 1
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1, name=f"conv{block}_{idx}"), nn.ReLU(name=f"relu{block}_{idx}")]
+            c, idx = v, idx + 1
+    layers += [nn.Flatten(name="flatten"), nn.Linear(512 * 7 * 7, 4096, name="fc6"), nn.ReLU(name="relu6"),
+               nn.Dropout(name="drop6"), nn.Linear(4096, 4096, name="fc7"), nn.ReLU(name="relu7"),
+               nn.Dropout(name="drop7"), nn.Linear(4096, num_classes, name="fc8"), nn.Softmax(name="prob")]
+    return nn.Sequential(*layers, name="VGG_ILSVRC_16_layers")

@@ -24,8 +24,15 @@ def kaiming_uniform(shape, fan_in: int) -> np.ndarray:
     """PyTorch's default for Linear/Conv weights: U(-b, b), b = 1/sqrt(fan_in) (kaiming, a=sqrt(5))."""
     if _deferred:
         return np.empty(shape, np.float32)
-    bound = 1.0 / math.sqrt(max(fan_in, 1))
-    return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
+    return _uniform(shape, 1.0 / math.sqrt(max(fan_in, 1)))
+
+
+def _uniform(shape, bound: float) -> np.ndarray:
+    """U(-bound, bound) drawn directly in float32 (no float64 intermediate twice the size)."""
+    a = _rng.random(shape, dtype=np.float32)
+    a *= np.float32(2 * bound)
+    a -= np.float32(bound)
+    return a
 
 
 @contextlib.contextmanager
@@ -43,5 +50,4 @@ def deferred():
 def xavier_uniform(shape, fan_in: int, fan_out: int) -> np.ndarray:
     if _deferred:
         return np.empty(shape, np.float32)
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
-    return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
+    return _uniform(shape, math.sqrt(6.0 / (fan_in + fan_out)))

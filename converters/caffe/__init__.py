@@ -73,12 +73,16 @@ def _parse_inputs(net, layers, given: dict | None, path) -> dict:
         if layer.type == "DummyData":
             inputs.update(zip(layer.tops, dummy_data_shapes(layer)))
     produced = set(inputs)
+    from_dropped = set()  # tops of data layers dropped from a train_val net
     for layer in layers:
-        if layer.type in ("Input", "DummyData") or _dropped(layer):
+        if layer.type in ("Input", "DummyData"):
+            continue
+        if _dropped(layer):
+            from_dropped.update(layer.tops)
             continue
         for b in layer.bottoms:
-            if b not in produced:
-                inputs.setdefault(b, None)  # a train_val net: fed by a data layer that is dropped
+            if b not in produced and b in from_dropped:
+                inputs.setdefault(b, None)  # now an input of the converted net
                 produced.add(b)
         produced.update(layer.tops)
     for name, shape in (given or {}).items():

@@ -1,0 +1,76 @@
+"""Bad Caffe files: one clear error naming the file and layer, and no output file left behind."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from caffe_nets import LENET, inputs_header, write_net
+from kindling.converters import caffe
+
+BODY = ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 3 } }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "c" top: "fc" inner_product_param { num_output: 2 } }\n')
+BLOBS = {"c": [(4, 3, 3, 3), (4,)], "fc": [(2, 64), (2,)]}
+
+
+def _net(tmp_path, body=BODY, blobs=BLOBS):
+    return write_net(tmp_path, inputs_header({"data": (1, 3, 6, 6)}) + body, blobs)
+
+
+def convert_cli(proto, weights, out):
+    return subprocess.run([sys.executable, "-m", "kindling", "convert", "caffe", "--prototxt", str(proto),
+                           "--caffemodel", str(weights), "-o", str(out)], capture_output=True, text=True)
+
+
+def test_truncated_caffemodel(tmp_path):
+    proto, weights = _net(tmp_path)
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(caffe.CaffeError, match=f"{weights}: truncated or corrupt caffemodel"):
+        caffe.convert(proto, weights)
+
+
+def test_corrupt_caffemodel(tmp_path):
+    proto, weights = _net(tmp_path)
+    weights.write_bytes(b"\xff" * 64 + weights.read_bytes())
+    with pytest.raises(caffe.CaffeError, match=f"{weights}"):
+        caffe.convert(proto, weights)
+
+
+def test_prototxt_syntax_error_reports_the_line(tmp_path):
+    proto, weights = _net(tmp_path)
+    proto.write_text(proto.read_text().replace('top: "fc"', 'top: "fc" }}'))
+    with pytest.raises(caffe.CaffeError, match=r"net.prototxt: syntax error at line 4"):
+        caffe.convert(proto, weights)
+
+
+def test_blob_shape_that_does_not_fit(tmp_path):
+    proto, weights = _net(tmp_path, blobs={"c": [(4, 3, 5, 5), (4,)], "fc": [(2, 64), (2,)]})
+    with pytest.raises(caffe.CaffeError, match=r"layer 'c' \(Convolution\): weight blob has shape \[4, 3, 5, 5\]"):
+        caffe.convert(proto, weights)
+
+
+def test_blob_count_that_does_not_fit(tmp_path):
+    proto, weights = _net(tmp_path, blobs={"c": [(4, 3, 3, 3), (4,), (4,)], "fc": [(2, 64), (2,)]})
+    with pytest.raises(caffe.CaffeError, match=r"layer 'c' \(Convolution\): has 3 blobs"):
+        caffe.convert(proto, weights)
+
+
+def test_bottom_naming_no_earlier_top(tmp_path):
+    proto, weights = _net(tmp_path, BODY.replace('bottom: "c"', 'bottom: "conv_typo"'))
+    with pytest.raises(caffe.CaffeError, match=r"layer 'fc' \(InnerProduct\): bottom 'conv_typo' names no earlier top"):
+        caffe.convert(proto, weights)
+
+
+def test_caffemodel_that_does_not_match_the_prototxt(tmp_path):
+    proto, _ = _net(tmp_path)
+    with pytest.raises(caffe.CaffeError, match=r"no weights for layers c \(Convolution\), fc \(InnerProduct\)"):
+        caffe.convert(proto, LENET / "lenet_iter_10000.caffemodel")
+
+
+def test_failed_cli_conversion_leaves_no_file(tmp_path):
+    proto, weights = _net(tmp_path, blobs={"c": [(4, 3, 5, 5), (4,)], "fc": [(2, 64), (2,)]})
+    out = tmp_path / "out" / "m.kdl"
+    r = convert_cli(proto, weights, out)
+    assert r.returncode == 1 and "layer 'c' (Convolution)" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "no temp files left"
