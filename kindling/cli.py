@@ -13,6 +13,7 @@ COMMANDS = {
     "run": "run",
     "convert": "convert",
     "train": "train",
+    "demo": "demo",
 }
 
 

@@ -4,7 +4,7 @@ from importlib import import_module
 
 # public name -> file under runtime/optim/ that defines it
 EXPORTS = {
-    "OptimMethod": "base", "SGD": "sgd", "Adam": "adam", "RMSprop": "rmsprop", "Adagrad": "adagrad",
+    "OptimMethod": "base", "SGD": "sgd", "Adam": "adaptive", "RMSprop": "adaptive", "Adagrad": "adaptive",
     "EpochStep": "schedules", "Step": "schedules", "MultiStep": "schedules", "Poly": "schedules",
     "Exponential": "schedules", "Plateau": "schedules", "Warmup": "schedules", "SequentialSchedule": "schedules",
     "Default": "schedules",

@@ -1,0 +1,188 @@
+"""Image preprocessing steps, composed left to right like BigDL's ``->``:
+
+    pipeline = Decode() >> Resize(256) >> RandomCrop(224) >> RandomHorizontalFlip() \\
+        >> ChannelOrder("bgr") >> Normalize(mean=[104, 117, 123])
+
+Every step takes ``(image, rng)`` and returns the next image; random steps draw from the rng the
+loader gives each sample (seeded by data set seed, epoch and sample index, so thread timing never
+changes results). The same Pipeline, rebuilt from a snapshot's metadata, preprocesses for
+training, Spark scoring and serving alike.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+class Step:
+    random = False
+
+    def __call__(self, image, rng=None):
+        raise NotImplementedError
+
+    def __rshift__(self, other: "Step") -> "Pipeline":
+        return Pipeline(self, other)
+
+    def describe(self) -> dict:
+        return {}
+
+
+class Decode(Step):
+    """A file path or encoded bytes -> a PIL image (RGB, or L when ``gray``)."""
+
+    def __init__(self, gray: bool = False):
+        self.gray = gray
+
+    def __call__(self, source, rng=None):
+        if isinstance(source, Image.Image):
+            img = source
+        else:
+            img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
+            img.load()
+        return img.convert("L" if self.gray else "RGB")
+
+
+class Resize(Step):
+    """Shorter side to ``size`` (keeping the aspect ratio), or exactly (h, w) when given a pair."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __call__(self, img, rng=None):
+        if isinstance(self.size, (tuple, list)):
+            h, w = self.size
+        else:
+            scale = self.size / min(img.size)
+            w, h = max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))
+        return img if (w, h) == img.size else img.resize((w, h), Image.BILINEAR)
+
+    def describe(self):
+        return {"resize": self.size if not isinstance(self.size, (tuple, list)) else None}
+
+
+class CenterCrop(Step):
+    def __init__(self, size):
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def __call__(self, img, rng=None):
+        h, w = self.size
+        left, top = (img.size[0] - w) // 2, (img.size[1] - h) // 2
+        if left < 0 or top < 0:
+            img = img.resize((max(w, img.size[0]), max(h, img.size[1])), Image.BILINEAR)
+            left, top = (img.size[0] - w) // 2, (img.size[1] - h) // 2
+        return img.crop((left, top, left + w, top + h))
+
+    def describe(self):
+        return {"input_size": list(self.size)}
+
+
+class RandomCrop(CenterCrop):
+    random = True
+
+    def __call__(self, img, rng=None):
+        h, w = self.size
+        if img.size[0] < w or img.size[1] < h:
+            img = img.resize((max(w, img.size[0]), max(h, img.size[1])), Image.BILINEAR)
+        left = int(rng.integers(0, img.size[0] - w + 1))
+        top = int(rng.integers(0, img.size[1] - h + 1))
+        return img.crop((left, top, left + w, top + h))
+
+
+class RandomHorizontalFlip(Step):
+    random = True
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, img, rng=None):
+        return img.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < self.p else img
+
+
+class ChannelOrder(Step):
+    """PIL image -> float32 array (C, H, W) with values 0..255, channels as the model expects."""
+    ORDERS = ("rgb", "bgr", "gray")
+
+    def __init__(self, order: str = "rgb"):
+        if order not in self.ORDERS:
+            raise ValueError(f"ChannelOrder: order must be one of {self.ORDERS}, got {order!r}")
+        self.order = order
+
+    def __call__(self, img, rng=None):
+        img = img.convert("L" if self.order == "gray" else "RGB")
+        a = np.asarray(img, np.float32)
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        return a[::-1].copy() if self.order == "bgr" else a
+
+    def describe(self):
+        return {"channel_order": self.order}
+
+
+class Normalize(Step):
+    """(x - mean) * scale / std, per channel (Caffe's mean and scale, torchvision's std)."""
+
+    def __init__(self, mean=(0.0,), std=(1.0,), scale: float = 1.0):
+        self.mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(-1, 1, 1)
+        self.scale = float(scale)
+
+    def __call__(self, a, rng=None):
+        return ((a - self.mean) * np.float32(self.scale) / self.std).astype(np.float32)
+
+    def describe(self):
+        return {"mean": self.mean.ravel().tolist(), "std": self.std.ravel().tolist(), "scale": self.scale}
+
+
+class Pipeline(Step):
+    def __init__(self, *steps: Step):
+        self.steps: list[Step] = []
+        for s in steps:
+            self.steps += s.steps if isinstance(s, Pipeline) else [s]
+
+    def __call__(self, item, rng=None):
+        for s in self.steps:
+            item = s(item, rng)
+        return item
+
+    def __rshift__(self, other: Step) -> "Pipeline":
+        return Pipeline(self, other)
+
+    @property
+    def random(self) -> bool:
+        return any(s.random for s in self.steps)
+
+    def to_metadata(self) -> dict:
+        """The preprocessing to record in a snapshot (deterministic steps only)."""
+        out = {}
+        for s in self.steps:
+            if not s.random:
+                out.update({k: v for k, v in s.describe().items() if v is not None})
+        return out
+
+    def evaluation(self) -> "Pipeline":
+        """The same preprocessing without the random steps (a RandomCrop becomes a CenterCrop)."""
+        steps = [CenterCrop(s.size) if isinstance(s, RandomCrop) else s for s in self.steps
+                 if not isinstance(s, RandomHorizontalFlip)]
+        return Pipeline(*steps)
+
+    @classmethod
+    def from_metadata(cls, pre: dict, train: bool = False) -> "Pipeline":
+        """Decode -> Resize -> crop -> [flip] -> channel order -> normalize, from a snapshot's
+        preprocessing record; ``train`` makes the crop random and adds the flip."""
+        order = pre.get("channel_order") or "rgb"
+        steps: list[Step] = [Decode(gray=order == "gray")]
+        size = pre.get("input_size")
+        if pre.get("resize"):
+            steps.append(Resize(int(pre["resize"])))
+        elif size:
+            steps.append(Resize(tuple(size)))
+        if size:
+            steps.append(RandomCrop(tuple(size)) if train else CenterCrop(tuple(size)))
+        if train:
+            steps.append(RandomHorizontalFlip())
+        steps.append(ChannelOrder(order))
+        steps.append(Normalize(pre.get("mean") or [0.0], pre.get("std") or [1.0],
+                               pre.get("scale") if pre.get("scale") is not None else 1.0))
+        return cls(*steps)

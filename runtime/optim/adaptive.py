@@ -1,0 +1,106 @@
+"""Adam, RMSprop and Adagrad with BigDL's semantics (rate = lr / (1 + iteration * learningrate_decay)
+unless a schedule is given). Each update is a keyword-only function over one array, in place."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import OptimMethod
+
+
+def _check(name, **values):
+    for arg, v in values.items():
+        if v < 0:
+            raise ValueError(f"{name}: {arg} must be >= 0, got {v}")
+
+
+def adam_step(w, g, m, v, *, rate, beta1, beta2, epsilon, step, weight_decay, scratch):
+    d = scratch
+    np.copyto(d, g)
+    if weight_decay:
+        d += np.float32(weight_decay) * w
+    m *= np.float32(beta1)
+    m += np.float32(1 - beta1) * d
+    v *= np.float32(beta2)
+    v += np.float32(1 - beta2) * d * d
+    size = rate * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+    np.sqrt(v, out=d)
+    d += np.float32(epsilon)
+    np.divide(m, d, out=d)
+    w -= np.float32(size) * d
+
+
+def rmsprop_step(w, g, square, *, rate, decay, epsilon, scratch):
+    square *= np.float32(decay)
+    square += np.float32(1 - decay) * g * g
+    np.sqrt(square, out=scratch)
+    scratch += np.float32(epsilon)
+    np.divide(g, scratch, out=scratch)
+    w -= np.float32(rate) * scratch
+
+
+def adagrad_step(w, g, variance, *, rate, weight_decay, scratch):
+    np.copyto(scratch, g)
+    if weight_decay:
+        scratch += np.float32(weight_decay) * w
+    variance += scratch * scratch
+    np.divide(scratch, np.sqrt(variance) + np.float32(1e-10), out=scratch)
+    w -= np.float32(rate) * scratch
+
+
+class _Decayed(OptimMethod):
+    def _default_rate(self):
+        return self.learningrate / (1 + self.state["iteration"] * self.learningrate_decay)
+
+
+class Adam(_Decayed):
+    def __init__(self, learningrate: float = 1e-3, learningrate_decay: float = 0.0, beta1: float = 0.9,
+                 beta2: float = 0.999, epsilon: float = 1e-8, weightdecay: float = 0.0, learningrate_schedule=None):
+        super().__init__(learningrate, learningrate_schedule)
+        _check("Adam", learningrate_decay=learningrate_decay, epsilon=epsilon, weightdecay=weightdecay)
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"Adam: beta1 and beta2 must be in [0, 1), got {beta1}, {beta2}")
+        self.learningrate_decay, self.beta1, self.beta2 = float(learningrate_decay), float(beta1), float(beta2)
+        self.epsilon, self.weightdecay = float(epsilon), float(weightdecay)
+
+    def hyper(self):
+        return {"learningrate": self.learningrate, "learningrate_decay": self.learningrate_decay, "beta1": self.beta1,
+                "beta2": self.beta2, "epsilon": self.epsilon, "weightdecay": self.weightdecay}
+
+    def _step(self, key, w, g, lr, lr_mult, decay_mult):
+        adam_step(w, g, self.slot(key, "m", w), self.slot(key, "v", w), rate=lr * lr_mult, beta1=self.beta1,
+                  beta2=self.beta2, epsilon=self.epsilon, step=self.state["iteration"] + 1,
+                  weight_decay=self.weightdecay * decay_mult, scratch=self.scratch(key, w))
+
+
+class RMSprop(_Decayed):
+    def __init__(self, learningrate: float = 1e-2, learningrate_decay: float = 0.0, decayrate: float = 0.99,
+                 epsilon: float = 1e-8, learningrate_schedule=None):
+        super().__init__(learningrate, learningrate_schedule)
+        _check("RMSprop", learningrate_decay=learningrate_decay, decayrate=decayrate, epsilon=epsilon)
+        self.learningrate_decay, self.decayrate, self.epsilon = float(learningrate_decay), float(decayrate), float(epsilon)
+
+    def hyper(self):
+        return {"learningrate": self.learningrate, "learningrate_decay": self.learningrate_decay,
+                "decayrate": self.decayrate, "epsilon": self.epsilon}
+
+    def _step(self, key, w, g, lr, lr_mult, decay_mult):
+        rmsprop_step(w, g, self.slot(key, "square", w), rate=lr * lr_mult, decay=self.decayrate,
+                     epsilon=self.epsilon, scratch=self.scratch(key, w))
+
+
+class Adagrad(_Decayed):
+    def __init__(self, learningrate: float = 1e-3, learningrate_decay: float = 0.0, weightdecay: float = 0.0,
+                 learningrate_schedule=None):
+        super().__init__(learningrate, learningrate_schedule)
+        _check("Adagrad", learningrate_decay=learningrate_decay, weightdecay=weightdecay)
+        self.learningrate_decay, self.weightdecay = float(learningrate_decay), float(weightdecay)
+
+    def hyper(self):
+        return {"learningrate": self.learningrate, "learningrate_decay": self.learningrate_decay,
+                "weightdecay": self.weightdecay}
+
+    def _step(self, key, w, g, lr, lr_mult, decay_mult):
+        adagrad_step(w, g, self.slot(key, "variance", w), rate=lr * lr_mult, weight_decay=self.weightdecay * decay_mult,
+                     scratch=self.scratch(key, w))
