@@ -88,18 +88,22 @@ class Pool:
         return self.active
 
     def run(self, n: int, fn: Callable[[int, int, int], None], min_per_worker: int = 1) -> None:
-        """Calls ``fn(worker, start, stop)`` over ``range(n)`` split into contiguous blocks, one per
-        worker; the calling thread does the first block. Re-raises the first worker error."""
-        w = min(self.workers(), max(1, n // max(min_per_worker, 1)))
-        if w <= 1 or threading.current_thread().name.startswith("kindling-"):
-            fn(0, 0, n)
+        """Calls ``fn(chunk, start, stop)`` over ``range(n)`` cut into contiguous chunks, one per
+        thread the pool may use at most. How the range is cut never depends on how many threads
+        are free right now (those only decide how many chunks run at once), so results are
+        bit-identical under any load. The calling thread takes the first chunk. Re-raises the first
+        error."""
+        k = min(self.max_threads, max(1, n // max(min_per_worker, 1)))
+        bounds = [n * i // k for i in range(k + 1)]
+        if k == 1 or self.workers() == 1 or threading.current_thread().name.startswith("kindling-"):
+            for i in range(k):
+                fn(i, bounds[i], bounds[i + 1])
             return
         if self._executor is None:
             with self._lock:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(self.max_threads - 1, thread_name_prefix="kindling-")
-        bounds = [n * i // w for i in range(w + 1)]
-        futures = [self._executor.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(1, w)]
+        futures = [self._executor.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(1, k)]
         try:
             fn(0, bounds[0], bounds[1])
         finally:

@@ -1,5 +1,6 @@
-"""Adam, RMSprop and Adagrad with BigDL's semantics (rate = lr / (1 + iteration * learningrate_decay)
-unless a schedule is given). Each update is a keyword-only function over one array, in place."""
+"""Adam, RMSprop and Adagrad (rate = lr / (1 + iteration * learningrate_decay), as BigDL, unless a
+schedule is given; Adam places epsilon as PyTorch does). Each update is a keyword-only function
+over one array, in place."""
 from __future__ import annotations
 
 import math
@@ -24,11 +25,13 @@ def adam_step(w, g, m, v, *, rate, beta1, beta2, epsilon, step, weight_decay, sc
     m += np.float32(1 - beta1) * d
     v *= np.float32(beta2)
     v += np.float32(1 - beta2) * d * d
-    size = rate * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+    # epsilon is added to the bias-corrected root, as PyTorch does (Torch7/BigDL add it before
+    # the correction, which makes tiny gradients step differently early on)
     np.sqrt(v, out=d)
+    d *= np.float32(1 / math.sqrt(1 - beta2 ** step))
     d += np.float32(epsilon)
     np.divide(m, d, out=d)
-    w -= np.float32(size) * d
+    w -= np.float32(rate / (1 - beta1 ** step)) * d
 
 
 def rmsprop_step(w, g, square, *, rate, decay, epsilon, scratch):
