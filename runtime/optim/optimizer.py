@@ -80,8 +80,8 @@ class Optimizer:
         """Continues from ``DIR/model.N`` and its ``DIR/optimMethod.N``: same weights, optimiser
         state, epoch and position in the epoch's (seeded) order."""
         model, method = load_checkpoint(snapshot)
-        return cls(model, training_set, criterion, method, end_trigger, batch_size,
-                   seed=method.state.get("seed", 0), **kwargs)
+        kwargs.setdefault("seed", method.state.get("seed", 0))  # the same data order as before
+        return cls(model, training_set, criterion, method, end_trigger, batch_size, **kwargs)
 
     # ---- the loop ---------------------------------------------------------------------------
     def _state(self) -> dict:
