@@ -33,6 +33,10 @@ def batches(dataset, batch_size: int, *, seed: int = 0, epoch: int = 1, shuffle:
     chunks = [order[i:i + batch_size] for i in range(start * batch_size, len(order), batch_size)]
     if not chunks:
         return
+    if hasattr(dataset, "take"):  # in-memory: one fancy-indexing gather per batch
+        for chunk in chunks:
+            yield dataset.take(chunk)
+        return
 
     def make(chunk):
         loaded = [s for s in (_load(dataset, i, seed, epoch, strict) for i in chunk) if s is not None]
