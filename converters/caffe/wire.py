@@ -133,7 +133,8 @@ def read_layers(f: BinaryIO, size: int) -> Iterator[RawLayer]:
             if pos + used2 + n > size:
                 raise WireError(f"truncated: a field of {n} bytes at offset {pos} runs past the end of the file")
             if number in LAYER_FIELDS:
-                buf = bytearray(n)
+                # np.empty, not bytearray: no zero-fill pass over hundreds of MB before the read
+                buf = memoryview(np.empty(n, np.uint8))
                 if f.readinto(buf) != n:
                     raise WireError("truncated layer")
                 yield _layer(buf, number)
