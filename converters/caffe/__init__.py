@@ -42,13 +42,13 @@ def _sha256(path) -> str:
     return h.hexdigest()
 
 
-def read_blobs(caffemodel) -> dict[str, list[np.ndarray]]:
+def read_blobs(caffemodel, hasher=None) -> dict[str, list[np.ndarray]]:
     """Every layer's blobs by layer name, read one layer at a time (see wire.py)."""
     path = Path(caffemodel)
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            return {layer.name: layer.blobs for layer in wire.read_layers(f, size) if layer.blobs}
+            return {layer.name: layer.blobs for layer in wire.read_layers(f, size, hasher) if layer.blobs}
     except OSError as e:
         raise CaffeError(f"{path}: cannot read: {e.strerror or e}") from e
     except wire.WireError as e:
@@ -131,12 +131,14 @@ def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translator
     table = translator_table(translators)
     check_supported(layers, table, prototxt)
     shapes = _parse_inputs(net, layers, inputs, prototxt)
+    digests = {prototxt: _sha256(prototxt)}
     if caffemodel is not None:
-        _attach(layers, read_blobs(caffemodel), caffemodel)
+        hasher = hashlib.sha256()
+        _attach(layers, read_blobs(caffemodel, hasher), caffemodel)
+        digests[Path(caffemodel)] = hasher.hexdigest()
     model, outputs = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net")
-    files = [prototxt] + ([Path(caffemodel)] if caffemodel is not None else [])
-    meta = {"source": {"framework": "caffe", "files": [{"path": p.name, "sha256": _sha256(p), "size": p.stat().st_size}
-                                                        for p in files]},
+    meta = {"source": {"framework": "caffe", "files": [{"path": p.name, "sha256": d, "size": p.stat().st_size}
+                                                        for p, d in digests.items()]},
             "input_names": list(shapes), "output_names": outputs}
     if len(shapes) == 1:
         meta["input_shape"] = [-1, *list(shapes.values())[0][1:]]

@@ -47,7 +47,19 @@ def _shape_of(y):
     return [tuple(np.shape(o)) for o in y] if isinstance(y, (list, tuple)) else tuple(np.shape(y))
 
 
+def _zeros(shape):
+    """A zero input for a shape probe: a broadcast view, so no memory is touched until a layer
+    that must compute (not one that knows its output shape) reads it."""
+    return np.broadcast_to(np.float32(0), tuple(shape))
+
+
 def _run(module, xs, layer, path):
+    if hasattr(module, "output_shape") and len(xs) == 1:  # heavy layers know their shapes: no compute
+        try:
+            return tuple(module.output_shape(xs[0].shape))
+        except ValueError as e:
+            raise CaffeError(f"{path}: layer {layer.name!r} ({layer.type}) does not fit its input shape "
+                             f"{tuple(xs[0].shape)}: {e}") from e
     training = module.training
     module.train(False)  # a shape probe must not move BatchNorm's running statistics
     try:
@@ -98,15 +110,14 @@ def build(layers: list[CaffeLayer], inputs: dict, table: dict, path, notes: list
             continue
         made = fn(layer, shapes)
         modules = made if isinstance(made, list) else [made]
-        prev, xs = in_refs, [np.zeros(s, np.float32) for s in shapes]
+        prev, xs = in_refs, [_zeros(s) for s in shapes]
         for m in modules:
             multi = getattr(m, "multi_input", False)
             if not multi and len(prev) != 1:
                 raise CaffeError(f"{path}: layer {layer.name!r} ({layer.type}) takes one bottom, got {len(prev)}")
             graph.add(m, prev if multi else prev[:1])
             out_shape = _run(m, xs, layer, path)
-            xs = [np.zeros(s, np.float32) for s in out_shape] if isinstance(out_shape, list) \
-                else [np.zeros(out_shape, np.float32)]
+            xs = [_zeros(s) for s in out_shape] if isinstance(out_shape, list) else [_zeros(out_shape)]
             prev = [m.name]
         last = modules[-1]
         if isinstance(out_shape, list):

@@ -120,32 +120,33 @@ def _layer(buf, kind: int) -> RawLayer:
     return layer
 
 
-def read_layers(f: BinaryIO, size: int) -> Iterator[RawLayer]:
-    """Yields the layers of a binary NetParameter one at a time, reading only that layer's bytes."""
+def read_layers(f: BinaryIO, size: int, hasher=None) -> Iterator[RawLayer]:
+    """Yields the layers of a binary NetParameter one at a time, reading only that layer's bytes.
+    Every byte read also goes to ``hasher`` (the file's SHA-256 comes for free, no second pass)."""
     pos = 0
+    update = hasher.update if hasher is not None else (lambda b: None)
     while pos < size:
         head = f.read(min(10, size - pos))
         key, used = _varint(head, 0)
         number, wire = key >> 3, key & 7
         if wire == LEN:
             n, used2 = _varint(head, used)
+            update(head[:used2])
             f.seek(pos + used2)
             if pos + used2 + n > size:
                 raise WireError(f"truncated: a field of {n} bytes at offset {pos} runs past the end of the file")
+            # np.empty, not bytearray: no zero-fill pass over hundreds of MB before the read
+            buf = memoryview(np.empty(n, np.uint8))
+            if f.readinto(buf) != n:
+                raise WireError("truncated layer")
+            update(buf)
             if number in LAYER_FIELDS:
-                # np.empty, not bytearray: no zero-fill pass over hundreds of MB before the read
-                buf = memoryview(np.empty(n, np.uint8))
-                if f.readinto(buf) != n:
-                    raise WireError("truncated layer")
                 yield _layer(buf, number)
-            else:
-                f.seek(n, 1)
             pos += used2 + n
-        elif wire == VARINT:
-            _, used2 = _varint(head, used)
-            pos += used2
-        elif wire in (I64, I32):
-            pos += used + (8 if wire == I64 else 4)
+        elif wire in (VARINT, I64, I32):
+            end = _varint(head, used)[1] if wire == VARINT else used + (8 if wire == I64 else 4)
+            update(head[:end])
+            pos += end
         else:
             raise WireError(f"not a Caffe NetParameter (wire type {wire} at offset {pos})")
         f.seek(pos)

@@ -35,6 +35,13 @@ def output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) ->
     return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
+class _Shape:
+    """Stands in for an array where only its shape is read."""
+
+    def __init__(self, shape):
+        self.shape, self.ndim = tuple(shape), len(shape)
+
+
 class Conv2d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, name: str | None = None):
@@ -137,6 +144,11 @@ class Conv2d(Module):
             for start in range(lo, hi, step):
                 fn(wi, start, min(start + step, hi))
         pool.run(n, worker)
+
+    def output_shape(self, shape) -> tuple:
+        """The output shape for an input shape, without computing anything."""
+        n, h, w, oh, ow = self._geometry(_Shape(shape))
+        return (n, self.out_channels, oh, ow)
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, x):

@@ -30,6 +30,12 @@ class Linear(Module):
                              f"(input shape {x.shape})")
         return x
 
+    def output_shape(self, shape) -> tuple:
+        if int(np.prod(shape[1:])) != self.in_features:
+            raise ValueError(f"Linear {self.name!r} expects {self.in_features} input features, got "
+                             f"{int(np.prod(shape[1:]))} (input shape {tuple(shape)})")
+        return (shape[0], self.out_features)
+
     def forward(self, x):
         x2 = self._flat(np.asarray(x, np.float32))
         y = blas.gemm(x2, self.params["weight"].T, self._buffer("out", (x2.shape[0], self.out_features)))

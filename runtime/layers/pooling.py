@@ -57,6 +57,12 @@ class _Pool2d(Module):
                              f"{kh}x{kw}")
         return (kh, kw), (sh, sw), (ph, pw), (oh, ow)
 
+    def output_shape(self, shape) -> tuple:
+        if len(shape) != 4:
+            raise ValueError(f"{type(self).__name__} {self.name!r} expects (N, C, H, W), got {tuple(shape)}")
+        _, _, _, o = self.geometry(shape[2], shape[3])
+        return (shape[0], shape[1], *o)
+
     def _padded(self, xh: np.ndarray, k, s, p, o) -> np.ndarray:
         """NHWC input with the borders the windows need (left/top padding, and on the right/bottom
         whatever ceil mode's last window reaches past), filled with pad_value."""
