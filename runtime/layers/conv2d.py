@@ -128,12 +128,19 @@ class Conv2d(Module):
         return cols.reshape(rows, g, kh * kw * (c // g))
 
     def _weight_matrix(self) -> np.ndarray:
-        """Weight as (G, kh*kw*C/G, Cout/G), matching the column layout."""
+        """Weight as (G, kh*kw*C/G, Cout/G), matching the column layout. In evaluate mode the
+        rearranged copy is kept while the weight array and a sample of its values stay the same
+        (inference calls forward many times on fixed weights); training rebuilds it each pass."""
         w = self.params["weight"]
+        key = (id(w), w.ctypes.data, w.reshape(-1)[::max(1, w.size // 16)].tobytes())
+        wm = self._scratch.get("wmat")
+        if not self.training and wm is not None and self._scratch.get("wmat_key") == key:
+            return wm
         g = self.groups
         co, cg, kh, kw = w.shape
         wm = self._buffer("wmat", (g, kh * kw * cg, co // g))
         np.copyto(wm.reshape(g, kh, kw, cg, co // g), w.reshape(g, co // g, cg, kh, kw).transpose(0, 3, 4, 2, 1))
+        self._scratch["wmat_key"] = key
         return wm
 
     def _blocks(self, n, oh, ow, fn) -> None:

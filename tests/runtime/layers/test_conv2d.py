@@ -127,3 +127,16 @@ def test_conv2d_without_input_gradient_still_gives_weight_gradients(torch):
     conv.forward(x)
     assert conv.backward(x, gy) is None
     assert_close(conv.grads["weight"], to_numpy(tc.weight.grad))
+
+
+def test_evaluate_mode_weight_cache_follows_weight_changes(torch):
+    rng = np.random.default_rng(5)
+    conv = nn.Conv2d(3, 4, 3).evaluate()
+    x = rng.standard_normal((1, 3, 5, 5)).astype(np.float32)
+    conv.forward(x)
+    conv.params["weight"][...] = rng.standard_normal(conv.params["weight"].shape)  # edited in place
+    tc, tx = _torch_conv(torch, conv, x)
+    assert_close(conv.forward(x), to_numpy(tc(tx)))
+    conv.params["weight"] = rng.standard_normal(conv.params["weight"].shape).astype(np.float32)  # replaced
+    tc, tx = _torch_conv(torch, conv, x)
+    assert_close(conv.forward(x), to_numpy(tc(tx)))
