@@ -219,11 +219,3 @@ def load_weights(model: nn.Module, prototxt, caffemodel, match_all: bool = False
     if match_all and skipped:
         raise CaffeError(f"{caffemodel}: no Caffe weights for modules {', '.join(skipped)} (match_all=True)")
     return {"loaded": loaded, "skipped": skipped, "unused": unused}
-
-
-def describe(model: nn.Module, seconds: float | None = None) -> str:
-    params = sum(int(np.prod(p.shape)) for _, p, _ in model.named_parameters())
-    kind = type(model).__name__
-    return f"{kind} with {sum(1 for _ in model.modules()) - 1} modules, {params:,} parameters" + (
-        f", converted in {seconds:.2f} s" if seconds is not None else "")
-
