@@ -32,6 +32,9 @@ CASES = {
     "inner_product": (
         'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 5 } }',
         {"fc": [(5, 168), (5,)]}),
+    "inner_product_axis2": (
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+        'inner_product_param { num_output: 3 axis: 2 } }', {"fc": [(3, 42), (3,)]}),
     "pooling_max_ceil": (
         'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }', {}),
     "pooling_ave_pad": (
