@@ -29,6 +29,8 @@ def _trace_shapes(model, shape) -> dict:
     shapes = {}
     originals = {}
     for m in model.modules():
+        if hasattr(m, "fuse"):
+            m.fuse = False  # every layer's own forward must run to be seen
         originals[m] = m.forward
 
         def wrapped(x, m=m):

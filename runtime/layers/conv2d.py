@@ -158,36 +158,49 @@ class Conv2d(Module):
         return (n, self.out_channels, oh, ow)
 
     # ---- forward ----------------------------------------------------------------------------
-    def forward(self, x):
+    def forward(self, x, epilogue=None):
+        """``epilogue`` (runtime/fusion.py): a per-channel scale and shift (replacing the bias) and
+        an optional ReLU, applied to each block while it is in cache."""
         x = np.asarray(x, np.float32)
         n, h, w, oh, ow = self._geometry(x)
         xp = self._padded_nhwc(x)
         out = self._buffer("out", (n, oh, ow, self.out_channels))
         if self.depthwise:
-            self._depthwise_forward(xp, out)
+            self._depthwise_forward(xp, out, epilogue)
         else:
-            self._gemm_forward(xp, out)
+            self._gemm_forward(xp, out, epilogue)
         self.output = out.transpose(0, 3, 1, 2)
         return self.output
 
-    def _gemm_forward(self, xp, out):
+    def _finish(self, o, epilogue):
+        """Bias, or a fused epilogue, on a block of output rows (NHWC, channels last)."""
+        if epilogue is None:
+            if self.has_bias:
+                o += self.params["bias"]
+            return
+        if epilogue.scale is not None:
+            o *= epilogue.scale
+        if epilogue.shift is not None:
+            o += epilogue.shift
+        if epilogue.relu:
+            np.maximum(o, 0, out=o)
+
+    def _gemm_forward(self, xp, out, epilogue=None):
         n, oh, ow, co = out.shape
         g = self.groups
         cog = co // g
         win = self._windows(xp, oh, ow)
         wm = self._weight_matrix()
-        bias = self.params.get("bias")
 
         def block(wi, lo, hi):
             cols = self._columns(wi, win, xp, lo, hi)
             o = out[lo:hi].reshape(-1, co)
             for gi in range(g):
                 blas.gemm(cols[:, gi], wm[gi], o[:, gi * cog:(gi + 1) * cog], parallel=False)
-            if bias is not None:
-                o += bias
+            self._finish(o, epilogue)
         self._blocks(n, oh, ow, block)
 
-    def _depthwise_forward(self, xp, out):
+    def _depthwise_forward(self, xp, out, epilogue=None):
         n, oh, ow, _ = out.shape
         c, mult = self.in_channels, self.out_channels // self.in_channels
         kh, kw = self.kernel_size
@@ -203,8 +216,7 @@ class Conv2d(Module):
                 for j in range(kw):
                     np.multiply(win[lo:hi, :, :, i, j, :, None], w[:, :, i, j], out=tmp)
                     o += tmp
-            if bias is not None:
-                o += bias.reshape(c, mult)
+            self._finish(out[lo:hi].reshape(-1, c * mult), epilogue)
         self._blocks(n, oh, ow, block)
 
     # ---- backward ---------------------------------------------------------------------------

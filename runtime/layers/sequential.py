@@ -1,11 +1,17 @@
 """A chain of modules: each one's output is the next one's input."""
 from __future__ import annotations
 
+from ..fusion import plan
 from ..module import Container, Module
 
 
 class Sequential(Container):
+    #: in evaluate mode, run Conv2d -> BatchNorm2d -> Scale -> ReLU runs as one fused pass (fusion.py)
+    fuse = True
+
     def forward(self, x):
+        if not self.training and self.fuse:
+            return self._fused_forward(x)
         self._inputs = []
         for m in self.modules_list:
             self._inputs.append(x)
@@ -13,10 +19,28 @@ class Sequential(Container):
         self.output = x
         return x
 
+    def _fused_forward(self, x):
+        mods, i = self.modules_list, 0
+        self._inputs = None  # a backward after this recomputes the forward unfused
+        while i < len(mods):
+            p = plan(mods, i)
+            if p is None:
+                x = mods[i].forward(x)
+                i += 1
+            else:
+                x = mods[i].forward(x, epilogue=p[0])
+                i += p[1]
+        self.output = x
+        return x
+
     def backward(self, x, grad_out):
         inputs = getattr(self, "_inputs", None)
         if inputs is None or len(inputs) != len(self.modules_list):
-            self.forward(x)
+            fuse, self.fuse = self.fuse, False
+            try:
+                self.forward(x)
+            finally:
+                self.fuse = fuse
             inputs = self._inputs
         g = grad_out
         if self.modules_list:
