@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..fusion import plan
 from ..module import Container, Module
 
 
@@ -24,6 +25,9 @@ def _split_ref(ref: str) -> tuple[str, int | None]:
 
 
 class Graph(Container):
+    #: in evaluate mode, Conv2d -> BatchNorm2d -> Scale -> ReLU chains run as one fused pass (fusion.py)
+    fuse = True
+
     def __init__(self, *modules: Module, inputs, outputs, node_inputs: dict | None = None,
                  name: str | None = None):
         super().__init__(name=name)
@@ -134,19 +138,61 @@ class Graph(Container):
                              f"wired to {refs}")
         return self._value(values, refs[0])
 
+    def _fusion_chains(self) -> dict[str, list[Module]]:
+        """Conv2d node -> the chain of nodes after it that each read only the previous one and
+        feed nothing else (candidates for fusion.plan); computed with the order."""
+        if getattr(self, "_chains", None) is not None and self._chains[0] is self._order:
+            return self._chains[1]
+        readers: dict[str, list[str]] = {}
+        for name, refs in self.node_inputs.items():
+            for r in refs:
+                readers.setdefault(r, []).append(name)
+        by_name = {m.name: m for m in self.modules_list}
+        chains = {}
+        for m in self.order():
+            if type(m).__name__ != "Conv2d":
+                continue
+            chain, cur = [m], m.name
+            while len(chain) < 4 and cur not in self.output_names and len(readers.get(cur, [])) == 1:
+                nxt = readers[cur][0]
+                if self.node_inputs[nxt] != [cur]:
+                    break
+                chain.append(by_name[nxt])
+                cur = nxt
+            if len(chain) > 1:
+                chains[m.name] = chain
+        self._chains = (self._order, chains)
+        return chains
+
     def forward(self, x):
         values = self._bind_inputs(x)
+        fused = not self.training and self.fuse
+        chains = self._fusion_chains() if fused else {}
+        skip: set[str] = set()
         for m in self.order():
-            values[m.name] = m.forward(self._node_input(values, m))
-        self._values = values
+            if m.name in skip:
+                continue
+            p = plan(chains[m.name], 0) if m.name in chains else None
+            if p is None:
+                values[m.name] = m.forward(self._node_input(values, m))
+                continue
+            absorbed = chains[m.name][1:p[1]]
+            y = m.forward(self._node_input(values, m), epilogue=p[0])
+            skip.update(a.name for a in absorbed)
+            values[absorbed[-1].name] = y  # readers only refer to the chain's last node
+        self._values = None if fused else values
         outs = [self._value(values, r) for r in self.output_names]
         self.output = outs[0] if len(outs) == 1 else outs
         return self.output
 
     def backward(self, x, grad_out):
         values = getattr(self, "_values", None)
-        if values is None:
-            self.forward(x)
+        if values is None:  # first backward after an evaluate-mode (fused) forward: rerun plainly
+            fuse, self.fuse = self.fuse, False
+            try:
+                self.forward(x)
+            finally:
+                self.fuse = fuse
             values = self._values
         grads: dict[str, object] = {}
 

@@ -68,3 +68,29 @@ def test_training_never_fuses():
     model = nn.Sequential(*mods, name="m").train()
     model.forward(np.ones((1, 4, 8, 8), np.float32))
     assert len(model._inputs) == len(mods)
+
+
+def test_graph_fuses_single_reader_chains_only():
+    mods = _block()
+    g = nn.Graph(inputs=["x"], outputs=["relu", "side"], name="g")
+    g.add(mods[0], ["x"])
+    g.add(mods[1], ["conv"])
+    g.add(mods[2], ["bn"])
+    g.add(mods[3], ["sc"])
+    g.add(nn.Tanh(name="side"), ["bn"])  # bn has two readers: the chain stops there
+    g.evaluate()
+    x = np.random.default_rng(4).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    fused = [np.array(o) for o in g.forward(x)]
+    assert [c.name for c in g._fusion_chains()["conv"]] == ["conv", "bn"]
+    g.fuse = False
+    plain = [np.array(o) for o in g.forward(x)]
+    for a, b in zip(fused, plain):
+        assert_close(a, b, 1e-5)
+    chain = nn.Graph(inputs=["x"], outputs=["relu"], name="c")
+    for m, src in zip(_block()[:4], ["x", "conv", "bn", "sc"]):
+        chain.add(m, [src])
+    chain.evaluate()
+    assert [c.name for c in chain._fusion_chains()["conv"]] == ["conv", "bn", "sc", "relu"]
+    y = np.array(chain.forward(x))
+    chain.fuse = False
+    assert_close(y, chain.forward(x), 1e-5)
