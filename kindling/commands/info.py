@@ -83,6 +83,8 @@ def run(args) -> int:
     if meta.get("source"):
         print(f"source: {meta['source'].get('framework')} "
               + ", ".join(f.get("path", "") for f in meta["source"].get("files", [])))
+    if meta.get("preprocessing"):
+        print("preprocessing: " + ", ".join(f"{k} {v}" for k, v in meta["preprocessing"].items()))
     if meta.get("labels"):
         print(f"labels: {len(meta['labels'])} ({', '.join(meta['labels'][:3])}{', ...' if len(meta['labels']) > 3 else ''})")
     if meta.get("training"):

@@ -21,7 +21,8 @@ def lenet(tmp_path_factory):
         nn.Flatten(name="flatten"), nn.Linear(800, 500, name="ip1"), nn.ReLU(name="relu1"),
         nn.Linear(500, 10, name="ip2"), nn.LogSoftmax(name="prob"), name="lenet")
     path = tmp_path_factory.mktemp("m") / "lenet.kdl"
-    kindling.save(model, path, metadata={"input_shape": [-1, 1, 28, 28], "labels": [str(i) for i in range(10)]})
+    kindling.save(model, path, metadata={"input_shape": [-1, 1, 28, 28], "labels": [str(i) for i in range(10)],
+                                       "preprocessing": {"scale": 0.00390625, "channel_order": "gray"}})
     return path, model.evaluate()
 
 
@@ -29,7 +30,8 @@ def test_info_lists_layers_shapes_parameters_and_backend(lenet):
     path, _ = lenet
     r = kindling_cli("info", path)
     assert r.returncode == 0, r.stderr
-    for text in ("conv1", "Conv2d", "(1, 20, 24, 24)", "(1, 10)", "parameters: 431,080", "backend:", "labels: 10"):
+    for text in ("conv1", "Conv2d", "(1, 20, 24, 24)", "(1, 10)", "parameters: 431,080", "backend:", "labels: 10",
+                 "preprocessing: scale 0.00390625, channel_order gray"):
         assert text in r.stdout, text
 
 
