@@ -5,6 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from ..module import Module
+from ..parallel import pool
+
+# Below this many elements a pass is too short to be worth handing to another thread.
+_SPLIT_MIN_ELEMENTS = 1 << 17
+
+
+def _split(fn, out, *arrays):
+    """``fn(*slices, out_slice)`` over blocks of the leading (batch) axis, shared among kindling's
+    threads: numpy's elementwise loops are single-threaded, and a big activation is memory-bound
+    work that a second core speeds up."""
+    if out.size < _SPLIT_MIN_ELEMENTS or out.ndim == 0 or out.shape[0] < 2:
+        fn(*arrays, out)
+    else:
+        pool.run(out.shape[0], lambda _, lo, hi: fn(*(a[lo:hi] for a in arrays), out[lo:hi]))
+    return out
 
 
 class _Elementwise(Module):
@@ -12,13 +27,13 @@ class _Elementwise(Module):
 
     def forward(self, x):
         x = np.asarray(x, np.float32)
-        self.output = self._f(x, self._buffer_like("out", x))
+        self.output = _split(self._f, self._buffer_like("out", x), x)
         return self.output
 
     def backward(self, x, grad_out):
         x = np.asarray(x, np.float32)
         g = np.asarray(grad_out, np.float32)
-        return self._df(x, self.output, g, self._buffer_like("grad_in", x))
+        return _split(self._df, self._buffer_like("grad_in", x), x, self.output, g)
 
 
 class ReLU(_Elementwise):
