@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..module import Container
+from ..parallel import pool
 
 
 class _Join(Container):
@@ -84,14 +85,17 @@ class Add(_Join):
         return self.coeffs or [1.0] * n
 
     def join(self, xs):
-        out = self._buffer("out", np.broadcast_shapes(*[x.shape for x in xs]))
-        for i, (x, c) in enumerate(zip(xs, self._coeffs(len(xs)))):
-            if i == 0:
-                np.multiply(x, np.float32(c), out=out) if c != 1.0 else np.copyto(out, x)
-            elif c == 1.0:
-                out += x
-            else:
-                out += np.float32(c) * x
+        shape = np.broadcast_shapes(*[x.shape for x in xs])
+        coeffs = self._coeffs(len(xs))
+        if not shape or any(x.shape != shape for x in xs):  # broadcasting (or scalars): one plain pass
+            out = self._buffer("out", shape)
+            _weighted_sum(xs, coeffs, out)
+            return out
+        # Same shapes (a residual sum): keep the inputs' memory order (NHWC under an NCHW view,
+        # as convolutions return it), so neither this sum nor the next convolution transposes,
+        # and share the images among kindling's threads.
+        out = self._buffer_like("out", xs[0])
+        pool.run(shape[0], lambda _, lo, hi: _weighted_sum([x[lo:hi] for x in xs], coeffs, out[lo:hi]))
         return out
 
     def join_backward(self, xs, grad_out):
@@ -136,6 +140,16 @@ class Max(_Join):
             taken |= hit
             grads.append(_unbroadcast(np.where(hit, g, np.float32(0)), x.shape))
         return grads
+
+
+def _weighted_sum(xs, coeffs, out) -> None:
+    for i, (x, c) in enumerate(zip(xs, coeffs)):
+        if i == 0:
+            np.multiply(x, np.float32(c), out=out) if c != 1.0 else np.copyto(out, x)
+        elif c == 1.0:
+            out += x
+        else:
+            out += np.float32(c) * x
 
 
 def _unbroadcast(g: np.ndarray, shape) -> np.ndarray:

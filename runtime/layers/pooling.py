@@ -1,7 +1,8 @@
 """Max and average pooling with padding, Caffe's ceil rounding, count_include_pad and global pooling.
 
 Work happens in NHWC (the memory order a Conv2d output already has): one strided view per kernel
-offset, so a k x k window costs k*k vectorized passes, never a loop over pixels.
+offset, so a k x k window costs k*k vectorized passes, never a loop over pixels. Images are shared
+among kindling's threads (numpy's loops are single-threaded).
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ class _Pool2d(Module):
         buf = self._scratch.get("xpad")
         if buf is None or buf.shape != (n, hp, wp, c):
             buf = self._scratch["xpad"] = np.full((n, hp, wp, c), self.pad_value, np.float32)
-        buf[:, p[0]:p[0] + h, p[1]:p[1] + w] = xh
+        pool.run(n, lambda _, lo, hi: np.copyto(buf[lo:hi, p[0]:p[0] + h, p[1]:p[1] + w], xh[lo:hi]))
         return buf
 
     @staticmethod
@@ -90,7 +91,7 @@ class _Pool2d(Module):
         k, s, p, o = self.geometry(h, w)
         xp = self._padded(x.transpose(0, 2, 3, 1), k, s, p, o)
         out = self._buffer("out", (n, o[0], o[1], c))
-        self._pool(xp, out, k, s, p, o, (h, w))
+        pool.run(n, lambda _, lo, hi: self._pool(xp[lo:hi], out[lo:hi], k, s, p, o, (h, w)))
         self.output = out.transpose(0, 3, 1, 2)
         return self.output
 
@@ -183,8 +184,12 @@ class AvgPool2d(_Pool2d):
         out /= self._divisor(k, s, p, o, hw)
 
     def _unpool(self, xp, g, dxp, k, s, p, o, hw):
-        dxp.fill(0)
-        gd = g / self._divisor(k, s, p, o, hw)
-        for i in range(k[0]):
-            for j in range(k[1]):
-                self._offset(dxp, i, j, s, o)[...] += gd
+        divisor = self._divisor(k, s, p, o, hw)
+
+        def work(_, lo, hi):
+            dx, gd = dxp[lo:hi], g[lo:hi] / divisor
+            dx.fill(0)
+            for i in range(k[0]):
+                for j in range(k[1]):
+                    self._offset(dx, i, j, s, o)[...] += gd
+        pool.run(g.shape[0], work)
