@@ -258,6 +258,7 @@ class Conv2d(Module):
         wm = self._weight_matrix()
         # A 1x1 kernel at stride 1 writes every input position exactly once: copy instead of add.
         single_cover = (kh, kw, sh, sw) == (1, 1, 1, 1)
+        wide = self._wide_rows_fit(ow) and not single_cover
         dwm = {}
 
         def block(wi, lo, hi):
@@ -280,6 +281,9 @@ class Conv2d(Module):
             dx = dxp[lo:hi]
             if not single_cover:
                 dx.fill(0)
+            if wide:
+                self._input_grad_wide_rows(wi, gh[lo:hi], dx, wm)
+                return
             slab = self._buffer(f"dslab{wi}", (rows, c))
             for i in range(kh):
                 for j in range(kw):
@@ -297,6 +301,33 @@ class Conv2d(Module):
             return []
         shape = self.params["weight"].shape
         return [dwm[wi].reshape(g, kh, kw, cg, cog).transpose(0, 4, 3, 1, 2).reshape(shape) for wi in sorted(dwm)]
+
+    def _wide_rows_fit(self, ow: int) -> bool:
+        """Whether the input gradient is cheaper as in-place GEMMs over "wide" rows (stride 1):
+        only when the (kw-1)*dw junk positions per row are a small part of the row."""
+        return self.stride == (1, 1) and (self.kernel_size[1] - 1) * self.dilation[1] * 8 <= ow
+
+    def _input_grad_wide_rows(self, wi, g, dx, wm):
+        """Stride-1 input gradient without scatter: lay each image's output gradient out on rows
+        as wide as the padded input (junk columns zero); then for kernel offset (i, j) the input
+        positions it feeds are one contiguous run of the flattened padded image, starting at
+        i*dh*Wp + j*dw, and its contribution is a single GEMM accumulated in place (beta = 1)."""
+        (kh, kw), (dh, dw), g_ = self.kernel_size, self.dilation, self.groups
+        imgs, oh, ow, co = g.shape
+        _, hp, wp, c = dx.shape
+        cg, cog = c // g_, co // g_
+        gw = self._buffer(f"gwide{wi}", (imgs, oh, wp, co))
+        gw[:, :, ow:] = 0
+        np.copyto(gw[:, :, :ow], g)
+        rows = oh * wp - (kw - 1) * dw  # the last row's junk would run past the image
+        for m in range(imgs):
+            src, dst = gw[m].reshape(-1, co)[:rows], dx[m].reshape(-1, c)
+            for i in range(kh):
+                for j in range(kw):
+                    k, off = i * kw + j, i * dh * wp + j * dw
+                    for gi in range(g_):
+                        blas.gemm(src[:, gi * cog:(gi + 1) * cog], wm[gi, k * cg:(k + 1) * cg].T,
+                                  dst[off:off + rows, gi * cg:(gi + 1) * cg], parallel=False, accumulate=True)
 
     def _depthwise_backward(self, xp, gh, dxp, want_params):
         n, oh, ow, _ = gh.shape
