@@ -271,11 +271,8 @@ class Conv2d(Module):
                 if fresh:
                     acc = dwm[wi] = self._buffer(f"dwmat{wi}", wm.shape)
                 for gi in range(g):
-                    part = blas.gemm(cols[:, gi].T, g2[:, gi * cog:(gi + 1) * cog], parallel=False)
-                    if fresh:
-                        acc[gi] = part
-                    else:
-                        acc[gi] += part
+                    blas.gemm(cols[:, gi].T, g2[:, gi * cog:(gi + 1) * cog], acc[gi], parallel=False,
+                              accumulate=not fresh)
             if dxp is None:
                 return
             dx = dxp[lo:hi]
