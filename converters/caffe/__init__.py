@@ -25,7 +25,7 @@ from kindling.runtime import nn
 from . import wire
 from .build import build, check_supported, dummy_data_shapes, translator_table
 from .errors import CaffeError
-from .parse import CaffeLayer, declared_inputs, layers_of, read_prototxt
+from .parse import CaffeLayer, check_unique_names, declared_inputs, layers_of, read_prototxt
 
 __all__ = ["convert", "load_weights", "CaffeError", "CaffeLayer", "read_blobs"]
 
@@ -74,6 +74,7 @@ def _parse_inputs(net, layers, given: dict | None, path) -> dict:
             inputs.update(zip(layer.tops, dummy_data_shapes(layer)))
     produced = set(inputs)
     from_dropped = set()  # tops of data layers dropped from a train_val net
+    unwritten = []  # bottoms no layer writes: a deploy net whose `input:` line was left to a tool (DIGITS)
     for layer in layers:
         if layer.type in ("Input", "DummyData"):
             continue
@@ -84,16 +85,30 @@ def _parse_inputs(net, layers, given: dict | None, path) -> dict:
             if b not in produced and b in from_dropped:
                 inputs.setdefault(b, None)  # now an input of the converted net
                 produced.add(b)
+            elif b not in produced and b not in unwritten:
+                unwritten.append(b)
         produced.update(layer.tops)
     for name, shape in (given or {}).items():
-        if name not in inputs:
-            raise CaffeError(f"{path}: --input names {name!r}, but the net's inputs are {list(inputs)}")
+        if name not in inputs and name not in unwritten:
+            raise CaffeError(f"{path}: --input names {name!r}, but the net's inputs are {list(inputs)}"
+                             + (f" (and no layer writes {', '.join(unwritten)})" if unwritten else ""))
         inputs[name] = list(shape)
+    if not inputs:
+        raise CaffeError(f"{path}: the net declares no input (no `input:`, Input layer or data layer)"
+                         + (f"; layers read {', '.join(unwritten)}, which no layer writes: give its shape, e.g. "
+                            f"--input {unwritten[0]}=1,3,224,224" if unwritten else "") + _stage_hint(net))
     unknown = [n for n, s in inputs.items() if not s]
     if unknown:
         raise CaffeError(f"{path}: no shape for input(s) {', '.join(unknown)}: give it, e.g. "
                          f"--input {unknown[0]}=1,3,224,224")
     return inputs
+
+
+def _stage_hint(net) -> str:
+    """Nets that pick layers by stage (DIGITS: train / val / deploy) convert only with the right stage."""
+    rules = [r for la in [*net.layer, *net.layers] for r in [*la.include, *la.exclude]]
+    stages = sorted({s for r in rules for s in [*r.stage, *r.not_stage]})
+    return f"; this net selects layers by stage ({', '.join(stages)}): pass stages=[...]" if stages else ""
 
 
 _TRAINING_DATA = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "AnnotatedData"}
@@ -122,14 +137,17 @@ def _data_preprocessing(layers) -> dict | None:
 
 def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translators: dict | None = None,
             softmax_loss_as_softmax: bool = False, labels: list[str] | None = None,
-            preprocessing: dict | None = None, phase: str = "test") -> nn.Module:
+            preprocessing: dict | None = None, phase: str = "test", stages=()) -> nn.Module:
     """A kindling model computing the Caffe net. Module names are the Caffe layer names. Notes
-    about what was dropped or ignored are in ``model.notes``; provenance in ``model.metadata``."""
+    about what was dropped or ignored are in ``model.notes``; provenance in ``model.metadata``.
+    ``stages`` selects layers by their include/exclude stage rules, as Caffe's NetState does
+    (DIGITS nets: ``stages=["deploy"]``)."""
     prototxt = Path(prototxt)
     net, notes = read_prototxt(prototxt)
-    layers = layers_of(net, prototxt, caffe_pb2.TEST if phase == "test" else caffe_pb2.TRAIN)
+    layers = layers_of(net, prototxt, caffe_pb2.TEST if phase == "test" else caffe_pb2.TRAIN, stages)
     table = translator_table(translators)
     check_supported(layers, table, prototxt)
+    check_unique_names([la for la in layers if not _dropped(la)], prototxt)
     shapes = _parse_inputs(net, layers, inputs, prototxt)
     digests = {prototxt: _sha256(prototxt)}
     if caffemodel is not None:

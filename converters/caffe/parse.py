@@ -138,11 +138,17 @@ def layers_of(net: caffe_pb2.NetParameter, path, phase: int = caffe_pb2.TEST, st
         out.append(CaffeLayer(layer.name, layer.type, list(layer.bottom), list(layer.top), layer,
                               lr_mult=[p.lr_mult for p in layer.param],
                               decay_mult=[p.decay_mult for p in layer.param]))
-    names = [la.name for la in out]
+    return out
+
+
+def check_unique_names(layers: list[CaffeLayer], path) -> None:
+    """Module names are layer names, so the layers that are converted need their own names. Caffe
+    itself allows repeats (BVLC's mnist_autoencoder names two loss layers "loss"), so callers pass
+    only the layers they keep."""
+    names = [la.name for la in layers]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise CaffeError(f"{path}: layer names repeat ({', '.join(dup)}); each layer needs its own name")
-    return out
 
 
 def declared_inputs(net: caffe_pb2.NetParameter, layers: list[CaffeLayer]) -> dict[str, list[int] | None]:

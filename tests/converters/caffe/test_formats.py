@@ -124,3 +124,61 @@ layer { name: "det" type: "DetectionOutput" bottom: "pb" top: "det" }
     proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body, {})
     with pytest.raises(caffe.CaffeError, match=r"pb \(PriorBox\), det \(DetectionOutput\)"):
         caffe.convert(proto, weights)
+
+
+# BVLC's mnist_autoencoder names two loss layers "loss": Caffe allows repeats; only kept layers need their own.
+REPEATED_LOSS_NAMES = """name: "ae"
+layer { name: "data" type: "Data" top: "data" data_param { source: "mnist_lmdb" batch_size: 4 } }
+layer { name: "flat" type: "Flatten" bottom: "data" top: "flat" }
+layer { name: "enc" type: "InnerProduct" bottom: "data" top: "enc" inner_product_param { num_output: 5 } }
+layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "enc" bottom: "flat" top: "xent" }
+layer { name: "out" type: "Sigmoid" bottom: "enc" top: "out" }
+layer { name: "loss" type: "EuclideanLoss" bottom: "out" bottom: "flat" top: "l2" }
+"""
+
+
+def test_repeated_names_of_dropped_layers_are_accepted(tmp_path):
+    w, b = np.random.default_rng(0).standard_normal((5, 12)).astype(np.float32), np.ones(5, np.float32)
+    proto, weights = write_net(tmp_path, REPEATED_LOSS_NAMES, {"enc": [w, b]})
+    model = caffe.convert(proto, weights, inputs={"data": (2, 1, 3, 4)}).evaluate()
+    x = np.random.default_rng(1).standard_normal((2, 1, 3, 4)).astype(np.float32)
+    flat, out = model.forward(x)
+    assert_close(out, 1 / (1 + np.exp(-(x.reshape(2, -1) @ w.T + b))))
+    assert_close(flat, x.reshape(2, -1))
+
+
+def test_repeated_names_of_converted_layers_are_refused(tmp_path):
+    body = REPEATED_LOSS_NAMES.replace('name: "out"', 'name: "enc"')
+    proto, weights = write_net(tmp_path, body, {"enc": [(5, 12), (5,)]})
+    with pytest.raises(caffe.CaffeError, match=r"layer names repeat \(enc\)"):
+        caffe.convert(proto, weights, inputs={"data": (2, 1, 3, 4)})
+
+
+# DIGITS writes one file for train, val and deploy, choosing layers by stage; its deploy input
+# (`input: "data"`) is added by DIGITS when it exports, so the file itself declares none.
+STAGED = """name: "digits"
+layer { name: "train-data" type: "Data" top: "scaled" top: "label" include { stage: "train" } }
+layer { name: "scale" type: "Power" bottom: "data" top: "scaled" power_param { scale: 0.5 } include { stage: "deploy" } }
+layer { name: "ip" type: "InnerProduct" bottom: "scaled" top: "ip" inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" exclude { stage: "deploy" } }
+layer { name: "softmax" type: "Softmax" bottom: "ip" top: "softmax" include { stage: "deploy" } }
+"""
+
+
+def test_stages_select_layers_as_caffe_does(tmp_path):
+    w, b = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32), np.zeros(3, np.float32)
+    proto, weights = write_net(tmp_path, STAGED, {"ip": [w, b]})
+    model = caffe.convert(proto, weights, stages=["deploy"], inputs={"data": (2, 8)}).evaluate()
+    assert [m.name for m in model.children()] == ["scale", "ip", "softmax"]
+    x = np.random.default_rng(3).standard_normal((2, 8)).astype(np.float32)
+    z = 0.5 * x @ w.T
+    e = np.exp(z - z.max(1, keepdims=True))
+    assert_close(model.forward(x), e / e.sum(1, keepdims=True))
+
+
+def test_net_without_inputs_gets_a_clear_error_naming_its_stages(tmp_path):
+    proto, weights = write_net(tmp_path, STAGED, {"ip": [(3, 8), (3,)]})
+    with pytest.raises(caffe.CaffeError, match=r"declares no input.*reads? scaled.*by stage \(deploy, train\)"):
+        caffe.convert(proto, weights)
+    with pytest.raises(caffe.CaffeError, match=r"declares no input.*--input data="):
+        caffe.convert(proto, weights, stages=["deploy"])
