@@ -1,11 +1,55 @@
 """Data sets: a folder of class sub-folders of images (the Caltech-256 layout), or arrays."""
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+log = logging.getLogger("kindling.data")
+
+# What a root that is not a folder of class sub-folders is, said plainly.
+ROOT_PROBLEMS = ((lambda p: not p.exists(), "no such folder"),
+                 (lambda p: not p.is_dir(), "a file, not a folder of class sub-folders"))
+
+
+def _hidden(name: str) -> bool:
+    """Names starting with "." are the file system's, not the user's: .DS_Store, macOS's ._AppleDouble
+    twins of every copied image (which end in .jpg but are not images), .ipynb_checkpoints, .git."""
+    return name.startswith(".")
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(images, other files) anywhere under ``folder``, as torchvision's ImageFolder and Keras's
+    image_dataset_from_directory find them: sub-folders too, symlinks followed, sorted by path;
+    hidden names skipped."""
+    images, others, seen = [], [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a symlink back up the tree: walked already
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        for f in files:
+            if not _hidden(f):
+                (images if Path(f).suffix.lower() in IMAGE_SUFFIXES else others).append(Path(top) / f)
+    return sorted(images), others
+
+
+def _class_folders(root: Path) -> list[str]:
+    for bad, problem in ROOT_PROBLEMS:
+        if bad(root):
+            raise ValueError(f"{root}: {problem}")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
+    if not folders:
+        loose = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir())
+        raise ValueError(f"{root}: no class sub-folders: images go in {root / '<class>'}/"
+                         + (f" ({loose} images lie directly in {root})" if loose else ""))
+    return folders
 
 
 class DataSet:
@@ -41,22 +85,29 @@ class DataSet:
 
 
 class ImageFolder(DataSet):
-    """root/<class>/<image>: classes are the sub-folder names in sorted order (or ``labels``)."""
+    """root/<class>/[...]/<image>: classes are the sub-folder names in sorted order (or ``labels``);
+    images may sit in nested folders of a class. Hidden files and folders are skipped, other
+    non-image files ignored with one note; an empty class folder stays a class, with a warning."""
 
     def __init__(self, root, pipeline, labels: list[str] | None = None):
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise ValueError(f"{self.root}: not a folder of class sub-folders")
-        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        folders = _class_folders(self.root)
         self.labels = list(labels) if labels else folders
         unknown = sorted(set(folders) - set(self.labels))
         if unknown:
             raise ValueError(f"{self.root}: class folders {unknown} are not among the labels {self.labels}")
         index = {name: i for i, name in enumerate(self.labels)}
-        self.samples = [(p, index[d]) for d in folders for p in sorted((self.root / d).iterdir())
-                        if p.suffix.lower() in IMAGE_SUFFIXES]
+        found = {d: _walk(self.root / d) for d in folders}
+        self.samples = [(p, index[d]) for d in folders for p in found[d][0]]
         if not self.samples:
             raise ValueError(f"{self.root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        empty = [d for d in folders if not found[d][0]]
+        if empty:
+            log.warning("%s: class folders without images (kept as classes): %s", self.root, ", ".join(empty))
+        others = [p for d in folders for p in found[d][1]]
+        if others:
+            log.info("%s: ignored %d files that are not images, e.g. %s", self.root, len(others),
+                     ", ".join(str(p.relative_to(self.root)) for p in others[:3]))
         self.pipeline = pipeline
         self.name = str(self.root)
 
