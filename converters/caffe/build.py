@@ -75,6 +75,15 @@ def _run(module, xs, layer, path):
     return shape
 
 
+# Fields the converted model does not follow, with what Caffe does instead: noted, never silent.
+_DIFFERENCES = {
+    "BatchNorm": lambda la: "use_global_stats: false, so Caffe normalizes with each batch's own statistics; "
+                            "the converted model uses the stored mean and variance"
+    if la.param.batch_norm_param.HasField("use_global_stats") and not la.param.batch_norm_param.use_global_stats
+    else None,
+}
+
+
 def build(layers: list[CaffeLayer], inputs: dict, table: dict, path, notes: list[str],
           softmax_loss_as_softmax: bool = False, name: str = "net"):
     """Returns (model, output blob names)."""
@@ -109,6 +118,9 @@ def build(layers: list[CaffeLayer], inputs: dict, table: dict, path, notes: list
                 available[top] = None
             continue
         made = fn(layer, shapes)
+        differs = _DIFFERENCES.get(layer.type, lambda la: None)(layer)
+        if differs:
+            notes.append(f"{layer.name} ({layer.type}): {differs}")
         modules = made if isinstance(made, list) else [made]
         prev, xs = in_refs, [_zeros(s) for s in shapes]
         for m in modules:

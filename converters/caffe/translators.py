@@ -180,7 +180,7 @@ def scale(layer, shapes):
         if p.bias_term:
             _fail(layer, "Scale with two bottoms and bias_term is not supported")
         return nn.ScaleBy(p.axis, name=layer.name)
-    shape = _param_shape(layer, shapes[0], p.axis, p.num_axes, blob=0)
+    shape = _param_shape(shapes[0], p.axis, p.num_axes)
     m = nn.Scale(shape, bias=p.bias_term, axis=p.axis, name=layer.name)
     return _set(m, layer, ["weight", "bias"] if p.bias_term else ["weight"])
 
@@ -189,13 +189,13 @@ def bias(layer, shapes):
     p = layer.param.bias_param
     if len(layer.bottoms) == 2:
         _fail(layer, "Bias with two bottoms is not supported")
-    shape = _param_shape(layer, shapes[0], p.axis, p.num_axes, blob=0)
+    shape = _param_shape(shapes[0], p.axis, p.num_axes)
     return _set(nn.Bias(shape, p.axis, name=layer.name), layer, ["bias"])
 
 
-def _param_shape(layer, in_shape, axis, num_axes, blob):
-    if layer.blobs:
-        return list(layer.blobs[blob].shape)
+def _param_shape(in_shape, axis, num_axes):
+    """The shape Caffe gives the parameter (from the input, not the blob: writers differ on a
+    scalar's blob, () or (1,), and on legacy 4-D padding; _blob checks the size)."""
     axis = axis % len(in_shape)
     end = len(in_shape) if num_axes == -1 else axis + num_axes
     return list(in_shape[axis:end])

@@ -170,3 +170,23 @@ def test_bias_layer(tmp_path):
 def test_upsample_nearest(tmp_path):
     y, x = _single(tmp_path, 'layer { name: "u" type: "Upsample" bottom: "data" top: "u" upsample_param { scale: 2 } }')
     assert_close(y, x.repeat(2, axis=2).repeat(2, axis=3))
+
+
+def test_scale_with_num_axes_0_is_a_scalar(tmp_path):
+    """num_axes: 0 makes one scalar; writers store its blob as () or (1,): both fit."""
+    for blob in (np.array(2.5, np.float32), np.array([2.5], np.float32)):
+        y, x = _single(tmp_path, 'layer { name: "s" type: "Scale" bottom: "data" top: "s" scale_param { num_axes: 0 } }',
+                       {"s": [blob]})
+        assert_close(y, 2.5 * x)
+
+
+def test_batchnorm_without_global_stats_is_noted(tmp_path):
+    """Caffe's BatchNorm with use_global_stats: false uses batch statistics even in TEST; the
+    converted model uses the stored ones, and says so."""
+    body = 'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" batch_norm_param { use_global_stats: false } }'
+    blobs = {"bn": [np.zeros(4), np.ones(4), np.ones(1)]}
+    proto, model_file = write_net(tmp_path, inputs_header({"data": X}) + body, blobs)
+    notes = caffe.convert(proto, model_file).notes
+    assert any("bn (BatchNorm): use_global_stats: false" in n for n in notes)
+    proto, model_file = write_net(tmp_path, inputs_header({"data": X}) + body.replace("false", "true"), blobs)
+    assert not any("use_global_stats" in n for n in caffe.convert(proto, model_file).notes)
