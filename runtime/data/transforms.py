@@ -7,6 +7,12 @@ Every step takes ``(image, rng)`` and returns the next image; random steps draw 
 loader gives each sample (seeded by data set seed, epoch and sample index, so thread timing never
 changes results). The same Pipeline, rebuilt from a snapshot's metadata, preprocesses for
 training, Spark scoring and serving alike.
+
+Decoding turns phone photos upright by their EXIF orientation tag (what every viewer shows and what
+the person who sorted them into class folders saw); torchvision's ImageFolder and Keras's
+image_dataset_from_directory do not, so a model trained there on sideways photos saw them sideways.
+Pillow's decompression-bomb limit stays on (serving decodes strangers' uploads): an image above
+it is skipped by the loader with a warning naming it, or fails a strict run.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 class Step:
@@ -30,19 +36,44 @@ class Step:
         return {}
 
 
+ORIENTATION = 0x0112  # the EXIF tag; 1 is upright
+
+# 16-bit grayscale (PNG, TIFF) opens in these modes, and convert("L") clips every value above 255
+# to white instead of scaling: keep the high byte. (Older Pillows open 16-bit PNGs as "I".)
+SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def _upright(img):
+    return ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
+
+
+def _eight_bit(img):
+    if img.mode not in SIXTEEN_BIT:
+        return img
+    return Image.fromarray((np.clip(np.asarray(img), 0, 65535).astype(np.uint16) >> 8).astype(np.uint8), "L")
+
+
 class Decode(Step):
-    """A file path or encoded bytes -> a PIL image (RGB, or L when ``gray``)."""
+    """A file path or encoded bytes -> a PIL image (RGB, or L when ``gray``): upright by EXIF,
+    16-bit scaled to 8, an animation's first frame, transparency dropped (as torchvision does)."""
 
     def __init__(self, gray: bool = False):
         self.gray = gray
 
     def __call__(self, source, rng=None):
         if isinstance(source, Image.Image):
-            img = source
-        else:
-            img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
+            return self._finish(source)
+        try:
+            opened = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"{e} Raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) if you trust the file") from e
+        # closed at once: a multi-frame file (GIF, TIFF) would otherwise hold its handle until GC
+        with opened as img:
             img.load()
-        return img.convert("L" if self.gray else "RGB")
+            return self._finish(img)
+
+    def _finish(self, img):
+        return _eight_bit(_upright(img)).convert("L" if self.gray else "RGB")
 
 
 class Resize(Step):
@@ -58,6 +89,10 @@ class Resize(Step):
             scale = self.size / min(img.size)
             w, h = max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))
         return img if (w, h) == img.size else img.resize((w, h), Image.BILINEAR)
+
+    def smallest(self) -> tuple[int, int]:
+        """The least (h, w) this gives any image."""
+        return tuple(self.size) if isinstance(self.size, (tuple, list)) else (self.size, self.size)
 
     def describe(self):
         return {"resize": self.size if not isinstance(self.size, (tuple, list)) else None}
@@ -135,11 +170,23 @@ class Normalize(Step):
         return {"mean": self.mean.ravel().tolist(), "std": self.std.ravel().tolist(), "scale": self.scale}
 
 
+def _check_crops(steps):
+    """A crop larger than the resize before it would upsample every image: a settings mistake,
+    said at once rather than found in the accuracy."""
+    resize = None
+    for s in steps:
+        resize = s if isinstance(s, Resize) else resize
+        if isinstance(s, CenterCrop) and resize and any(c > r for c, r in zip(s.size, resize.smallest())):
+            raise ValueError(f"{type(s).__name__} {s.size[0]}x{s.size[1]} is larger than what Resize({resize.size}) "
+                             f"before it gives: every image would be upsampled; resize to at least {max(s.size)}")
+
+
 class Pipeline(Step):
     def __init__(self, *steps: Step):
         self.steps: list[Step] = []
         for s in steps:
             self.steps += s.steps if isinstance(s, Pipeline) else [s]
+        _check_crops(self.steps)
 
     def __call__(self, item, rng=None):
         for s in self.steps:
