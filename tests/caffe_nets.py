@@ -53,3 +53,14 @@ def opencv_forward(proto_path, model_path, inputs: dict, outputs: list[str]):
         net.setInput(x, name)
     got = net.forward(outputs)
     return [np.asarray(g) for g in got]
+
+
+# DIGITS writes one file for train, val and deploy, choosing layers by stage; its deploy input
+# (`input: "data"`) is added by DIGITS when it exports, so the file itself declares none.
+STAGED = """name: "digits"
+layer { name: "train-data" type: "Data" top: "scaled" top: "label" include { stage: "train" } }
+layer { name: "scale" type: "Power" bottom: "data" top: "scaled" power_param { scale: 0.5 } include { stage: "deploy" } }
+layer { name: "ip" type: "InnerProduct" bottom: "scaled" top: "ip" inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" exclude { stage: "deploy" } }
+layer { name: "softmax" type: "Softmax" bottom: "ip" top: "softmax" include { stage: "deploy" } }
+"""

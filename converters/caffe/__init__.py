@@ -108,7 +108,7 @@ def _stage_hint(net) -> str:
     """Nets that pick layers by stage (DIGITS: train / val / deploy) convert only with the right stage."""
     rules = [r for la in [*net.layer, *net.layers] for r in [*la.include, *la.exclude]]
     stages = sorted({s for r in rules for s in [*r.stage, *r.not_stage]})
-    return f"; this net selects layers by stage ({', '.join(stages)}): pass stages=[...]" if stages else ""
+    return f"; this net selects layers by stage ({', '.join(stages)}): pass stages=[...] (--stage NAME)" if stages else ""
 
 
 _TRAINING_DATA = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "AnnotatedData"}

@@ -31,6 +31,11 @@ def add_arguments(p):
     c.add_argument("-o", "--output", required=True, help="the .kdl file to write")
     c.add_argument("--input", action="append", type=_shape, default=[], metavar="NAME=N,C,H,W",
                    help="shape of an input (needed for train_val nets and inputs without a declared shape)")
+    c.add_argument("--stage", action="append", default=[], metavar="NAME",
+                   help="select layers by their include/exclude stage rules, as Caffe's NetState (DIGITS nets: "
+                        "--stage deploy); repeat for several")
+    c.add_argument("--phase", choices=["test", "train"], default="test",
+                   help="which phase's layers to keep in a train_val net (default: test)")
     c.add_argument("--labels", help="class labels, one per line (synset lines are kept whole)")
     c.add_argument("--mean", type=_floats, help="per-channel mean subtracted before the net, e.g. 104,117,123")
     c.add_argument("--scale", type=float, help="multiplier applied after the mean")
@@ -58,7 +63,8 @@ def run(args) -> int:
                              "channel_order": args.channel_order, "input_size": args.input_size}.items()
            if v is not None}
     model = caffe.convert(args.prototxt, args.caffemodel, inputs=dict(args.input), labels=labels,
-                          preprocessing=pre or None, softmax_loss_as_softmax=args.softmax_loss_as_softmax)
+                          preprocessing=pre or None, softmax_loss_as_softmax=args.softmax_loss_as_softmax,
+                          phase=args.phase, stages=args.stage)
     if args.check:  # before writing: a failed check leaves no file behind
         x = np.load(args.check[0], allow_pickle=False).astype(np.float32)
         expected = np.load(args.check[1], allow_pickle=False)

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 
 import kindling
-from caffe_nets import LENET, opencv_forward
+from caffe_nets import LENET, STAGED, opencv_forward, write_net
 
 
 def cli(*args):
@@ -42,3 +42,20 @@ def test_check_failure_exits_non_zero_and_writes_nothing(tmp_path):
             "--check", tmp_path / "x.npy", tmp_path / "wrong.npy")
     assert r.returncode == 1 and "check failed" in r.stderr
     assert not out.exists()
+
+
+def test_stage_and_input_select_a_digits_deploy_net(tmp_path):
+    w = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)
+    proto, weights = write_net(tmp_path, STAGED, {"ip": [w, np.zeros(3, np.float32)]})
+    out = tmp_path / "digits.kdl"
+    r = cli("convert", "caffe", "--prototxt", proto, "--caffemodel", weights, "-o", out)
+    assert r.returncode != 0 and "--stage" in r.stderr and not out.exists()
+    r = cli("convert", "caffe", "--prototxt", proto, "--caffemodel", weights, "-o", out,
+            "--stage", "deploy", "--input", "data=1,8")
+    assert r.returncode == 0, r.stderr
+    model = kindling.load(out).evaluate()
+    assert [m.name for m in model.children()] == ["scale", "ip", "softmax"]
+    x = np.random.default_rng(3).standard_normal((2, 8)).astype(np.float32)
+    z = 0.5 * x @ w.T
+    e = np.exp(z - z.max(1, keepdims=True))
+    assert np.abs(model.forward(x) - e / e.sum(1, keepdims=True)).max() <= 1e-6

@@ -3,7 +3,7 @@ BatchNorm + Scale pairs, ceil-mode pooling, custom layer types."""
 import numpy as np
 import pytest
 
-from caffe_nets import inputs_header, opencv_forward, write_net
+from caffe_nets import STAGED, inputs_header, opencv_forward, write_net
 from helpers import assert_close
 from kindling.converters import caffe
 from kindling.runtime import nn
@@ -154,15 +154,6 @@ def test_repeated_names_of_converted_layers_are_refused(tmp_path):
         caffe.convert(proto, weights, inputs={"data": (2, 1, 3, 4)})
 
 
-# DIGITS writes one file for train, val and deploy, choosing layers by stage; its deploy input
-# (`input: "data"`) is added by DIGITS when it exports, so the file itself declares none.
-STAGED = """name: "digits"
-layer { name: "train-data" type: "Data" top: "scaled" top: "label" include { stage: "train" } }
-layer { name: "scale" type: "Power" bottom: "data" top: "scaled" power_param { scale: 0.5 } include { stage: "deploy" } }
-layer { name: "ip" type: "InnerProduct" bottom: "scaled" top: "ip" inner_product_param { num_output: 3 } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" exclude { stage: "deploy" } }
-layer { name: "softmax" type: "Softmax" bottom: "ip" top: "softmax" include { stage: "deploy" } }
-"""
 
 
 def test_stages_select_layers_as_caffe_does(tmp_path):
