@@ -4,6 +4,7 @@ own generator, seeded by (seed, epoch, index), so thread timing never changes a 
 from __future__ import annotations
 
 import logging
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,8 +23,22 @@ def _load(dataset, i, seed, epoch, strict):
     except Exception as e:  # a corrupt image: skipped with a warning naming the file
         if strict:
             raise ValueError(f"{dataset.source(int(i))}: cannot load: {e}") from e
-        log.warning("skipping %s: %s", dataset.source(int(i)), e)
+        _warn_once(dataset, int(i), e)
         return None
+
+
+_skipped: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _warn_once(dataset, i: int, error) -> None:
+    """A bad file is named once per data set, not again in every epoch of a long run."""
+    try:
+        seen = _skipped.setdefault(dataset, set())
+    except TypeError:  # a data set that cannot be weakly referenced: warn every time
+        seen = set()
+    if i not in seen:
+        seen.add(i)
+        log.warning("skipping %s: %s (not repeated in later epochs)", dataset.source(i), error)
 
 
 def batches(dataset, batch_size: int, *, seed: int = 0, epoch: int = 1, shuffle: bool = True, start: int = 0,

@@ -236,6 +236,10 @@ def test_corrupt_files_are_skipped_with_a_warning_naming_them_or_fail_strict(tmp
     skipped = " ".join(r.getMessage() for r in caplog.records)
     for name in ("truncated.jpg", "empty.jpg", "text.png"):
         assert str(tmp_path / "bad" / name) in skipped
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kindling.data"):
+        assert sum(len(y) for _, y in batches(data, 4, epoch=2, workers=2)) == 4
+    assert not caplog.records, "a bad file is named once, not again in every epoch"
     with pytest.raises(ValueError, match="(truncated|empty|text)"):
         list(batches(data, 4, workers=2, strict=True))
 
