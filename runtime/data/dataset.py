@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,12 @@ class DataSet:
         return Subset(self, sorted(train), "train"), Subset(self, sorted(val), "validation")
 
 
+def _nfc(name: str) -> str:
+    """Folder names in one Unicode form: macOS writes "é" decomposed (NFD), Linux tools composed
+    (NFC), so labels saved on one must still match folders copied from the other."""
+    return unicodedata.normalize("NFC", name)
+
+
 class ImageFolder(DataSet):
     """root/<class>/[...]/<image>: classes are the sub-folder names in sorted order (or ``labels``);
     images may sit in nested folders of a class. Hidden files and folders are skipped, other
@@ -92,13 +99,13 @@ class ImageFolder(DataSet):
     def __init__(self, root, pipeline, labels: list[str] | None = None):
         self.root = Path(root)
         folders = _class_folders(self.root)
-        self.labels = list(labels) if labels else folders
-        unknown = sorted(set(folders) - set(self.labels))
+        self.labels = list(labels) if labels else [_nfc(d) for d in folders]
+        index = {_nfc(name): i for i, name in enumerate(self.labels)}
+        unknown = sorted(d for d in folders if _nfc(d) not in index)
         if unknown:
             raise ValueError(f"{self.root}: class folders {unknown} are not among the labels {self.labels}")
-        index = {name: i for i, name in enumerate(self.labels)}
         found = {d: _walk(self.root / d) for d in folders}
-        self.samples = [(p, index[d]) for d in folders for p in found[d][0]]
+        self.samples = [(p, index[_nfc(d)]) for d in folders for p in found[d][0]]
         if not self.samples:
             raise ValueError(f"{self.root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         empty = [d for d in folders if not found[d][0]]

@@ -287,3 +287,16 @@ def test_decoding_an_animated_gif_closes_the_file(tmp_path):
         gc.collect()
     assert np.array_equal(got, first.transpose(2, 0, 1))
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
+def test_labels_match_folders_whatever_their_unicode_form(tmp_path):
+    import unicodedata
+    composed = unicodedata.normalize("NFC", "café")
+    decomposed = unicodedata.normalize("NFD", "café")
+    assert composed != decomposed
+    _png(tmp_path / decomposed / "0.png", 0)  # as copied from a Mac
+    _png(tmp_path / "tea" / "0.png", 1)
+    saved = ImageFolder(tmp_path, Pipeline()).labels
+    assert saved == [composed, "tea"]
+    data = ImageFolder(tmp_path, Pipeline(), labels=[composed, "tea"])  # labels a snapshot stored on Linux
+    assert sorted(data.label(i) for i in range(len(data))) == [0, 1]
