@@ -115,17 +115,29 @@ class Conv2d(Module):
         row_bytes = kh * kw * self.in_channels * 4
         return max(1, _BLOCK_BYTES // max(oh * ow * row_bytes, 1))
 
-    def _columns(self, worker: int, win: np.ndarray, xp: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        """im2col for images lo..hi as (rows, G, kh*kw*C/G), in the worker's reused block buffer."""
+    def _columns(self, worker: int, win: np.ndarray, xp: np.ndarray, lo: int, hi: int,
+                 r0: int = 0, r1: int | None = None) -> np.ndarray:
+        """im2col for images lo..hi (output rows r0..r1 of them) as (rows, G, kh*kw*C/G), in the
+        worker's reused block buffer."""
         (kh, kw), g, c = self.kernel_size, self.groups, self.in_channels
-        _, oh, ow = win.shape[:3]
-        rows = (hi - lo) * oh * ow
-        if self._pointwise and xp[lo:hi].flags.c_contiguous:
-            return xp[lo:hi].reshape(rows, g, c // g)
-        cols = self._buffer(f"cols{worker}", (rows, g, kh, kw, c // g))
-        np.copyto(cols.reshape(hi - lo, oh, ow, g, kh, kw, c // g),
-                  win[lo:hi].reshape(hi - lo, oh, ow, kh, kw, g, c // g).transpose(0, 1, 2, 5, 3, 4, 6))
+        ow = win.shape[2]
+        r1 = win.shape[1] if r1 is None else r1
+        rows = (hi - lo) * (r1 - r0) * ow
+        if self._pointwise and xp[lo:hi, r0:r1].flags.c_contiguous:
+            return xp[lo:hi, r0:r1].reshape(rows, g, c // g)
+        cols = self._prefix_buffer(f"cols{worker}", (rows, g, kh, kw, c // g))
+        np.copyto(cols.reshape(hi - lo, r1 - r0, ow, g, kh, kw, c // g),
+                  win[lo:hi, r0:r1].reshape(hi - lo, r1 - r0, ow, kh, kw, g, c // g).transpose(0, 1, 2, 5, 3, 4, 6))
         return cols.reshape(rows, g, kh * kw * (c // g))
+
+    def _prefix_buffer(self, key: str, shape) -> np.ndarray:
+        """A view of a flat scratch buffer kept at the largest size asked for, so blocks of
+        varying size (a shorter last block) do not reallocate it in turn."""
+        size = int(np.prod(shape))
+        buf = self._scratch.get(key)
+        if buf is None or buf.size < size:
+            buf = self._scratch[key] = np.empty(size, np.float32)
+        return buf[:size].reshape(shape)
 
     def _weight_matrix(self) -> np.ndarray:
         """Weight as (G, kh*kw*C/G, Cout/G), matching the column layout. In evaluate mode the
@@ -151,6 +163,27 @@ class Conv2d(Module):
             for start in range(lo, hi, step):
                 fn(wi, start, min(start + step, hi))
         pool.run(n, worker)
+
+    def _row_blocks(self, n, oh, ow, fn) -> None:
+        """Runs ``fn(worker, lo, hi, r0, r1)`` over blocks of output rows: whole images while there
+        are enough of them to keep every thread busy, else bands of rows of each image, so a
+        batch of one (serving) still uses every core and a large image still fits the cache.
+        (Forward only: every output row is written by exactly one block.) The cut depends on
+        the pool's size, never on the current load, so results do not change with it."""
+        threads = pool.max_threads
+        kh, kw = self.kernel_size
+        budget_rows = max(1, _BLOCK_BYTES // max(ow * kh * kw * self.in_channels * 4, 1))
+        if n >= 2 * threads and budget_rows >= oh:  # enough whole images, each fits the cache
+            self._blocks(n, oh, ow, lambda wi, lo, hi: fn(wi, lo, hi, 0, oh))
+            return
+        bands = max(-(-oh // budget_rows), -(-2 * threads // n))  # per image
+        rows = -(-oh // bands)
+        blocks = [(i, i + 1, r, min(r + rows, oh)) for i in range(n) for r in range(0, oh, rows)]
+
+        def worker(wi, lo, hi):
+            for b in blocks[lo:hi]:
+                fn(wi, *b)
+        pool.run(len(blocks), worker)
 
     def output_shape(self, shape) -> tuple:
         """The output shape for an input shape, without computing anything."""
@@ -192,13 +225,13 @@ class Conv2d(Module):
         win = self._windows(xp, oh, ow)
         wm = self._weight_matrix()
 
-        def block(wi, lo, hi):
-            cols = self._columns(wi, win, xp, lo, hi)
-            o = out[lo:hi].reshape(-1, co)
+        def block(wi, lo, hi, r0, r1):
+            cols = self._columns(wi, win, xp, lo, hi, r0, r1)
+            o = out[lo:hi, r0:r1].reshape(-1, co)
             for gi in range(g):
                 blas.gemm(cols[:, gi], wm[gi], o[:, gi * cog:(gi + 1) * cog], parallel=False)
             self._finish(o, epilogue)
-        self._blocks(n, oh, ow, block)
+        self._row_blocks(n, oh, ow, block)
 
     def _depthwise_forward(self, xp, out, epilogue=None):
         n, oh, ow, _ = out.shape
@@ -208,16 +241,16 @@ class Conv2d(Module):
         w = self.params["weight"].reshape(c, mult, kh, kw)
         bias = self.params.get("bias")
 
-        def block(wi, lo, hi):
-            o = out[lo:hi].reshape(hi - lo, oh, ow, c, mult)
-            tmp = self._buffer(f"dw_tmp{wi}", o.shape)
+        def block(wi, lo, hi, r0, r1):
+            o = out[lo:hi, r0:r1].reshape(hi - lo, r1 - r0, ow, c, mult)
+            tmp = self._prefix_buffer(f"dw_tmp{wi}", o.shape)
             o.fill(0)
             for i in range(kh):
                 for j in range(kw):
-                    np.multiply(win[lo:hi, :, :, i, j, :, None], w[:, :, i, j], out=tmp)
+                    np.multiply(win[lo:hi, r0:r1, :, i, j, :, None], w[:, :, i, j], out=tmp)
                     o += tmp
-            self._finish(out[lo:hi].reshape(-1, c * mult), epilogue)
-        self._blocks(n, oh, ow, block)
+            self._finish(out[lo:hi, r0:r1].reshape(-1, c * mult), epilogue)
+        self._row_blocks(n, oh, ow, block)
 
     # ---- backward ---------------------------------------------------------------------------
     def backward(self, x, grad_out):
