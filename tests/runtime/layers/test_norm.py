@@ -47,11 +47,14 @@ def test_batchnorm_train_finite_differences():
     assert_close(gx, numeric_grad(loss, x.astype(np.float64)), 1e-3)
 
 
-@pytest.mark.parametrize("size", [3, 5, 4])
-def test_lrn_across_channels_matches_torch(torch, size):
-    x = np.random.default_rng(3).standard_normal((2, 7, 3, 4)).astype(np.float32)
-    check_module(torch, nn.LocalResponseNorm(size, 1e-2, 0.75, 2.0),
-                 torch.nn.LocalResponseNorm(size, 1e-2, 0.75, 2.0), x)
+@pytest.mark.parametrize("size, beta, batch", [(3, 0.75, 2), (5, 0.75, 2), (4, 0.75, 2), (5, 0.6, 1), (4, 1.3, 5)])
+def test_lrn_across_channels_matches_torch(torch, size, beta, batch):
+    x = np.random.default_rng(3).standard_normal((batch, 7, 3, 4)).astype(np.float32)
+    check_module(torch, nn.LocalResponseNorm(size, 1e-2, beta, 2.0),
+                 torch.nn.LocalResponseNorm(size, 1e-2, beta, 2.0), x)
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # as a Conv2d hands it on
+    check_module(torch, nn.LocalResponseNorm(size, 1e-2, beta, 2.0),
+                 torch.nn.LocalResponseNorm(size, 1e-2, beta, 2.0), nhwc)
 
 
 def _lrn_within_reference(x, size, alpha, beta):
