@@ -44,6 +44,13 @@ LAYERS: dict[str, str] = {
     "ShuffleChannel": "rearrange",
     "Upsample": "rearrange",
     "Normalize": "normalize",
+    "MVN": "mvn",
+    "Exp": "pointwise",
+    "Log": "pointwise",
+    "Threshold": "pointwise",
+    "Reduction": "reduce",
+    "ArgMax": "reduce",
+    "Tile": "rearrange",
     # shape
     "Flatten": "shape",
     "Reshape": "shape",

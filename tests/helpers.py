@@ -65,3 +65,12 @@ def check_module(torch, module, tmodule, x, rtol=1e-4, params=None, seed=0):
     for k, tk in params.items():
         assert_close(module.grads[k], to_numpy(getattr(tmodule, tk).grad), rtol, f"grad {k}")
     return y, gx
+
+
+def check_function(torch, module, fn, x, rtol=1e-4, seed=0):
+    """``check_module`` for a module without parameters against a torch expression ``fn(t)``
+    (a Caffe formula written with torch ops, differentiated by autograd)."""
+    class Fn(torch.nn.Module):
+        def forward(self, t):
+            return fn(t)
+    return check_module(torch, module, Fn(), x, rtol, params={}, seed=seed)

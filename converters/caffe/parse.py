@@ -26,9 +26,10 @@ V1_TYPES = {
     "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
 }
 # V1 parameter fields that the current LayerParameter has under the same name.
-_V1_PARAMS = ["concat_param", "convolution_param", "dropout_param", "dummy_data_param", "eltwise_param",
-              "inner_product_param", "lrn_param", "pooling_param", "power_param", "relu_param", "softmax_param",
-              "slice_param", "transform_param", "loss_param"]
+_V1_PARAMS = ["argmax_param", "concat_param", "convolution_param", "dropout_param", "dummy_data_param",
+              "eltwise_param", "exp_param", "inner_product_param", "lrn_param", "mvn_param", "pooling_param",
+              "power_param", "relu_param", "softmax_param", "slice_param", "threshold_param", "transform_param",
+              "loss_param"]
 
 
 @dataclass

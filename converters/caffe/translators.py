@@ -279,6 +279,51 @@ def power(layer, shapes):
     return nn.Power(p.power, p.scale, p.shift, name=layer.name)
 
 
+def _checked(layer, cls, *args):
+    """cls(*args) named after the layer; a setting the module refuses becomes a CaffeError."""
+    try:
+        return cls(*args, name=layer.name)
+    except ValueError as e:
+        _fail(layer, str(e))
+
+
+def exp(layer, shapes):
+    p = layer.param.exp_param
+    return _checked(layer, nn.Exp, p.base, p.scale, p.shift)
+
+
+def log(layer, shapes):
+    p = layer.param.log_param
+    return _checked(layer, nn.Log, p.base, p.scale, p.shift)
+
+
+def threshold(layer, shapes):
+    return nn.Threshold(layer.param.threshold_param.threshold, name=layer.name)
+
+
+def mvn(layer, shapes):
+    p = layer.param.mvn_param
+    return nn.MVN(p.normalize_variance, p.across_channels, p.eps, name=layer.name)
+
+
+def reduction(layer, shapes):
+    p = layer.param.reduction_param
+    op = caffe_pb2.ReductionParameter.ReductionOp.Name(p.operation).lower()
+    return nn.Reduction(op, p.axis, p.coeff, name=layer.name)
+
+
+def argmax(layer, shapes):
+    p = layer.param.argmax_param
+    return _checked(layer, nn.ArgMax, p.top_k, p.axis if p.HasField("axis") else None, p.out_max_val)
+
+
+def tile(layer, shapes):
+    p = layer.param.tile_param
+    if not p.HasField("tiles"):
+        _fail(layer, "tile_param.tiles is missing")
+    return _checked(layer, nn.Tile, p.axis, p.tiles)
+
+
 def softmax(layer, shapes):
     return nn.Softmax(layer.param.softmax_param.axis, name=layer.name)
 
@@ -314,6 +359,8 @@ TABLE = {
     "BatchNorm": batch_norm, "Scale": scale, "Bias": bias, "Flatten": flatten, "Reshape": reshape,
     "Slice": slice_, "Crop": crop, "Permute": permute, "Normalize": normalize,
     "ShuffleChannel": shuffle_channel, "Axpy": _simple(nn.Axpy), "Upsample": upsample,
+    "Exp": exp, "Log": log, "Threshold": threshold, "MVN": mvn, "Reduction": reduction, "Tile": tile,
+    "ArgMax": argmax,
     "Split": SPLIT,
     # training only
     "Data": DROP, "ImageData": DROP, "HDF5Data": DROP, "MemoryData": DROP, "WindowData": DROP,

@@ -1,4 +1,4 @@
-"""Layers that move values around: Crop, Permute, Slice, ShuffleChannel, Upsample (nearest)."""
+"""Layers that move values around: Crop, Permute, Slice, ShuffleChannel, Upsample (nearest), Tile."""
 from __future__ import annotations
 
 import numpy as np
@@ -140,3 +140,34 @@ class Upsample(Module):
         n, c, h, w = g.shape
         s = self.scale
         return g.reshape(n, c, h // s, s, w // s, s).sum(axis=(3, 5))
+
+
+class Tile(Module):
+    """``tiles`` copies of x side by side along ``axis`` (Caffe's Tile; numpy's tile on one axis)."""
+
+    def __init__(self, axis: int = 1, tiles: int = 1, name: str | None = None):
+        super().__init__(name)
+        self.axis, self.tiles = int(axis), int(tiles)
+        if self.tiles < 1:
+            raise ValueError(f"Tile {self.name!r}: tiles must be positive, got {self.tiles}")
+
+    def config(self):
+        return {"axis": self.axis, "tiles": self.tiles}
+
+    def _axis(self, ndim):
+        if not -ndim <= self.axis < ndim:
+            raise ValueError(f"Tile {self.name!r}: axis {self.axis} is out of range for an input with {ndim} axes")
+        return self.axis % ndim
+
+    def forward(self, x):
+        x = np.asarray(x, np.float32)
+        reps = [1] * x.ndim
+        reps[self._axis(x.ndim)] = self.tiles
+        self.output = np.tile(x, reps)
+        return self.output
+
+    def backward(self, x, grad_out):
+        shape = np.shape(x)
+        a = self._axis(len(shape))
+        g = np.asarray(grad_out, np.float32)
+        return g.reshape(*shape[:a], self.tiles, *shape[a:]).sum(axis=a)

@@ -143,3 +143,18 @@ def test_header_prefix_layout(tmp_path):
     path = kindling.save(nn.Identity(name="i"), tmp_path / "m.kdl")
     magic, major, minor, hlen = struct.unpack("<5sBBQ", path.read_bytes()[:15])
     assert (magic, major, minor) == (b"\x93KNDL", 1, 0) and hlen > 0
+
+
+def test_caffe_extra_layers_round_trip_with_their_settings(tmp_path):
+    """Exp, Log, Threshold, MVN, Tile, Reduction and ArgMax rebuild from their saved config."""
+    layers = [nn.Exp(2.0, 0.5, 0.25, name="exp"), nn.Log(10.0, 0.5, 8.0, name="log"),
+              nn.Threshold(1.5, name="th"), nn.MVN(True, True, 0.125, name="mvn"), nn.Tile(2, 3, name="tile"),
+              nn.Reduction("sumsq", 3, 0.5, name="red")]
+    heads = [nn.ArgMax(2, 1, True, name="top2"), nn.ArgMax(3, None, False, name="flat")]
+    x = np.random.default_rng(2).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    for head in heads:
+        model = nn.Sequential(*layers, head, name="s")
+        loaded = kindling.load(kindling.save(model, tmp_path / "m.kdl"))
+        for a, b in zip(model.modules(), loaded.modules()):
+            assert type(a) is type(b) and a.name == b.name and a.config() == b.config(), a.name
+        assert np.array_equal(model.forward(x), loaded.forward(x))

@@ -54,6 +54,13 @@ CASES = {
     "power": ('layer { name: "p" type: "Power" bottom: "data" top: "p" '
               'power_param { power: 2 scale: 0.5 shift: 3 } }', {}),
     "bnll": ('layer { name: "b" type: "BNLL" bottom: "data" top: "b" }', {}),
+    "exp": ('layer { name: "e" type: "Exp" bottom: "data" top: "e" exp_param { base: 2 scale: 0.5 shift: 1 } }', {}),
+    "exp_natural": ('layer { name: "e" type: "Exp" bottom: "data" top: "e" exp_param { scale: -0.7 } }', {}),
+    "mvn": ('layer { name: "m" type: "MVN" bottom: "data" top: "m" }', {}),
+    "mvn_across_channels": ('layer { name: "m" type: "MVN" bottom: "data" top: "m" '
+                            'mvn_param { across_channels: true } }', {}),
+    "mvn_mean_only": ('layer { name: "m" type: "MVN" bottom: "data" top: "m" '
+                      'mvn_param { normalize_variance: false } }', {}),
     "lrn_across": ('layer { name: "n" type: "LRN" bottom: "data" top: "n" '
                    'lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 } }', {}),
     "lrn_within": ('layer { name: "n" type: "LRN" bottom: "data" top: "n" '
@@ -190,3 +197,93 @@ def test_batchnorm_without_global_stats_is_noted(tmp_path):
     assert any("bn (BatchNorm): use_global_stats: false" in n for n in notes)
     proto, model_file = write_net(tmp_path, inputs_header({"data": X}) + body.replace("false", "true"), blobs)
     assert not any("use_global_stats" in n for n in caffe.convert(proto, model_file).notes)
+
+
+# Caffe layers OpenCV 4 reads differently (Log ignores log_param, MVN adds eps to the variance) or
+# not at all (Threshold, ArgMax, Reduction, Tile): Caffe's formulas (src/caffe/layers/*.cpp), here.
+def test_log_follows_caffe(tmp_path):
+    y, x = _single(tmp_path, 'layer { name: "l" type: "Log" bottom: "data" top: "l" '
+                             'log_param { base: 10 scale: 0.5 shift: 6 } }')
+    assert_close(y, np.log10(6 + 0.5 * x))
+
+
+def test_threshold_follows_caffe(tmp_path):
+    y, x = _single(tmp_path, 'layer { name: "t" type: "Threshold" bottom: "data" top: "t" '
+                             'threshold_param { threshold: 0.3 } }')
+    assert np.array_equal(y, (x > np.float32(0.3)).astype(np.float32))
+
+
+def test_mvn_adds_eps_to_the_standard_deviation(tmp_path):
+    y, x = _single(tmp_path, 'layer { name: "m" type: "MVN" bottom: "data" top: "m" mvn_param { eps: 0.5 } }')
+    g = x.reshape(8, -1).astype(np.float64)
+    d = g - g.mean(1, keepdims=True)
+    assert_close(y, (d / (np.sqrt((d * d).mean(1, keepdims=True)) + 0.5)).reshape(X))
+
+
+@pytest.mark.parametrize("op", ["SUM", "ASUM", "SUMSQ", "MEAN"])
+def test_reduction_follows_caffe(tmp_path, op):
+    y, x = _single(tmp_path, f'layer {{ name: "r" type: "Reduction" bottom: "data" top: "r" '
+                             f'reduction_param {{ operation: {op} axis: 2 coeff: -1.5 }} }}')
+    rows = x.reshape(2, 4, -1).astype(np.float64)
+    reduce = {"SUM": rows.sum(-1), "ASUM": np.abs(rows).sum(-1), "SUMSQ": (rows * rows).sum(-1),
+              "MEAN": rows.mean(-1)}
+    assert_close(y, -1.5 * reduce[op])
+
+
+def test_reduction_default_reduces_everything(tmp_path):
+    y, x = _single(tmp_path, 'layer { name: "r" type: "Reduction" bottom: "data" top: "r" }')
+    assert y.shape == () and np.isclose(y, x.sum(dtype=np.float64), rtol=1e-5)
+
+
+def test_tile_follows_caffe(tmp_path):
+    y, x = _single(tmp_path, 'layer { name: "t" type: "Tile" bottom: "data" top: "t" tile_param { axis: 2 tiles: 3 } }')
+    expected = np.empty((2, 4, 21, 6), np.float32)
+    for i in range(3):  # Caffe copies the block from the axis on, tiles times, for each outer index
+        expected[:, :, 7 * i:7 * (i + 1)] = x
+    assert np.array_equal(y, expected)
+
+
+def test_segmentation_head_argmax_over_channels(tmp_path):
+    """FCN/SegNet deploy nets end in ArgMax axis: 1, a label map with one channel."""
+    y, x = _single(tmp_path, 'layer { name: "a" type: "ArgMax" bottom: "data" top: "a" argmax_param { axis: 1 } }')
+    assert y.shape == (2, 1, 7, 6) and np.array_equal(y[:, 0], x.argmax(1).astype(np.float32))
+
+
+def test_argmax_top_k_with_values_per_item(tmp_path):
+    """Without axis Caffe flattens each item: (N, 2, top_k, 1), the indices then the values."""
+    y, x = _single(tmp_path, 'layer { name: "a" type: "ArgMax" bottom: "data" top: "a" '
+                             'argmax_param { top_k: 3 out_max_val: true } }')
+    flat = x.reshape(2, -1)
+    idx = np.argsort(-flat, axis=1)[:, :3]
+    assert y.shape == (2, 2, 3, 1)
+    assert np.array_equal(y[:, 0, :, 0], idx.astype(np.float32))
+    assert np.array_equal(y[:, 1, :, 0], np.take_along_axis(flat, idx, 1))
+
+
+def test_legacy_v1_threshold_mvn_exp_argmax(tmp_path):
+    """The V1 format carries these layers' parameters in its own field numbers."""
+    body = (inputs_header({"data": X}) +
+            'layers { name: "e" type: EXP bottom: "data" top: "e" exp_param { scale: 0.5 } }\n'
+            'layers { name: "m" type: MVN bottom: "e" top: "m" mvn_param { across_channels: true eps: 0.25 } }\n'
+            'layers { name: "t" type: THRESHOLD bottom: "m" top: "t" threshold_param { threshold: 0.5 } }\n'
+            'layers { name: "a" type: ARGMAX bottom: "t" top: "a" argmax_param { axis: 1 out_max_val: true } }\n')
+    proto, model_file = write_net(tmp_path, body, {}, v1=True)
+    x = np.random.default_rng(6).standard_normal(X).astype(np.float32)
+    y = caffe.convert(proto, model_file).evaluate().forward(x)
+    g = np.exp(0.5 * x.astype(np.float64)).reshape(2, -1)
+    d = g - g.mean(1, keepdims=True)
+    m = (d / (np.sqrt((d * d).mean(1, keepdims=True)) + 0.25)).reshape(X)
+    assert np.array_equal(y, (m > 0.5).max(1, keepdims=True).astype(np.float32))
+
+
+@pytest.mark.parametrize("body,message", [
+    ('layer { name: "e" type: "Exp" bottom: "data" top: "e" exp_param { base: 0 } }',
+     r"'e' \(Exp\).*base must be positive"),
+    ('layer { name: "t" type: "Tile" bottom: "data" top: "t" }', r"'t' \(Tile\): tile_param.tiles is missing"),
+    ('layer { name: "a" type: "ArgMax" bottom: "data" top: "a" argmax_param { top_k: 5 axis: 1 } }',
+     r"'a' \(ArgMax\).*top_k 5 exceeds the 4 values on axis 1"),
+])
+def test_settings_caffe_refuses_are_refused_naming_the_layer(tmp_path, body, message):
+    proto, model_file = write_net(tmp_path, inputs_header({"data": X}) + body, {})
+    with pytest.raises(caffe.CaffeError, match=message):
+        caffe.convert(proto, model_file)
