@@ -21,6 +21,11 @@ from ..parallel import pool
 
 # Bytes of column matrix per block: small enough to stay in a core's share of the cache.
 _BLOCK_BYTES = 4 << 20
+# Multiply-adds a band of rows should hold at least: a block costs tens of microseconds of Python
+# around its GEMM, so a small layer is better left whole than cut up for the threads.
+_BLOCK_MIN_MACS = 4_000_000
+# Bytes of output (and its temporary) per depthwise block: its passes then run in a core's L2.
+_DEPTHWISE_BLOCK_BYTES = 512 << 10
 
 
 def pair(v, what: str, owner: str) -> tuple[int, int]:
@@ -164,6 +169,15 @@ class Conv2d(Module):
                 fn(wi, start, min(start + step, hi))
         pool.run(n, worker)
 
+    def _row_costs(self, ow: int) -> tuple[int, int, int]:
+        """For one output row of a forward block: the bytes it keeps in cache, the cache budget
+        for them, and its work in GEMM multiply-adds."""
+        (kh, kw), c = self.kernel_size, self.in_channels
+        if self.depthwise:  # numpy passes over the output and a temporary, kept in a core's L2;
+            # an elementwise multiply-add costs about 16 of a GEMM's
+            return ow * self.out_channels * 8, _DEPTHWISE_BLOCK_BYTES, ow * kh * kw * self.out_channels * 16
+        return ow * kh * kw * c * 4, _BLOCK_BYTES, ow * kh * kw * c * self.out_channels // self.groups
+
     def _row_blocks(self, n, oh, ow, fn) -> None:
         """Runs ``fn(worker, lo, hi, r0, r1)`` over blocks of output rows: whole images while there
         are enough of them to keep every thread busy, else bands of rows of each image, so a
@@ -171,13 +185,13 @@ class Conv2d(Module):
         (Forward only: every output row is written by exactly one block.) The cut depends on
         the pool's size, never on the current load, so results do not change with it."""
         threads = pool.max_threads
-        kh, kw = self.kernel_size
-        budget_rows = max(1, _BLOCK_BYTES // max(ow * kh * kw * self.in_channels * 4, 1))
+        row_bytes, budget, row_work = self._row_costs(ow)
+        budget_rows = max(1, budget // max(row_bytes, 1))
         if n >= 2 * threads and budget_rows >= oh:  # enough whole images, each fits the cache
             self._blocks(n, oh, ow, lambda wi, lo, hi: fn(wi, lo, hi, 0, oh))
             return
         bands = max(-(-oh // budget_rows), -(-2 * threads // n))  # per image
-        rows = -(-oh // bands)
+        rows = max(-(-oh // bands), min(oh, -(-_BLOCK_MIN_MACS // max(row_work, 1))))
         blocks = [(i, i + 1, r, min(r + rows, oh)) for i in range(n) for r in range(0, oh, rows)]
 
         def worker(wi, lo, hi):
@@ -238,17 +252,31 @@ class Conv2d(Module):
         c, mult = self.in_channels, self.out_channels // self.in_channels
         kh, kw = self.kernel_size
         win = self._windows(xp, oh, ow)
-        w = self.params["weight"].reshape(c, mult, kh, kw)
-        bias = self.params.get("bias")
+        # Per kernel offset, one weight row, contiguous. numpy is slow on short inner loops, so
+        # with one output per channel (the usual depthwise case) each output row is one run of
+        # OW*C values against the weight row tiled OW times; strided windows (stride > 1) are
+        # gathered into such runs first. A channel multiplier keeps the (C, mult) form.
+        w = np.ascontiguousarray(self.params["weight"].reshape(c, mult, kh, kw).transpose(2, 3, 0, 1))
+        flat = mult == 1
+        w = np.tile(w[:, :, :, 0], (1, 1, ow)) if flat else w
+        gathered = flat and self.stride[1] != 1
 
         def block(wi, lo, hi, r0, r1):
-            o = out[lo:hi, r0:r1].reshape(hi - lo, r1 - r0, ow, c, mult)
-            tmp = self._prefix_buffer(f"dw_tmp{wi}", o.shape)
-            o.fill(0)
+            b, r = hi - lo, r1 - r0
+            shape = (b, r, ow * c) if flat else (b, r, ow, c, mult)
+            o = out[lo:hi, r0:r1].reshape(shape)
+            tmp = self._prefix_buffer(f"dw_tmp{wi}", shape)
+            run = self._prefix_buffer(f"dw_run{wi}", (b, r, ow, c)) if gathered else None
             for i in range(kh):
                 for j in range(kw):
-                    np.multiply(win[lo:hi, r0:r1, :, i, j, :, None], w[:, :, i, j], out=tmp)
-                    o += tmp
+                    xv = win[lo:hi, r0:r1, :, i, j, :]
+                    if gathered:
+                        xv = np.copyto(run, xv) or run
+                    xv = xv.reshape(shape) if flat else xv[..., None]
+                    first = i == 0 and j == 0
+                    np.multiply(xv, w[i, j], out=o if first else tmp)
+                    if not first:
+                        o += tmp
             self._finish(out[lo:hi, r0:r1].reshape(-1, c * mult), epilogue)
         self._row_blocks(n, oh, ow, block)
 
