@@ -15,6 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .. import blas
+from .. import init
 from ..init import kaiming_uniform
 from ..module import Module
 from ..parallel import pool
@@ -208,6 +209,10 @@ class Conv2d(Module):
     def forward(self, x, epilogue=None):
         """``epilogue`` (runtime/fusion.py): a per-channel scale and shift (replacing the bias) and
         an optional ReLU, applied to each block while it is in cache."""
+        return self._forward(x, epilogue)
+
+    def _forward(self, x, epilogue=None, wm=None):
+        """``wm``: a weight matrix to use instead of this module's own (the input gradient's)."""
         x = np.asarray(x, np.float32)
         n, h, w, oh, ow = self._geometry(x)
         xp = self._padded_nhwc(x)
@@ -215,7 +220,7 @@ class Conv2d(Module):
         if self.depthwise:
             self._depthwise_forward(xp, out, epilogue)
         else:
-            self._gemm_forward(xp, out, epilogue)
+            self._gemm_forward(xp, out, epilogue, wm)
         self.output = out.transpose(0, 3, 1, 2)
         return self.output
 
@@ -232,12 +237,12 @@ class Conv2d(Module):
         if epilogue.relu:
             np.maximum(o, 0, out=o)
 
-    def _gemm_forward(self, xp, out, epilogue=None):
+    def _gemm_forward(self, xp, out, epilogue=None, wm=None):
         n, oh, ow, co = out.shape
         g = self.groups
         cog = co // g
         win = self._windows(xp, oh, ow)
-        wm = self._weight_matrix()
+        wm = self._weight_matrix() if wm is None else wm
 
         def block(wi, lo, hi, r0, r1):
             cols = self._columns(wi, win, xp, lo, hi, r0, r1)
@@ -291,24 +296,62 @@ class Conv2d(Module):
             gh = buf
         xp = self._padded_nhwc(x)
         (ph, pw) = self.padding
-        want_input = self.propagate_down
-        dxp = self._buffer("dxpad", (n, h + 2 * ph, w + 2 * pw, self.in_channels)) if want_input else None
-        want_params = self.needs_param_grads
+        want_input, want_params = self.propagate_down, self.needs_param_grads
+        by_correlation = want_input and self._input_grad_is_correlation()
+        dxp = None
+        if want_input and not by_correlation:
+            dxp = self._buffer("dxpad", (n, h + 2 * ph, w + 2 * pw, self.in_channels))
         if self.depthwise:
             partials = self._depthwise_backward(xp, gh, dxp, want_params)
+            bias_partials = [gh.reshape(-1, self.out_channels).sum(axis=0)] if want_params else []
         else:
-            partials = self._gemm_backward(xp, gh, dxp, want_params)
+            partials, bias_partials = self._gemm_backward(xp, gh, dxp, want_params)
         if want_params:
             self._accumulate("weight", sum(partials[1:], partials[0]) if len(partials) > 1 else partials[0])
             if self.has_bias:
-                self._accumulate("bias", gh.reshape(-1, self.out_channels).sum(axis=0))
+                self._accumulate("bias", sum(bias_partials[1:], bias_partials[0]))
+        if by_correlation:
+            helper = self._flipped()
+            return helper._forward(gh.transpose(0, 3, 1, 2), wm=self._flipped_matrix(helper))
         if not want_input:
             return None
         return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)
 
+    def _input_grad_is_correlation(self) -> bool:
+        """At stride 1 the input gradient is itself a convolution, of the output gradient with the
+        kernel flipped and the channels swapped (padding d*(k-1) - p): computed that way it costs
+        what a forward costs, a third less than GEMMs per kernel offset added into place."""
+        (kh, kw), (ph, pw), (dh, dw) = self.kernel_size, self.padding, self.dilation
+        return (self.stride == (1, 1) and not self.depthwise
+                and ph <= dh * (kh - 1) and pw <= dw * (kw - 1))
+
+    def _flipped(self) -> "Conv2d":
+        """The convolution of ``_input_grad_is_correlation`` (its weights are never read: the
+        weight matrix comes from ``_flipped_matrix``)."""
+        helper = self.__dict__.get("_flipped_conv")
+        if helper is None:
+            (kh, kw), (ph, pw), (dh, dw) = self.kernel_size, self.padding, self.dilation
+            with init.deferred():  # no random draw
+                helper = Conv2d(self.out_channels, self.in_channels, (kh, kw), 1,
+                                (dh * (kh - 1) - ph, dw * (kw - 1) - pw), (dh, dw), self.groups, bias=False,
+                                name=f"{self.name}.input_grad")
+            self._flipped_conv = helper
+        return helper
+
+    def _flipped_matrix(self, helper) -> np.ndarray:
+        """This weight, kernel flipped and channels swapped, in the helper's (G, kh*kw*Cout/G, C/G)
+        column layout: built straight from the weight in one copy."""
+        w, g = self.params["weight"], self.groups
+        co, cg, kh, kw = w.shape
+        wm = helper._buffer("wmat", (g, kh * kw * (co // g), cg))
+        np.copyto(wm.reshape(g, kh, kw, co // g, cg),
+                  w.reshape(g, co // g, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 3, 4, 1, 2))
+        return wm
+
     def _gemm_backward(self, xp, gh, dxp, want_params):
         """Per block of images: gather the columns again (cheaper than keeping them), weight
-        gradient by one GEMM added into the worker's partial sum, and the input gradient kernel
+        gradient by one GEMM added into the worker's partial sum (and the bias gradient while the
+        block is in cache); and, when ``dxp`` is given (stride > 1), the input gradient kernel
         offset by kernel offset: one GEMM gives that offset's (rows, C) slab, added into the input
         positions it came from with one strided add (no column matrix, no scatter)."""
         n, oh, ow, co = gh.shape
@@ -316,11 +359,8 @@ class Conv2d(Module):
         g, c = self.groups, self.in_channels
         cg, cog = c // g, co // g
         win = self._windows(xp, oh, ow)
-        wm = self._weight_matrix()
-        # A 1x1 kernel at stride 1 writes every input position exactly once: copy instead of add.
-        single_cover = (kh, kw, sh, sw) == (1, 1, 1, 1)
-        wide = self._wide_rows_fit(ow) and not single_cover
-        dwm = {}
+        wm = self._weight_matrix() if dxp is not None else None  # the slab path's; not rebuilt for nothing
+        dwm, dbias = {}, {}
 
         def block(wi, lo, hi):
             rows = (hi - lo) * oh * ow
@@ -330,18 +370,17 @@ class Conv2d(Module):
                 acc = dwm.get(wi)
                 fresh = acc is None
                 if fresh:
-                    acc = dwm[wi] = self._buffer(f"dwmat{wi}", wm.shape)
+                    acc = dwm[wi] = self._buffer(f"dwmat{wi}", (g, kh * kw * cg, cog))
                 for gi in range(g):
                     blas.gemm(cols[:, gi].T, g2[:, gi * cog:(gi + 1) * cog], acc[gi], parallel=False,
                               accumulate=not fresh)
+                if self.has_bias:
+                    part = g2.sum(axis=0)
+                    dbias[wi] = part if fresh else dbias[wi] + part
             if dxp is None:
                 return
             dx = dxp[lo:hi]
-            if not single_cover:
-                dx.fill(0)
-            if wide:
-                self._input_grad_wide_rows(wi, gh[lo:hi], dx, wm)
-                return
+            dx.fill(0)
             slab = self._buffer(f"dslab{wi}", (rows, c))
             for i in range(kh):
                 for j in range(kw):
@@ -349,43 +388,15 @@ class Conv2d(Module):
                     for gi in range(g):
                         blas.gemm(g2[:, gi * cog:(gi + 1) * cog], wm[gi, k * cg:(k + 1) * cg].T,
                                   slab[:, gi * cg:(gi + 1) * cg], parallel=False)
-                    target = dx[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw, :]
-                    if single_cover:
-                        np.copyto(target, slab.reshape(hi - lo, oh, ow, c))
-                    else:
-                        target += slab.reshape(hi - lo, oh, ow, c)
-        self._blocks(n, oh, ow, block)
+                    dx[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw, :] += \
+                        slab.reshape(hi - lo, oh, ow, c)
+        if want_params or dxp is not None:
+            self._blocks(n, oh, ow, block)
         if not want_params:
-            return []
+            return [], []
         shape = self.params["weight"].shape
-        return [dwm[wi].reshape(g, kh, kw, cg, cog).transpose(0, 4, 3, 1, 2).reshape(shape) for wi in sorted(dwm)]
-
-    def _wide_rows_fit(self, ow: int) -> bool:
-        """Whether the input gradient is cheaper as in-place GEMMs over "wide" rows (stride 1):
-        only when the (kw-1)*dw junk positions per row are a small part of the row."""
-        return self.stride == (1, 1) and (self.kernel_size[1] - 1) * self.dilation[1] * 8 <= ow
-
-    def _input_grad_wide_rows(self, wi, g, dx, wm):
-        """Stride-1 input gradient without scatter: lay each image's output gradient out on rows
-        as wide as the padded input (junk columns zero); then for kernel offset (i, j) the input
-        positions it feeds are one contiguous run of the flattened padded image, starting at
-        i*dh*Wp + j*dw, and its contribution is a single GEMM accumulated in place (beta = 1)."""
-        (kh, kw), (dh, dw), g_ = self.kernel_size, self.dilation, self.groups
-        imgs, oh, ow, co = g.shape
-        _, hp, wp, c = dx.shape
-        cg, cog = c // g_, co // g_
-        gw = self._buffer(f"gwide{wi}", (imgs, oh, wp, co))
-        gw[:, :, ow:] = 0
-        np.copyto(gw[:, :, :ow], g)
-        rows = oh * wp - (kw - 1) * dw  # the last row's junk would run past the image
-        for m in range(imgs):
-            src, dst = gw[m].reshape(-1, co)[:rows], dx[m].reshape(-1, c)
-            for i in range(kh):
-                for j in range(kw):
-                    k, off = i * kw + j, i * dh * wp + j * dw
-                    for gi in range(g_):
-                        blas.gemm(src[:, gi * cog:(gi + 1) * cog], wm[gi, k * cg:(k + 1) * cg].T,
-                                  dst[off:off + rows, gi * cg:(gi + 1) * cg], parallel=False, accumulate=True)
+        weights = [dwm[wi].reshape(g, kh, kw, cg, cog).transpose(0, 4, 3, 1, 2).reshape(shape) for wi in sorted(dwm)]
+        return weights, [dbias[wi] for wi in sorted(dbias)]
 
     def _depthwise_backward(self, xp, gh, dxp, want_params):
         n, oh, ow, _ = gh.shape

@@ -20,7 +20,8 @@ CASES = {
     "row_shift_stride_w2_dil_h2": (3, 4, 3, (1, 2), 1, (2, 1), 1, True, 2, 9, 8),
     "tall_kernel_groups": (4, 4, (3, 1), 1, (1, 0), 1, 2, True, 2, 6, 5),
     "wide_kernel_stride_h2": (3, 2, (1, 3), (2, 1), (0, 1), 1, 1, False, 2, 7, 6),
-    # Stride 1 over rows wide enough for the in-place "wide rows" input gradient:
+    # Stride 1: the input gradient is a convolution with the flipped kernel (padding d*(k-1) - p)...
+    "pad_beyond_kernel": (3, 4, 3, 1, 3, 1, 1, True, 2, 5, 6),  # ...except where p > d*(k-1)
     "wide_rows_3x3_pad1": (3, 4, 3, 1, 1, 1, 1, True, 3, 18, 17),
     "wide_rows_no_pad_batch1": (3, 4, 3, 1, 0, 1, 1, False, 1, 6, 20),
     "wide_rows_dilation_groups": (4, 6, 3, 1, (2, 1), (2, 1), 2, True, 2, 9, 20),
