@@ -15,6 +15,7 @@ cannot be replaced, and every unsupported layer is listed in one error.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,29 @@ def _sha256(path) -> str:
     return h.hexdigest()
 
 
+# Files that users pass as a caffemodel but are not one, told apart by their first bytes.
+_NOT_A_CAFFEMODEL = [
+    (lambda head: head.startswith(b"\x89HDF\r\n\x1a\n"),
+     "is an HDF5 snapshot (Caffe's snapshot_format: HDF5); kindling reads binary .caffemodel files: "
+     "load it in Caffe and save it with net.save(...), or snapshot with the default BINARYPROTO format"),
+    (lambda head: _PROTOTXT_START.match(head) is not None,
+     "looks like protobuf text (a prototxt), not a binary caffemodel: are --prototxt and --caffemodel swapped?"),
+]
+# How prototxts begin (a binary caffemodel begins with a field key byte and a length instead).
+_PROTOTXT_START = re.compile(rb"\s*(#|(name|layers?|input(_dim|_shape)?|force_backward|state|debug_info)\s*[:{])")
+
+
 def read_blobs(caffemodel, hasher=None) -> dict[str, list[np.ndarray]]:
     """Every layer's blobs by layer name, read one layer at a time (see wire.py)."""
     path = Path(caffemodel)
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
+            head = f.read(64)
+            for matches, what in _NOT_A_CAFFEMODEL:
+                if matches(head):
+                    raise CaffeError(f"{path}: {what}")
+            f.seek(0)
             return {layer.name: layer.blobs for layer in wire.read_layers(f, size, hasher) if layer.blobs}
     except OSError as e:
         raise CaffeError(f"{path}: cannot read: {e.strerror or e}") from e

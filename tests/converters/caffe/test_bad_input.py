@@ -74,3 +74,21 @@ def test_failed_cli_conversion_leaves_no_file(tmp_path):
     assert r.returncode == 1 and "layer 'c' (Convolution)" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "no temp files left"
+
+
+def test_files_that_are_not_caffemodels_are_named_for_what_they_are(tmp_path):
+    proto, weights = _net(tmp_path)
+    h5 = tmp_path / "snapshot.caffemodel.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # the HDF5 signature Caffe's HDF5 snapshots start with
+    with pytest.raises(caffe.CaffeError, match=f"{h5}: is an HDF5 snapshot"):
+        caffe.convert(proto, h5)
+    with pytest.raises(caffe.CaffeError, match=f"{proto}: looks like protobuf text.*swapped"):
+        caffe.convert(proto, proto)
+    # A real binary caffemodel whose net name starts with whitespace-valued length bytes is still read.
+    from kindling.protos import caffe_pb2
+    net = caffe_pb2.NetParameter.FromString(weights.read_bytes())
+    net.name = "ResNet-152"  # length 10: the file starts b"\n\nResNet-152"
+    renamed = tmp_path / "renamed.caffemodel"
+    renamed.write_bytes(net.SerializeToString())
+    assert renamed.read_bytes().startswith(b"\n\nResNet-152")
+    assert caffe.convert(proto, renamed) is not None
