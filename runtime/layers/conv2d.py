@@ -25,6 +25,8 @@ _BLOCK_BYTES = 4 << 20
 # Multiply-adds a band of rows should hold at least: a block costs tens of microseconds of Python
 # around its GEMM, so a small layer is better left whole than cut up for the threads.
 _BLOCK_MIN_MACS = 4_000_000
+# Output rows per thread below which a forward is not cut into bands: GEMMs that short run slowly.
+_FEW_ROWS = 128
 # Bytes of output (and its temporary) per depthwise block: its passes then run in a core's L2.
 _DEPTHWISE_BLOCK_BYTES = 512 << 10
 
@@ -191,6 +193,11 @@ class Conv2d(Module):
         if n >= 2 * threads and budget_rows >= oh:  # enough whole images, each fits the cache
             self._blocks(n, oh, ow, lambda wi, lo, hi: fn(wi, lo, hi, 0, oh))
             return
+        if n * oh * ow < _FEW_ROWS * threads and not self.depthwise:
+            # Too few output pixels to cut (a late layer at batch 1): one block whose GEMM the
+            # threads share by columns (blas.gemm splits a short, wide product that way).
+            fn(0, 0, n, 0, oh, parallel=True)
+            return
         bands = max(-(-oh // budget_rows), -(-2 * threads // n))  # per image
         rows = max(-(-oh // bands), min(oh, -(-_BLOCK_MIN_MACS // max(row_work, 1))))
         blocks = [(i, i + 1, r, min(r + rows, oh)) for i in range(n) for r in range(0, oh, rows)]
@@ -244,11 +251,11 @@ class Conv2d(Module):
         win = self._windows(xp, oh, ow)
         wm = self._weight_matrix() if wm is None else wm
 
-        def block(wi, lo, hi, r0, r1):
+        def block(wi, lo, hi, r0, r1, parallel=False):
             cols = self._columns(wi, win, xp, lo, hi, r0, r1)
             o = out[lo:hi, r0:r1].reshape(-1, co)
             for gi in range(g):
-                blas.gemm(cols[:, gi], wm[gi], o[:, gi * cog:(gi + 1) * cog], parallel=False)
+                blas.gemm(cols[:, gi], wm[gi], o[:, gi * cog:(gi + 1) * cog], parallel=parallel)
             self._finish(o, epilogue)
         self._row_blocks(n, oh, ow, block)
 
