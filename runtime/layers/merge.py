@@ -60,9 +60,26 @@ class Concat(_Join):
 
     def join(self, xs):
         try:
+            if self.axis in (1, -3) and all(x.ndim == 4 for x in xs):
+                return self._join_channels(xs)
             return np.concatenate(xs, axis=self.axis)
         except ValueError as e:
             raise ValueError(f"Concat {self.name!r}: cannot join shapes {[x.shape for x in xs]} on axis {self.axis}") from e
+
+    def _join_channels(self, xs):
+        """Channels of NCHW tensors, joined in NHWC memory (what convolutions work in), so neither
+        this join nor the convolution after it transposes; images shared among the threads."""
+        n, _, h, w = xs[0].shape
+        if any(x.shape[0] != n or x.shape[2:] != (h, w) for x in xs):
+            raise ValueError("shapes differ off the channel axis")
+        out = self._buffer("out", (n, h, w, sum(x.shape[1] for x in xs)))
+        bounds = np.cumsum([0] + [x.shape[1] for x in xs])
+
+        def copy(_, lo, hi):
+            for x, a, b in zip(xs, bounds[:-1], bounds[1:]):
+                np.copyto(out[lo:hi, :, :, a:b], x[lo:hi].transpose(0, 2, 3, 1))
+        pool.run(n, copy)
+        return out.transpose(0, 3, 1, 2)
 
     def join_backward(self, xs, grad_out):
         bounds = np.cumsum([x.shape[self.axis] for x in xs])[:-1]
