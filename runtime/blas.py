@@ -4,7 +4,7 @@ Neither library wins everywhere: on an AMD EPYC with AVX-512, MKL's sgemm measur
 GFLOP/s where numpy's OpenBLAS reached 125-184 on the same shapes. So the backend is chosen by a
 short calibration (well under a second) the first time it is needed on a machine, timing both on
 convolution-like shapes; the result is cached in ``~/.cache/kindling/blas.json`` keyed by the CPU
-model, thread count and library versions. ``KINDLING_BLAS=mkl|openblas`` forces a choice.
+model, thread count, library versions and any OPENBLAS_CORETYPE setting. ``KINDLING_BLAS=mkl|openblas`` forces a choice.
 
 Both are called through the same CBLAS interface (ctypes releases the GIL). The libraries run
 single-threaded; kindling splits large products across its own pool (``runtime/parallel.py``),
@@ -29,6 +29,7 @@ from .parallel import default_threads, pool
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 CALIBRATION_SHAPES = [(1024, 576, 256), (256, 2304, 512), (2048, 512, 512)]
+_OPENBLAS_KERNEL_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # Below this many multiply-adds a product is not worth splitting across threads.
 _SPLIT_MIN_MACS = 2_000_000
 
@@ -155,7 +156,10 @@ def _cache_key(backends: dict) -> str:
     except OSError:
         pass
     versions = ",".join(f"{k}={v.version}" for k, v in sorted(backends.items()))
-    return f"{cpu}|{default_threads()}|{versions}"
+    # OpenBLAS picks its kernel at load time, and these variables can hold it to an older one
+    # (a different speed): a choice made under one setting is not reused under another.
+    kernel = ",".join(f"{v}={os.environ[v]}" for v in _OPENBLAS_KERNEL_VARS if v in os.environ)
+    return f"{cpu}|{default_threads()}|{versions}|{kernel}"
 
 
 def _cache_path() -> Path:
