@@ -8,6 +8,7 @@ only the layer name, type and blobs are read (the structure comes from the proto
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
@@ -123,15 +124,24 @@ def _layer(buf, kind: int) -> RawLayer:
 def read_layers(f: BinaryIO, size: int, hasher=None) -> Iterator[RawLayer]:
     """Yields the layers of a binary NetParameter one at a time, reading only that layer's bytes.
     Every byte read also goes to ``hasher`` (the file's SHA-256 comes for free, no second pass)."""
+    if hasher is None:
+        yield from _read_layers(f, size, lambda b: None)
+        return
+    # Hashing runs at about the speed of a page-cache read: a thread of its own (hashlib lets go
+    # of the GIL) overlaps it with reading the next layer. One worker keeps the bytes in order.
+    with ThreadPoolExecutor(1, thread_name_prefix="kindling-sha256") as hashing:
+        yield from _read_layers(f, size, lambda b: hashing.submit(hasher.update, b))
+
+
+def _read_layers(f: BinaryIO, size: int, update) -> Iterator[RawLayer]:
     pos = 0
-    update = hasher.update if hasher is not None else (lambda b: None)
     while pos < size:
         head = f.read(min(10, size - pos))
         key, used = _varint(head, 0)
         number, wire = key >> 3, key & 7
         if wire == LEN:
             n, used2 = _varint(head, used)
-            update(head[:used2])
+            update(bytes(head[:used2]))
             f.seek(pos + used2)
             if pos + used2 + n > size:
                 raise WireError(f"truncated: a field of {n} bytes at offset {pos} runs past the end of the file")

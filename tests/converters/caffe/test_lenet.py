@@ -1,4 +1,6 @@
 """The real Caffe-trained LeNet (../shared/fixtures) against OpenCV's dnn module on real digits."""
+import hashlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -40,5 +42,9 @@ def test_real_lenet_structure_and_metadata():
     assert [m.name for m in model.children()] == ["conv1", "pool1", "conv2", "pool2", "ip1", "relu1", "ip2", "prob"]
     assert model.metadata["input_shape"] == [-1, 1, 28, 28]
     assert model.metadata["source"]["framework"] == "caffe"
-    assert {f["path"] for f in model.metadata["source"]["files"]} == {PROTOTXT.name, WEIGHTS.name}
+    files = {f["path"]: f for f in model.metadata["source"]["files"]}
+    assert set(files) == {PROTOTXT.name, WEIGHTS.name}
+    for path in (PROTOTXT, WEIGHTS):  # checksums as sha256sum gives them (the caffemodel's hashed while read)
+        assert files[path.name]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert files[path.name]["size"] == path.stat().st_size
     assert model.find("conv1").params["weight"].shape == (20, 1, 5, 5)
