@@ -197,9 +197,6 @@ def main(argv=None):
     torch.set_num_threads(THREADS)
     blas.set_threads(THREADS)
     info = blas.describe()
-    from threadpoolctl import threadpool_info
-    info["openblas_kernel"] = next((i.get("architecture") for i in threadpool_info()
-                                    if i.get("internal_api") == "openblas"), None)
     print(f"kindling BLAS: {info['backend']} {info['version']} (kernel {info['openblas_kernel']}; {info['reason']}), "
           f"{info['threads']} threads; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)

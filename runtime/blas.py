@@ -263,8 +263,17 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *, paralle
     return out
 
 
+def openblas_kernel() -> str | None:
+    """The kernel numpy's OpenBLAS runs (Haswell, SkylakeX, ...): picked by OpenBLAS at load time
+    for this CPU unless OPENBLAS_CORETYPE holds it to another."""
+    from threadpoolctl import threadpool_info
+    return next((i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"), None)
+
+
 def describe() -> dict:
     c = backend()
     return {"backend": c.backend.name, "version": c.backend.version, "library": c.backend.path,
             "threads": pool.max_threads, "active_threads": pool.active,
-            "adaptive_threads": pool._monitor is not None, "reason": c.reason, "calibration_gflops": c.gflops}
+            "adaptive_threads": pool._monitor is not None, "reason": c.reason, "calibration_gflops": c.gflops,
+            "openblas_kernel": openblas_kernel(),
+            "openblas_kernel_held_by": {v: os.environ[v] for v in _OPENBLAS_KERNEL_VARS if v in os.environ}}

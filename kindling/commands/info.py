@@ -19,6 +19,10 @@ def _backend_lines() -> list[str]:
     lines = [f"backend: {d['backend']} {d['version']}", f"library: {d['library']}",
              f"threads: {d['threads']} (kindling's pool; {d['active_threads']} active now; the BLAS library itself "
              f"runs single-threaded inside it)", f"chosen: {d['reason']}"]
+    if d["openblas_kernel"]:
+        held = ", ".join(f"{k}={v}" for k, v in d["openblas_kernel_held_by"].items())
+        lines.append(f"numpy's OpenBLAS kernel: {d['openblas_kernel']}" + (
+            f" (held there by {held}: an older kernel may run at a fraction of this CPU's speed)" if held else ""))
     if d["calibration_gflops"]:
         lines.append("calibration: " + ", ".join(f"{k} {v} GFLOP/s" for k, v in d["calibration_gflops"].items()))
     return lines

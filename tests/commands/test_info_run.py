@@ -40,6 +40,18 @@ def test_info_backend(monkeypatch):
     assert r.returncode == 0 and "backend:" in r.stdout and "threads:" in r.stdout
 
 
+def test_info_backend_names_an_openblas_kernel_held_by_the_environment(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Sandybridge")
+    monkeypatch.setenv("KINDLING_BLAS", "openblas")
+    r = kindling_cli("info", "--backend")
+    assert r.returncode == 0, r.stderr
+    assert "numpy's OpenBLAS kernel: Sandybridge (held there by OPENBLAS_CORETYPE=Sandybridge" in r.stdout
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    monkeypatch.delenv("OPENBLAS_L2_SIZE", raising=False)
+    r = kindling_cli("info", "--backend")
+    assert "numpy's OpenBLAS kernel: " in r.stdout and "held there" not in r.stdout
+
+
 def test_run_matches_forward_and_batches_agree(lenet, tmp_path):
     path, model = lenet
     x = np.random.default_rng(0).standard_normal((7, 1, 28, 28)).astype(np.float32)
