@@ -24,7 +24,7 @@ from kindling.protos import caffe_pb2
 from kindling.runtime import nn
 
 from . import wire
-from .build import build, check_supported, dummy_data_shapes, translator_table
+from .build import build, check_supported, dropped, dummy_data_shapes, translator_table
 from .errors import CaffeError
 from .parse import CaffeLayer, check_unique_names, declared_inputs, layers_of, read_prototxt
 
@@ -85,7 +85,7 @@ def _attach(layers: list[CaffeLayer], blobs: dict, caffemodel) -> None:
                          f"match the prototxt (or its layers were renamed)")
 
 
-def _parse_inputs(net, layers, given: dict | None, path) -> dict:
+def _parse_inputs(net, layers, given: dict | None, path, table: dict) -> dict:
     inputs = declared_inputs(net, layers)
     for layer in layers:
         if layer.type == "DummyData":
@@ -96,7 +96,7 @@ def _parse_inputs(net, layers, given: dict | None, path) -> dict:
     for layer in layers:
         if layer.type in ("Input", "DummyData"):
             continue
-        if _dropped(layer):
+        if dropped(layer, table):
             from_dropped.update(layer.tops)
             continue
         for b in layer.bottoms:
@@ -132,11 +132,6 @@ def _stage_hint(net) -> str:
 _TRAINING_DATA = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "AnnotatedData"}
 
 
-def _dropped(layer) -> bool:
-    from .translators import TABLE
-    return layer.type in TABLE and TABLE[layer.type] is None
-
-
 def _data_preprocessing(layers) -> dict | None:
     """Mean and scale from a train_val data layer's transform_param, as defaults for metadata."""
     for layer in layers:
@@ -165,8 +160,8 @@ def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translator
     layers = layers_of(net, prototxt, caffe_pb2.TEST if phase == "test" else caffe_pb2.TRAIN, stages)
     table = translator_table(translators)
     check_supported(layers, table, prototxt)
-    check_unique_names([la for la in layers if not _dropped(la)], prototxt)
-    shapes = _parse_inputs(net, layers, inputs, prototxt)
+    check_unique_names([la for la in layers if not dropped(la, table)], prototxt)
+    shapes = _parse_inputs(net, layers, inputs, prototxt, table)
     digests = {prototxt: _sha256(prototxt)}
     if caffemodel is not None:
         hasher = hashlib.sha256()

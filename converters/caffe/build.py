@@ -35,8 +35,27 @@ def dummy_data_shapes(layer: CaffeLayer) -> list[list[int] | None]:
     return [shapes[i] if i < len(shapes) else (shapes[0] if shapes else None) for i in range(len(layer.tops))]
 
 
+def _python_computes(layer: CaffeLayer, table: dict) -> bool:
+    """A Python layer reading bottoms runs user code (Faster R-CNN's proposal layer): only a translator
+    passed in can convert it. One without bottoms only feeds data (FCN's VOCSegDataLayer)."""
+    return layer.type == "Python" and bool(layer.bottoms) and table.get("Python") is DROP
+
+
+def dropped(layer: CaffeLayer, table: dict) -> bool:
+    """Left out of the converted model: training-only types, and Python data layers."""
+    return (layer.type in table and table[layer.type] is DROP) or (layer.type == "Python" and not layer.bottoms)
+
+
+def _describe(layer: CaffeLayer) -> str:
+    p = layer.param.python_param
+    if layer.type == "Python" and (p.module or p.layer):
+        return f"{layer.name} (Python {p.module}.{p.layer})"
+    return f"{layer.name} ({layer.type})"
+
+
 def check_supported(layers: list[CaffeLayer], table: dict, path) -> None:
-    unsupported = [f"{la.name} ({la.type})" for la in layers if la.type not in table and la.type not in INPUT_TYPES]
+    unsupported = [_describe(la) for la in layers
+                   if (la.type not in table and la.type not in INPUT_TYPES) or _python_computes(la, table)]
     if unsupported:
         known = sorted(k for k, v in table.items() if v is not None)
         raise CaffeError(f"{path}: unsupported layers: {', '.join(unsupported)}. Supported types: {', '.join(known)}. "
@@ -97,12 +116,13 @@ def build(layers: list[CaffeLayer], inputs: dict, table: dict, path, notes: list
         if layer.type in INPUT_TYPES:
             continue
         fn = table[layer.type]
-        if fn is DROP:
+        if dropped(layer, table):
             if layer.type == "SoftmaxWithLoss" and softmax_loss_as_softmax:
                 layer = CaffeLayer(layer.name, "Softmax", layer.bottoms[:1], layer.tops[:1], caffe_pb2.LayerParameter())
                 fn = table["Softmax"]
             else:
-                notes.append(f"dropped {layer.name} ({layer.type}): used in training only")
+                why = "feeds data" if layer.type == "Python" else "used in training only"
+                notes.append(f"dropped {layer.name} ({layer.type}): {why}")
                 continue
         missing = [b for b in layer.bottoms if b not in refs]
         if missing:

@@ -367,6 +367,8 @@ TABLE = {
     "AnnotatedData": DROP, "Accuracy": DROP, "SoftmaxWithLoss": DROP, "EuclideanLoss": DROP,
     "SigmoidCrossEntropyLoss": DROP, "HingeLoss": DROP, "InfogainLoss": DROP, "ContrastiveLoss": DROP,
     "MultinomialLogisticLoss": DROP, "Silence": DROP, "HDF5Output": DROP,
+    "DenseImageData": DROP,  # SegNet's data layer
+    "Python": DROP,  # one without bottoms feeds data (FCN); one with bottoms is refused (build.check_supported)
 }
 # Input layers and DummyData that feed the net define its inputs (converters/caffe/build.py).
 INPUT_TYPES = {"Input", "DummyData"}

@@ -126,6 +126,47 @@ layer { name: "det" type: "DetectionOutput" bottom: "pb" top: "det" }
         caffe.convert(proto, weights)
 
 
+# FCN's val nets read images through a Python data layer (no bottoms); Faster R-CNN's proposal layer is
+# Python code that computes (bottoms): the one is dropped like a Data layer, the other cannot be converted.
+FCN_BODY = """layer { name: "score" type: "Convolution" bottom: "data" top: "score" convolution_param { num_output: 3 kernel_size: 3 pad: 5 } }
+layer { name: "up" type: "Deconvolution" bottom: "score" top: "up" convolution_param { num_output: 3 kernel_size: 4 stride: 2 bias_term: false } }
+layer { name: "crop" type: "Crop" bottom: "up" bottom: "data" top: "crop" crop_param { axis: 2 offset: 5 } }
+"""
+PYTHON_DATA = """layer { name: "data" type: "Python" top: "data" top: "label"
+  python_param { module: "voc_layers" layer: "VOCSegDataLayer" param_str: "{\\'split\\': \\'val\\'}" } }
+"""
+DENSE_DATA = """layer { name: "data" type: "DenseImageData" top: "data" top: "label"
+  dense_image_data_param { source: "camvid/test.txt" batch_size: 1 } }
+"""  # SegNet's data layer
+PYTHON_LOSS = 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "crop" bottom: "label" top: "loss" }\n'
+
+
+@pytest.mark.parametrize("data_layer", [PYTHON_DATA, DENSE_DATA], ids=["python", "dense_image_data"])
+def test_python_and_segnet_data_layers_are_dropped_like_a_data_layer(tmp_path, data_layer):
+    blobs = {"score": [(3, 2, 3, 3), (3,)], "up": [(3, 3, 4, 4)]}
+    proto, weights = write_net(tmp_path, data_layer + FCN_BODY + PYTHON_LOSS, blobs, name="val")
+    with pytest.raises(caffe.CaffeError, match="no shape for input.*data.*--input data="):
+        caffe.convert(proto, weights)
+    model = caffe.convert(proto, weights, inputs={"data": [1, 2, 6, 5]}).evaluate()
+    assert any(n.startswith("dropped data (") for n in model.notes) and not any("python_param" in n for n in model.notes)
+    deploy, _ = write_net(tmp_path, inputs_header({"data": (1, 2, 6, 5)}) + FCN_BODY, blobs, name="deploy")
+    x = np.random.default_rng(4).standard_normal((1, 2, 6, 5)).astype(np.float32)
+    assert_close(model.forward(x), opencv_forward(deploy, weights, {"data": x}, ["crop"])[0])
+
+
+def test_python_layer_that_computes_is_refused_by_its_module_or_translated(tmp_path):
+    body = ('layer { name: "proposal" type: "Python" bottom: "data" top: "rois" '
+            'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" } }\n'
+            'layer { name: "pb" type: "PriorBox" bottom: "data" top: "pb" }\n')
+    proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body, {})
+    with pytest.raises(caffe.CaffeError, match=r"proposal \(Python rpn.proposal_layer.ProposalLayer\), pb \(PriorBox\)"):
+        caffe.convert(proto, weights)
+    proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body.split("\n")[0], {})
+    model = caffe.convert(proto, weights, translators={"Python": lambda layer, shapes: nn.Sigmoid(name=layer.name)})
+    x = np.random.default_rng(5).standard_normal((1, 2, 3, 3)).astype(np.float32)
+    assert_close(model.forward(x), 1 / (1 + np.exp(-x)))
+
+
 # BVLC's mnist_autoencoder names two loss layers "loss": Caffe allows repeats; only kept layers need their own.
 REPEATED_LOSS_NAMES = """name: "ae"
 layer { name: "data" type: "Data" top: "data" data_param { source: "mnist_lmdb" batch_size: 4 } }
