@@ -122,6 +122,16 @@ def _parse_inputs(net, layers, given: dict | None, path, table: dict) -> dict:
     return inputs
 
 
+def _placeholder_hint(shapes: dict, given: dict | None) -> str:
+    """OpenPose declares `input_dim: 1 3 1 1` and sets the image size at run time: a shape error then
+    comes from the placeholder, not the net."""
+    tiny = [n for n, s in shapes.items() if len(s) == 4 and s[2] <= 1 and s[3] <= 1 and n not in (given or {})]
+    if not tiny:
+        return ""
+    return (f"; the net declares input {tiny[0]!r} as {'x'.join(map(str, shapes[tiny[0]]))}, a placeholder its tool "
+            f"replaces at run time: give the real size, e.g. --input {tiny[0]}=1,{shapes[tiny[0]][1]},368,368")
+
+
 def _stage_hint(net) -> str:
     """Nets that pick layers by stage (DIGITS: train / val / deploy) convert only with the right stage."""
     rules = [r for la in [*net.layer, *net.layers] for r in [*la.include, *la.exclude]]
@@ -167,7 +177,10 @@ def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translator
         hasher = hashlib.sha256()
         _attach(layers, read_blobs(caffemodel, hasher), caffemodel)
         digests[Path(caffemodel)] = hasher.hexdigest()
-    model, outputs = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net")
+    try:
+        model, outputs = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net")
+    except CaffeError as e:
+        raise CaffeError(f"{e}{_placeholder_hint(shapes, inputs)}") from e
     meta = {"source": {"framework": "caffe", "files": [{"path": p.name, "sha256": d, "size": p.stat().st_size}
                                                         for p, d in digests.items()]},
             "input_names": list(shapes), "output_names": outputs}

@@ -92,3 +92,17 @@ def test_files_that_are_not_caffemodels_are_named_for_what_they_are(tmp_path):
     renamed.write_bytes(net.SerializeToString())
     assert renamed.read_bytes().startswith(b"\n\nResNet-152")
     assert caffe.convert(proto, renamed) is not None
+
+
+def test_placeholder_input_size_gets_a_hint_to_give_the_real_one(tmp_path):
+    """OpenPose's deploy files declare input_dim 1 3 1 1 ("defined at runtime")."""
+    header = 'input: "image"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 1 # defined at runtime\ninput_dim: 1\n'
+    body = BODY.replace('"data"', '"image"')
+    proto, weights = write_net(tmp_path, header + body, BLOBS)
+    with pytest.raises(caffe.CaffeError, match=r"layer 'c'.*input 'image' as 1x3x1x1.*--input image=1,3,368,368"):
+        caffe.convert(proto, weights)
+    model = caffe.convert(proto, weights, inputs={"image": [1, 3, 6, 6]})
+    assert model.forward(np.zeros((1, 3, 6, 6), np.float32)).shape == (1, 2)
+    with pytest.raises(caffe.CaffeError) as e:  # a size given by the user is not a placeholder
+        caffe.convert(proto, weights, inputs={"image": [1, 3, 1, 1]})
+    assert "--input image=" not in str(e.value)
