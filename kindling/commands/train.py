@@ -14,7 +14,8 @@ def add_arguments(p):
     p.add_argument("--val", help="folder of validation images (default: --val-fraction of --train)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="stratified split when no --val (default 0.2)")
     p.add_argument("--new-head", metavar="NAME:CLASSES",
-                   help="replace the last Linear layer by a fresh one with this name and class count")
+                   help="replace the classifier (the last Linear, or 1x1-style Conv2d as in SqueezeNet) by a fresh "
+                        "one with this name and class count")
     p.add_argument("--freeze", help="comma-separated modules to freeze, e.g. conv1,conv2")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
@@ -60,18 +61,11 @@ def _preprocessing(args, model) -> dict:
     return pre
 
 
-def _last_linear(model):
-    from kindling.runtime import nn
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("--new-head: the model has no Linear layer to replace")
-    return linears[-1]
-
-
 def run(args) -> int:
     import kindling
     from kindling.runtime import nn
     from kindling.runtime.data import ImageFolder, Pipeline
+    from kindling.runtime.head import classifier, new_head
     from kindling.runtime.optim import (SGD, Adam, Loss, Optimizer, Top1Accuracy, Top5Accuracy, Trigger,
                                         TrainSummary, ValidationSummary)
     from kindling.runtime.optim.checkpoint import load_checkpoint
@@ -100,9 +94,8 @@ def run(args) -> int:
         classes = int(classes or len(data.labels))
         if classes != len(data.labels):
             raise ValueError(f"--new-head {args.new_head}: the training folder has {len(data.labels)} classes")
-        old = _last_linear(model)
-        model.replace(old.name, nn.Linear(old.in_features, classes, name=name))
-        print(f"replaced {old.name} ({old.out_features} outputs) by a new {name} with {classes} outputs")
+        old, _ = new_head(model, name, classes)
+        print(f"replaced {old.name} ({_outputs(old)} outputs) by a new {name} with {classes} outputs")
     if args.freeze:
         model.freeze(*[n.strip() for n in args.freeze.split(",") if n.strip()])
     if method is None:
@@ -120,7 +113,7 @@ def run(args) -> int:
         # through LogSoftmax + ClassNLL instead, which is the same loss, computed stably.
         model.replace(last.name, nn.LogSoftmax(last.axis, name=last.name))
         print(f"{last.name}: Softmax trained as LogSoftmax (outputs are log-probabilities)")
-    out = model.find(_last_linear(model).name)
+    out = classifier(model)
     criterion = nn.ClassNLLCriterion() if _ends_in_log_softmax(model) else nn.CrossEntropyCriterion()
     opt = Optimizer(model, train_set, criterion, method, Trigger.max_epoch(args.epochs), args.batch_size,
                     seed=args.seed, workers=args.workers)
@@ -141,6 +134,10 @@ def run(args) -> int:
     if opt.last_validation:
         print("final validation: " + ", ".join(f"{k} {v:.4f}" for k, v in opt.last_validation["results"].items()))
     return 0
+
+
+def _outputs(layer) -> int:
+    return getattr(layer, "out_features", None) or layer.out_channels
 
 
 def _ends_in_log_softmax(model) -> bool:
