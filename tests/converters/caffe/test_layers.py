@@ -122,7 +122,9 @@ def test_layer_matches_opencv(tmp_path, case):
 
 
 def test_axpy_against_its_definition(tmp_path):
-    """OpenCV does not read SENet's Axpy: compare with a * x + y computed here."""
+    """Axpy is a fork layer (top = bottom[0] * bottom[1] + bottom[2], per channel, as in SENet's
+    axpy_layer.cpp). OpenCV 4.14 reads it but computes a * bottom[2] + bottom[1], so it is no
+    reference here: compare with a * x + y computed here."""
     body = ('layer { name: "g" type: "Pooling" bottom: "data" top: "g" pooling_param { pool: AVE global_pooling: true } }\n'
             'layer { name: "s" type: "Sigmoid" bottom: "g" top: "s" }\n'
             'layer { name: "ax" type: "Axpy" bottom: "s" bottom: "data" bottom: "data" top: "ax" }')
