@@ -55,10 +55,16 @@ def _eight_bit(img):
 
 class Decode(Step):
     """A file path or encoded bytes -> a PIL image (RGB, or L when ``gray``): upright by EXIF,
-    16-bit scaled to 8, an animation's first frame, transparency dropped (as torchvision does)."""
+    16-bit scaled to 8, an animation's first frame, transparency dropped (as torchvision does).
 
-    def __init__(self, gray: bool = False):
+    ``at_least``: the side length the next step (a Resize) needs. A JPEG can be decoded at 1/2,
+    1/4 or 1/8 of its size (libjpeg's DCT scaling) for a fraction of the work, so it is decoded at
+    the smallest of those scales that leaves every side at least that long: a 12-megapixel phone
+    photo headed for a 256-pixel resize decodes several times faster. A Pipeline sets it."""
+
+    def __init__(self, gray: bool = False, at_least: int | None = None):
         self.gray = gray
+        self.at_least = at_least
 
     def __call__(self, source, rng=None):
         if isinstance(source, Image.Image):
@@ -69,6 +75,8 @@ class Decode(Step):
             raise ValueError(f"{e} Raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) if you trust the file") from e
         # closed at once: a multi-frame file (GIF, TIFF) would otherwise hold its handle until GC
         with opened as img:
+            if self.at_least and img.format == "JPEG":
+                img.draft(img.mode, (self.at_least, self.at_least))  # square: either side may end up shorter
             img.load()
             return self._finish(img)
 
@@ -181,12 +189,21 @@ def _check_crops(steps):
                              f"before it gives: every image would be upsampled; resize to at least {max(s.size)}")
 
 
+def _decode_for_resize(steps):
+    """A Decode right before a Resize is told the size that Resize needs (a fresh Decode, so a
+    step shared with another pipeline is left as it was)."""
+    for i, (s, nxt) in enumerate(zip(steps, steps[1:])):
+        if type(s) is Decode and isinstance(nxt, Resize):
+            steps[i] = Decode(s.gray, at_least=max(nxt.smallest()))
+
+
 class Pipeline(Step):
     def __init__(self, *steps: Step):
         self.steps: list[Step] = []
         for s in steps:
             self.steps += s.steps if isinstance(s, Pipeline) else [s]
         _check_crops(self.steps)
+        _decode_for_resize(self.steps)
 
     def __call__(self, item, rng=None):
         for s in self.steps:

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from caffe_nets import FIXTURES
 from kindling.runtime.data import (ArrayDataSet, CenterCrop, ChannelOrder, Decode, ImageFolder, Normalize, Pipeline,
                                    RandomCrop, RandomHorizontalFlip, Resize, batches)
 
@@ -28,6 +29,35 @@ def test_steps_against_pil_and_numpy_done_by_hand(folder):
     ref = (ref - np.array([104, 117, 123], np.float32).reshape(3, 1, 1)) / 2
     np.testing.assert_allclose(pipe(path), ref, atol=1e-5)
     assert Pipeline.from_metadata(pipe.to_metadata())(path).shape == (3, 24, 24)
+
+
+CAT = FIXTURES / "images" / "cat.jpg"  # a real 480x360 photo
+
+
+def test_a_jpeg_before_a_resize_is_decoded_at_the_smallest_scale_that_still_fits():
+    pipe = Decode() >> Resize(64) >> CenterCrop(64)
+    assert pipe.steps[0].at_least == 64
+    # 480x360 holds 64 five times along its shorter side: libjpeg's 1/4 scale is the largest <= 5
+    assert pipe.steps[0](CAT).size == (120, 90)
+    assert Decode()(CAT).size == (480, 360)
+    assert (Decode() >> Resize(400)).steps[0](CAT).size == (480, 360)  # no smaller scale keeps 400
+
+
+@pytest.mark.parametrize("size", [32, 64, 128, 256])
+def test_scaled_jpeg_decoding_gives_what_a_full_decode_gives_within_rounding(size):
+    steps = [Decode(), Resize(size), CenterCrop(size), ChannelOrder("rgb")]
+    full = CAT
+    for s in steps:
+        full = s(full)
+    scaled = Pipeline(*steps)(CAT)
+    assert scaled.shape == full.shape == (3, size, size)
+    d = np.abs(scaled - full)
+    assert d.mean() < 2.0 and np.percentile(d, 99) <= 8, (d.mean(), np.percentile(d, 99))
+
+
+def test_a_png_is_decoded_whole(folder):
+    path = folder / "cat" / "0.png"
+    assert (Decode() >> Resize(8)).steps[0](path).size == (50, 40)
 
 
 def test_random_steps_follow_the_generator():
