@@ -17,6 +17,7 @@ LAYERS: dict[str, str] = {
     # pooling
     "MaxPool2d": "pooling",
     "AvgPool2d": "pooling",
+    "MaxUnpool2d": "pooling",
     # activations
     "ReLU": "activations",
     "LeakyReLU": "activations",

@@ -1,4 +1,5 @@
-"""Max and average pooling with padding, Caffe's ceil rounding, count_include_pad and global pooling.
+"""Max and average pooling with padding, Caffe's ceil rounding, count_include_pad and global pooling;
+max pooling's argmax indices and the max-unpooling that puts values back at them (SegNet).
 
 Work happens in NHWC (the memory order a Conv2d output already has): one strided view per kernel
 offset, so a k x k window costs k*k vectorized passes, never a loop over pixels. Images are shared
@@ -92,6 +93,7 @@ class _Pool2d(Module):
         xp = self._padded(x.transpose(0, 2, 3, 1), k, s, p, o)
         out = self._buffer("out", (n, o[0], o[1], c))
         pool.run(n, lambda _, lo, hi: self._pool(xp[lo:hi], out[lo:hi], k, s, p, o, (h, w)))
+        self._out = out
         self.output = out.transpose(0, 3, 1, 2)
         return self.output
 
@@ -107,7 +109,60 @@ class _Pool2d(Module):
 
 
 class MaxPool2d(_Pool2d):
+    """With ``return_indices`` it has two outputs, (values, indices): each maximum's flat position
+    h * W + w in its channel plane of the unpadded input, the first maximum in scan order, as a
+    float (Caffe's mask top; PyTorch's return_indices, whose int64 they equal). The indices get no
+    gradient."""
     pad_value = -np.inf
+
+    def __init__(self, kernel_size=None, stride=None, padding=0, ceil_mode: bool = False,
+                 global_pooling: bool = False, return_indices: bool = False, name: str | None = None):
+        super().__init__(kernel_size, stride, padding, ceil_mode, global_pooling, name)
+        self.return_indices = bool(return_indices)
+
+    @property
+    def num_outputs(self) -> int:
+        return 2 if self.return_indices else 1
+
+    def config(self):
+        return {**super().config(), "return_indices": self.return_indices}
+
+    def output_shape(self, shape):
+        out = super().output_shape(shape)
+        return [out, out] if self.return_indices else out
+
+    def forward(self, x):
+        if not self.return_indices:
+            return super().forward(x)
+        x = np.asarray(x, np.float32)
+        if x.ndim != 4:
+            raise ValueError(f"MaxPool2d {self.name!r} expects (N, C, H, W), got {x.shape}")
+        n, c, h, w = x.shape
+        k, s, p, o = self.geometry(h, w)
+        xp = self._padded(x.transpose(0, 2, 3, 1), k, s, p, o)
+        out, idx = self._buffer("out", (n, o[0], o[1], c)), self._buffer("idx", (n, o[0], o[1], c))
+        hit_all = self._buffer("hit", out.shape, np.bool_)
+        # Input position of each window's top-left element (kernel offset 0, 0), as h * W + w.
+        corner = ((np.arange(o[0]) * s[0] - p[0])[:, None] * w + (np.arange(o[1]) * s[1] - p[1])[None, :])
+        corner = corner.astype(np.float32)[:, :, None]
+
+        def work(_, lo, hi):
+            top, arg, hit = out[lo:hi], idx[lo:hi], hit_all[lo:hi]
+            top.fill(-np.inf)
+            arg.fill(-1)
+            for i in range(k[0]):
+                for j in range(k[1]):
+                    v = self._offset(xp[lo:hi], i, j, s, o)
+                    np.greater(v, top, out=hit)  # strictly: the first maximum in scan order stays
+                    np.copyto(top, v, where=hit)
+                    np.copyto(arg, corner + np.float32(i * w + j), where=hit)
+        pool.run(n, work)
+        self._out = out
+        self.output = [out.transpose(0, 3, 1, 2), idx.transpose(0, 3, 1, 2)]
+        return self.output
+
+    def backward(self, x, grad_out):
+        return super().backward(x, grad_out[0] if self.return_indices else grad_out)
 
     def _pool(self, xp, out, k, s, p, o, hw):
         n, hp, wp, c = xp.shape
@@ -125,7 +180,7 @@ class MaxPool2d(_Pool2d):
         # Each window's gradient goes to its first maximum in scan order, as in PyTorch. Windows
         # that tile the input write every position once (no zero fill, no add); images are
         # shared among the threads.
-        out = self.output.transpose(0, 2, 3, 1)
+        out = self._out
         tiles = k == s and dxp.shape[1] == o[0] * k[0] and dxp.shape[2] == o[1] * k[1]
         taken_all = self._buffer("taken", out.shape, np.bool_)
         hit_all = self._buffer("hit", out.shape, np.bool_)
@@ -193,3 +248,70 @@ class AvgPool2d(_Pool2d):
                 for j in range(k[1]):
                     self._offset(dx, i, j, s, o)[...] += gd
         pool.run(g.shape[0], work)
+
+
+class MaxUnpool2d(Module):
+    """Two inputs (x, indices): every value of x written at the flat position h * W' + w its index
+    names in its channel plane of an (H', W') output, zeros elsewhere: SegNet's Upsample with a
+    pooling mask, PyTorch's max_unpool2d. The indices are MaxPool2d(return_indices=True)'s second
+    output (floats, as Caffe's mask); an index outside the output is an error. The output size is
+    ``output_size`` when given, else the input size times ``scale`` less ``pad_out``. The gradient
+    w.r.t. x gathers the output gradient at the indices; the indices get none."""
+    multi_input = True
+
+    def __init__(self, scale=2, output_size=None, pad_out=0, name: str | None = None):
+        super().__init__(name)
+        self.scale = pair(scale, "scale", f"MaxUnpool2d {self.name!r}")
+        self.output_size = pair(output_size, "output_size", f"MaxUnpool2d {self.name!r}") if output_size else None
+        self.pad_out = pair(pad_out, "pad_out", f"MaxUnpool2d {self.name!r}")
+        if min(self.scale) < 1 or (self.output_size and min(self.output_size) < 1):
+            raise ValueError(f"MaxUnpool2d {self.name!r}: scale {self.scale} and output_size {self.output_size} "
+                             f"must be positive")
+
+    def config(self):
+        return {"scale": list(self.scale), "output_size": list(self.output_size) if self.output_size else None,
+                "pad_out": list(self.pad_out)}
+
+    def size(self, h: int, w: int) -> tuple[int, int]:
+        if self.output_size:
+            return self.output_size
+        return h * self.scale[0] - self.pad_out[0], w * self.scale[1] - self.pad_out[1]
+
+    def _positions(self, x, mask):
+        """(N, H*W*C) int64 positions in each image's NHWC output, and the output size."""
+        if x.ndim != 4 or np.shape(mask) != x.shape:
+            raise ValueError(f"MaxUnpool2d {self.name!r} expects (N, C, H, W) values and indices of the same shape, "
+                             f"got {x.shape} and {np.shape(mask)}")
+        n, c, h, w = x.shape
+        oh, ow = self.size(h, w)
+        m = np.asarray(mask).transpose(0, 2, 3, 1)
+        if m.size and (m.min() < 0 or m.max() >= oh * ow):
+            raise ValueError(f"MaxUnpool2d {self.name!r}: indices span {int(m.min())}..{int(m.max())}, outside the "
+                             f"{oh}x{ow} output; does the output size match the input of the pooling that made them?")
+        pos = m.astype(np.int64)  # Caffe truncates the float mask to int
+        pos *= c
+        pos += np.arange(c)
+        return pos.reshape(n, -1), (oh, ow)
+
+    def forward(self, xs):
+        x = np.asarray(xs[0], np.float32)
+        pos, (oh, ow) = self._positions(x, xs[1])
+        n, c = x.shape[:2]
+        out = self._buffer("out", (n, oh, ow, c))
+        values = x.transpose(0, 2, 3, 1).reshape(n, -1)
+
+        def work(_, lo, hi):
+            flat = out[lo:hi].reshape(hi - lo, -1)
+            flat.fill(0)
+            np.put_along_axis(flat, pos[lo:hi], values[lo:hi], axis=1)
+        pool.run(n, work)
+        self.output = out.transpose(0, 3, 1, 2)
+        return self.output
+
+    def backward(self, xs, grad_out):
+        x = np.asarray(xs[0], np.float32)
+        pos, _ = self._positions(x, xs[1])
+        n, c, h, w = x.shape
+        g = np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1).reshape(n, -1)
+        gx = np.take_along_axis(g, pos, axis=1).reshape(n, h, w, c).transpose(0, 3, 1, 2)
+        return [gx, np.zeros(np.shape(xs[1]), np.float32)]
