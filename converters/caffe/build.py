@@ -75,7 +75,8 @@ def _zeros(shape):
 def _run(module, xs, layer, path):
     if hasattr(module, "output_shape") and len(xs) == 1:  # heavy layers know their shapes: no compute
         try:
-            return tuple(module.output_shape(xs[0].shape))
+            shape = module.output_shape(xs[0].shape)  # a list of shapes for several outputs
+            return [tuple(s) for s in shape] if isinstance(shape, list) else tuple(shape)
         except ValueError as e:
             raise CaffeError(f"{path}: layer {layer.name!r} ({layer.type}) does not fit its input shape "
                              f"{tuple(xs[0].shape)}: {e}") from e
@@ -100,6 +101,10 @@ _DIFFERENCES = {
                             "the converted model uses the stored mean and variance"
     if la.param.batch_norm_param.HasField("use_global_stats") and not la.param.batch_norm_param.use_global_stats
     else None,
+    "BN": lambda la: "bn_mode LEARN: Caffe normalizes with each batch's statistics, as the converted model does "
+                     "while training; evaluate mode uses running statistics (mean 0, variance 1 until trained). "
+                     "For inference, convert what compute_bn_statistics.py writes (bn_mode: INFERENCE)"
+    if la.param.bn_param.bn_mode == caffe_pb2.BNParameter.LEARN else None,
 }
 
 

@@ -134,8 +134,13 @@ def pooling(layer: CaffeLayer, shapes):
         _fail(layer, "pooling_param needs kernel_size (or global_pooling)")
     args = dict(kernel_size=kernel, stride=_hw(layer, p, "stride", 1), padding=_hw(layer, p, "pad", 0),
                 ceil_mode=ceil, global_pooling=p.global_pooling, name=layer.name)
+    if len(layer.tops) > 2:
+        _fail(layer, f"has {len(layer.tops)} tops; pooling gives its output and, for MAX, the argmax mask")
     if p.pool == caffe_pb2.PoolingParameter.MAX:
-        return nn.MaxPool2d(**args)
+        # A second top is the argmax mask (SegNet): each maximum's h * W + w in its channel plane.
+        return nn.MaxPool2d(**args, return_indices=len(layer.tops) == 2)
+    if len(layer.tops) == 2:
+        _fail(layer, "only MAX pooling has a second top (the argmax mask)")
     if p.pool == caffe_pb2.PoolingParameter.AVE:
         return nn.AvgPool2d(count_include_pad=True, **args)
     _fail(layer, "STOCHASTIC pooling is not supported")
@@ -158,6 +163,26 @@ def lrn(layer, shapes):
     within = p.norm_region == caffe_pb2.LRNParameter.WITHIN_CHANNEL
     return nn.LocalResponseNorm(p.local_size, p.alpha, p.beta, 1.0 if within else p.k,
                                 region="within" if within else "across", name=layer.name)
+
+
+def bn(layer, shapes):
+    """SegNet's BN: per-channel scale and shift blobs, (1, C, 1, 1) each. INFERENCE computes
+    scale * x + shift (SegNet-Tutorial's compute_bn_statistics.py folds the data set's statistics
+    into the two blobs): a Scale. LEARN first normalizes with the batch's own mean and biased
+    variance (eps 1e-9): a BatchNorm2d without affine before the Scale, which does the same while
+    training (build notes what evaluate mode does instead)."""
+    p = layer.param.bn_param
+    c = _channels(layer, shapes)
+    if len(layer.tops) != 1:
+        _fail(layer, f"has {len(layer.tops)} tops; the extra ones (the batch mean and variance of LEARN mode, "
+                     f"which compute_bn_statistics.py adds) are not converted")
+    if len(layer.blobs) not in (0, 2):
+        _fail(layer, f"has {len(layer.blobs)} blobs in the caffemodel; SegNet's BN keeps 2 (scale, shift). A BN "
+                     f"with separate mean and variance blobs is another fork's layer")
+    m = _set(nn.Scale([c], bias=True, axis=1, name=layer.name), layer, ["weight", "bias"])
+    if p.bn_mode == caffe_pb2.BNParameter.INFERENCE:
+        return m
+    return [nn.BatchNorm2d(c, eps=1e-9, affine=False, name=f"{layer.name}/normalize"), m]
 
 
 def batch_norm(layer, shapes):
@@ -258,9 +283,25 @@ def permute(layer, shapes):
 
 
 def upsample(layer, shapes):
+    """One bottom: nearest-neighbour (YOLOv3 Caffe). Two bottoms (values, a max pooling's mask):
+    SegNet's unpooling, each value put where the mask says in an upsample_h x upsample_w output,
+    or scale x the input less pad_out (scale_h/scale_w, else scale) when those are not both given."""
     p = layer.param.upsample_param
-    if len(layer.bottoms) > 1:
-        _fail(layer, "SegNet's two-bottom Upsample (unpooling with a max-pool mask) is not supported")
+    if len(layer.bottoms) == 2:
+        if p.HasField("upsample_h") and p.HasField("upsample_w"):
+            size = (p.upsample_h, p.upsample_w)
+            if min(size) <= 1:
+                _fail(layer, f"upsample_h and upsample_w must be above 1, got {size}")
+            return nn.MaxUnpool2d(output_size=size, name=layer.name)
+        scale = (p.scale_h, p.scale_w) if p.HasField("scale_h") or p.HasField("scale_w") else (p.scale, p.scale)
+        if min(scale) <= 1:
+            _fail(layer, f"the scale must be above 1, got {scale} (or give upsample_h and upsample_w)")
+        pad_out = (int(p.pad_out_h), int(p.pad_out_w))
+        if (pad_out[0] and scale[0] != 2) or (pad_out[1] and scale[1] != 2):
+            _fail(layer, "pad_out_h / pad_out_w need a scale of 2")
+        return nn.MaxUnpool2d(scale, pad_out=pad_out, name=layer.name)
+    if len(layer.bottoms) > 2:
+        _fail(layer, f"takes one bottom (nearest) or two (values and a max pooling mask), got {len(layer.bottoms)}")
     if p.HasField("scale_h") and p.scale_h != p.scale_w:
         _fail(layer, f"different scales for height and width ({p.scale_h}, {p.scale_w}) are not supported")
     return nn.Upsample(p.scale_h or p.scale, name=layer.name)
@@ -356,7 +397,7 @@ TABLE = {
     "ReLU": relu, "PReLU": prelu, "ELU": lambda layer, s: nn.ELU(layer.param.elu_param.alpha, name=layer.name),
     "Sigmoid": _simple(nn.Sigmoid), "TanH": _simple(nn.Tanh), "AbsVal": _simple(nn.AbsVal), "BNLL": _simple(nn.BNLL),
     "Power": power, "LRN": lrn, "Dropout": dropout, "Softmax": softmax, "Concat": concat, "Eltwise": eltwise,
-    "BatchNorm": batch_norm, "Scale": scale, "Bias": bias, "Flatten": flatten, "Reshape": reshape,
+    "BatchNorm": batch_norm, "BN": bn, "Scale": scale, "Bias": bias, "Flatten": flatten, "Reshape": reshape,
     "Slice": slice_, "Crop": crop, "Permute": permute, "Normalize": normalize,
     "ShuffleChannel": shuffle_channel, "Axpy": _simple(nn.Axpy), "Upsample": upsample,
     "Exp": exp, "Log": log, "Threshold": threshold, "MVN": mvn, "Reduction": reduction, "Tile": tile,

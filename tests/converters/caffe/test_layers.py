@@ -135,13 +135,6 @@ def test_axpy_against_its_definition(tmp_path):
     assert_close(model.forward(x), a * x + x)
 
 
-def test_two_bottom_upsample_is_refused_clearly(tmp_path):
-    body = 'layer { name: "up" type: "Upsample" bottom: "data" bottom: "mask" top: "up" }'
-    proto, model_file = write_net(tmp_path, inputs_header({"data": X, "mask": X}) + body, {})
-    with pytest.raises(caffe.CaffeError, match="up.*two-bottom Upsample"):
-        caffe.convert(proto, model_file)
-
-
 def test_inner_product_transpose_follows_caffe(tmp_path):
     """With transpose: true Caffe stores the weight as (inputs, outputs) and computes x W + b.
     OpenCV 4 ignores the flag (it reads the blob as (outputs, inputs)), so the reference is Caffe's
