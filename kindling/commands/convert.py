@@ -4,7 +4,6 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -55,10 +54,9 @@ def _peak_rss_mb() -> float:
 def run(args) -> int:
     import kindling
     from kindling.converters import caffe
+    from kindling.runtime.data import read_labels
     start = time.perf_counter()
-    labels = None
-    if args.labels:
-        labels = [line.strip() for line in Path(args.labels).read_text(encoding="utf-8").splitlines() if line.strip()]
+    labels = read_labels(args.labels) if args.labels else None
     pre = {k: v for k, v in {"mean": args.mean, "std": args.std, "scale": args.scale,
                              "channel_order": args.channel_order, "input_size": args.input_size}.items()
            if v is not None}

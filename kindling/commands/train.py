@@ -13,6 +13,8 @@ def add_arguments(p):
     p.add_argument("--train", required=True, help="folder of class sub-folders of training images")
     p.add_argument("--val", help="folder of validation images (default: --val-fraction of --train)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="stratified split when no --val (default 0.2)")
+    p.add_argument("--labels", help="the classes in index order, one per line (default: the --train sub-folders, "
+                                    "sorted); each sub-folder must be one of them")
     p.add_argument("--new-head", metavar="NAME:CLASSES",
                    help="replace the classifier (the last Linear, or 1x1-style Conv2d as in SqueezeNet) by a fresh "
                         "one with this name and class count")
@@ -64,7 +66,7 @@ def _preprocessing(args, model) -> dict:
 def run(args) -> int:
     import kindling
     from kindling.runtime import nn
-    from kindling.runtime.data import ImageFolder, Pipeline
+    from kindling.runtime.data import ImageFolder, Pipeline, read_labels, write_labels
     from kindling.runtime.head import classifier, new_head
     from kindling.runtime.optim import (SGD, Adam, Loss, Optimizer, Top1Accuracy, Top5Accuracy, Trigger,
                                         TrainSummary, ValidationSummary)
@@ -80,7 +82,13 @@ def run(args) -> int:
     else:
         model = kindling.load(args.model)
     pre = _preprocessing(args, model)
-    labels = model.metadata.get("labels") if args.resume else None
+    labels = read_labels(args.labels) if args.labels else None
+    if args.resume:
+        trained = model.metadata.get("labels")
+        if labels and trained and labels != trained:
+            raise ValueError(f"--labels {args.labels} differs from the classes {args.resume} was trained on "
+                             f"({len(trained)}: {', '.join(trained[:5])}{', ...' if len(trained) > 5 else ''})")
+        labels = labels or trained
     train_pipe = Pipeline.from_metadata(pre, train=args.augment)
     data = ImageFolder(args.train, train_pipe, labels=labels)
     if args.val:
@@ -126,9 +134,11 @@ def run(args) -> int:
         opt.set_val_summary(ValidationSummary(args.log_dir, args.app_name))
     print(f"training {type(model).__name__} on {len(train_set)} images of {len(data.labels)} classes, "
           f"validating on {len(val_set)}; head {out.name}")
+    Path(args.checkpoint).mkdir(parents=True, exist_ok=True)
+    labels_file = write_labels(Path(args.checkpoint) / "labels.txt", data.labels)
     opt.optimize()
     snaps = sorted(Path(args.checkpoint).glob("model.*"), key=lambda p: int(p.name.split(".")[1]))
-    print(f"snapshots: {args.checkpoint} (latest {snaps[-1].name if snaps else 'none'})")
+    print(f"snapshots: {args.checkpoint} (latest {snaps[-1].name if snaps else 'none'}; classes in {labels_file.name})")
     if args.log_dir:
         print(f"TensorBoard logs: {Path(args.log_dir) / args.app_name} (tensorboard --logdir {args.log_dir})")
     if opt.last_validation:

@@ -132,3 +132,24 @@ def test_kindling_train_command(digits, tmp_path):
     snap = kindling.load(sorted((tmp_path / "ckpt").glob("model.*"))[-1])
     assert snap.metadata["labels"] == [str(i) for i in range(10)] and snap.find("ip2_digits").frozen is False
     assert snap.find("conv1").frozen
+
+
+def test_kindling_train_takes_a_labels_file_and_leaves_one_beside_the_snapshots(digits, tmp_path):
+    model = caffe.convert(LENET / "lenet.prototxt", LENET / "lenet_iter_10000.caffemodel", preprocessing=PRE)
+    kindling.save(model, tmp_path / "lenet.kdl")
+    classes = [str(i) for i in range(9, -1, -1)] + ["not yet collected"]  # reversed, and one class without images
+    (tmp_path / "classes.txt").write_text("\n".join(classes) + "\n")
+    r = subprocess.run([sys.executable, "-m", "kindling", "train", "--model", tmp_path / "lenet.kdl", "--train", digits,
+                        "--labels", tmp_path / "classes.txt", "--new-head", "ip2_digits:11", "--epochs", "1",
+                        "--lr", "0.01", "--momentum", "0.9", "--checkpoint", tmp_path / "ckpt"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "ckpt" / "labels.txt").read_text().splitlines() == classes
+    snap = kindling.load(sorted((tmp_path / "ckpt").glob("model.*"))[-1])
+    assert snap.metadata["labels"] == classes
+    # resuming with other classes than the snapshot's is refused, naming both
+    (tmp_path / "other.txt").write_text("a\nb\n")
+    r = subprocess.run([sys.executable, "-m", "kindling", "train", "--resume", sorted((tmp_path / "ckpt").glob("model.*"))[-1],
+                        "--train", digits, "--labels", tmp_path / "other.txt", "--epochs", "2", "--checkpoint",
+                        tmp_path / "ckpt"], capture_output=True, text=True)
+    assert r.returncode != 0 and "differs from the classes" in r.stderr

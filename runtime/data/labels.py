@@ -1,0 +1,39 @@
+"""Class labels as a text file, one class per line, in class-index order: what Caffe's
+synset_words.txt and most zoo releases ship, and what ``kindling train`` leaves beside its
+snapshots so another run (or a person) can use the same classes in the same order."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def read_labels(path) -> list[str]:
+    """The non-blank lines, stripped (a synset line such as "n01440764 tench, Tinca tinca" stays
+    whole). A byte-order mark and Windows line ends are taken as they come; a repeated label is an
+    error naming its lines, since two classes cannot share a name."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the labels file: {e}") from e
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: the labels file has no labels")
+    first: dict[str, int] = {}
+    for n, label in lines:
+        if label in first:
+            raise ValueError(f"{path}: label {label!r} appears twice (lines {first[label]} and {n})")
+        first[label] = n
+    return [label for _, label in lines]
+
+
+def write_labels(path, labels) -> Path:
+    """Writes the labels one per line, atomically (a temp file renamed into place)."""
+    path = Path(path)
+    bad = [label for label in labels if "\n" in label or "\r" in label or label != label.strip() or not label]
+    if bad:
+        raise ValueError(f"{path}: labels cannot be blank, hold line breaks or start or end with spaces: {bad[:3]}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
