@@ -56,7 +56,7 @@ def run(args) -> int:
     from kindling.converters import caffe
     from kindling.runtime.data import read_labels
     start = time.perf_counter()
-    labels = read_labels(args.labels) if args.labels else None
+    labels = read_labels(args.labels, unique=False) if args.labels else None
     pre = {k: v for k, v in {"mean": args.mean, "std": args.std, "scale": args.scale,
                              "channel_order": args.channel_order, "input_size": args.input_size}.items()
            if v is not None}

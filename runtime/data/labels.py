@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 
 
-def read_labels(path) -> list[str]:
+def read_labels(path, unique: bool = True) -> list[str]:
     """The non-blank lines, stripped (a synset line such as "n01440764 tench, Tinca tinca" stays
-    whole). A byte-order mark and Windows line ends are taken as they come; a repeated label is an
-    error naming its lines, since two classes cannot share a name."""
+    whole). A byte-order mark and Windows line ends are taken as they come. With ``unique``, a
+    repeated label is an error naming its lines: classes matched to folders by name cannot share
+    one (display names may: ImageNet's short names hold "crane" twice, so conversion passes False)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -20,7 +21,7 @@ def read_labels(path) -> list[str]:
     if not lines:
         raise ValueError(f"{path}: the labels file has no labels")
     first: dict[str, int] = {}
-    for n, label in lines:
+    for n, label in lines if unique else ():
         if label in first:
             raise ValueError(f"{path}: label {label!r} appears twice (lines {first[label]} and {n})")
         first[label] = n
