@@ -70,6 +70,9 @@ def read_prototxt(path) -> tuple[caffe_pb2.NetParameter, list[str]]:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise CaffeError(f"{path}: cannot read: {e.strerror or e}") from e
+    if "\x00" in text:  # protobuf text never holds a NUL byte; a binary caffemodel soon does
+        raise CaffeError(f"{path}: is binary (a caffemodel?), not a prototxt text file: are --prototxt and "
+                         f"--caffemodel swapped?")
     net = caffe_pb2.NetParameter()
     try:
         text_format.Parse(text, net, allow_unknown_field=True, allow_unknown_extension=True)

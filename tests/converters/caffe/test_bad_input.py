@@ -84,6 +84,10 @@ def test_files_that_are_not_caffemodels_are_named_for_what_they_are(tmp_path):
         caffe.convert(proto, h5)
     with pytest.raises(caffe.CaffeError, match=f"{proto}: looks like protobuf text.*swapped"):
         caffe.convert(proto, proto)
+    with pytest.raises(caffe.CaffeError, match=f"{weights}: is binary.*swapped"):
+        caffe.convert(weights, proto)
+    with pytest.raises(caffe.CaffeError, match="lenet_iter_10000.caffemodel: is binary.*swapped"):  # a real one
+        caffe.convert(LENET / "lenet_iter_10000.caffemodel", LENET / "lenet.prototxt")
     # A real binary caffemodel whose net name starts with whitespace-valued length bytes is still read.
     from kindling.protos import caffe_pb2
     net = caffe_pb2.NetParameter.FromString(weights.read_bytes())
