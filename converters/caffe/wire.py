@@ -25,6 +25,10 @@ BLOB_SHAPE, BLOB_DATA, BLOB_DOUBLE_DATA = 7, 5, 8
 BLOB_LEGACY = {1: 0, 2: 1, 3: 2, 4: 3}  # num, channels, height, width
 
 
+# Bytes read (and handed to the hasher) at a time within one layer.
+_CHUNK = 16 << 20
+
+
 class WireError(ValueError):
     pass
 
@@ -147,9 +151,11 @@ def _read_layers(f: BinaryIO, size: int, update) -> Iterator[RawLayer]:
                 raise WireError(f"truncated: a field of {n} bytes at offset {pos} runs past the end of the file")
             # np.empty, not bytearray: no zero-fill pass over hundreds of MB before the read
             buf = memoryview(np.empty(n, np.uint8))
-            if f.readinto(buf) != n:
-                raise WireError("truncated layer")
-            update(buf)
+            for start in range(0, n, _CHUNK):  # hashed chunk by chunk: VGG16's fc6 is 400 MB of one layer
+                piece = buf[start:start + _CHUNK]
+                if f.readinto(piece) != len(piece):
+                    raise WireError("truncated layer")
+                update(piece)
             if number in LAYER_FIELDS:
                 yield _layer(buf, number)
             pos += used2 + n
