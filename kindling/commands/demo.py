@@ -56,6 +56,7 @@ def run(args) -> int:
     from kindling.converters import caffe
     from kindling.runtime import nn
     from kindling.runtime.data import ImageFolder, Pipeline
+    from kindling.runtime.head import new_head
     from kindling.runtime.optim import (SGD, Loss, Optimizer, Top1Accuracy, Trigger, TrainSummary,
                                         ValidationSummary)
 
@@ -86,8 +87,8 @@ def run(args) -> int:
     print(f"3. the Caffe LeNet as trained on MNIST, on {len(val_set)} held-out digits: {before}")
 
     print("4. fine-tuning: new last layer ip2_digits, conv layers kept trainable")
-    model.replace("ip2", nn.Linear(500, 10, name="ip2_digits"))
-    model.replace("prob", nn.LogSoftmax(name="prob"))
+    new_head(model, "ip2_digits", 10)
+    model.replace("prob", nn.LogSoftmax(name="prob"))  # trained through ClassNLL: log-probabilities
     opt = Optimizer(model, train_set, nn.ClassNLLCriterion(),
                     SGD(learningrate=0.01, momentum=0.9, dampening=0.0, nesterov=True, weightdecay=1e-4),
                     Trigger.max_epoch(args.epochs), batch_size=32, seed=args.seed)
@@ -95,7 +96,7 @@ def run(args) -> int:
     opt.set_checkpoint(out / "checkpoints", Trigger.every_epoch())
     opt.set_train_summary(TrainSummary(out / "logs", "demo"))
     opt.set_val_summary(ValidationSummary(out / "logs", "demo"))
-    logging.getLogger("kindling.optim").setLevel(logging.WARNING)  # the per-iteration lines: see --verbose runs
+    logging.getLogger("kindling.optim").setLevel(logging.WARNING)  # per-iteration lines: kindling train prints them
     opt.optimize()
     after = model.evaluate(val_set, [Top1Accuracy()], batch_size=128)
     print(f"5. after {args.epochs} epochs of fine-tuning: {after}")
