@@ -18,7 +18,8 @@ def _split(fn, out, *arrays):
     if out.size < _SPLIT_MIN_ELEMENTS or out.ndim == 0 or out.shape[0] < 2:
         fn(*arrays, out)
     else:
-        pool.run(out.shape[0], lambda _, lo, hi: fn(*(a[lo:hi] for a in arrays), out[lo:hi]))
+        pool.run(out.shape[0], lambda _, lo, hi: fn(*(a[lo:hi] for a in arrays), out[lo:hi]),
+                 pieces_per_thread=pool.pieces_for(out.size, _SPLIT_MIN_ELEMENTS))
     return out
 
 

@@ -25,6 +25,9 @@ _BLOCK_BYTES = 4 << 20
 # Multiply-adds a band of rows should hold at least: a block costs tens of microseconds of Python
 # around its GEMM, so a small layer is better left whole than cut up for the threads.
 _BLOCK_MIN_MACS = 4_000_000
+# Multiply-adds a piece of a forward pass should hold at least to be taken by whichever thread is
+# free (about 0.1 ms of GEMM), so that a thread slowed by a busy neighbour holds nobody up.
+_SHARED_MIN_MACS = 16_000_000
 # Output rows per thread below which a forward is not cut into bands: GEMMs that short run slowly.
 _FEW_ROWS = 128
 # Bytes of output (and its temporary) per depthwise block: its passes then run in a core's L2.
@@ -163,14 +166,15 @@ class Conv2d(Module):
         self._scratch["wmat_key"] = key
         return wm
 
-    def _blocks(self, n, oh, ow, fn) -> None:
-        """Runs ``fn(worker, lo, hi)`` over cache-sized blocks of images, shared among the threads."""
+    def _blocks(self, n, oh, ow, fn, pieces_per_thread: int = 1) -> None:
+        """Runs ``fn(worker, lo, hi)`` over cache-sized blocks of images, shared among the threads
+        (see ``pool.run`` for ``pieces_per_thread``)."""
         step = self._block_images(oh, ow)
 
         def worker(wi, lo, hi):
             for start in range(lo, hi, step):
                 fn(wi, start, min(start + step, hi))
-        pool.run(n, worker)
+        pool.run(n, worker, pieces_per_thread=pieces_per_thread)
 
     def _row_costs(self, ow: int) -> tuple[int, int, int]:
         """For one output row of a forward block: the bytes it keeps in cache, the cache budget
@@ -191,7 +195,7 @@ class Conv2d(Module):
         row_bytes, budget, row_work = self._row_costs(ow)
         budget_rows = max(1, budget // max(row_bytes, 1))
         if n >= 2 * threads and budget_rows >= oh:  # enough whole images, each fits the cache
-            self._blocks(n, oh, ow, lambda wi, lo, hi: fn(wi, lo, hi, 0, oh))
+            self._blocks(n, oh, ow, lambda wi, lo, hi: fn(wi, lo, hi, 0, oh), pool.pieces_for(n * oh * row_work, _SHARED_MIN_MACS))
             return
         if n * oh * ow < _FEW_ROWS * threads and not self.depthwise:
             # Too few output pixels to cut (a late layer at batch 1): one block whose GEMM the
@@ -205,7 +209,7 @@ class Conv2d(Module):
         def worker(wi, lo, hi):
             for b in blocks[lo:hi]:
                 fn(wi, *b)
-        pool.run(len(blocks), worker)
+        pool.run(len(blocks), worker, pieces_per_thread=pool.pieces_for(n * oh * row_work, _SHARED_MIN_MACS))
 
     def output_shape(self, shape) -> tuple:
         """The output shape for an input shape, without computing anything."""

@@ -16,6 +16,9 @@ from ..module import Module
 from ..parallel import pool
 from .conv2d import pair
 
+# Input elements a piece should hold at least to be taken by whichever thread is free (pool.run).
+_SHARED_MIN_ELEMENTS = 1 << 17
+
 
 def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
     """Caffe's and PyTorch's rule: ceil rounding, but the last window must start inside the
@@ -92,7 +95,8 @@ class _Pool2d(Module):
         k, s, p, o = self.geometry(h, w)
         xp = self._padded(x.transpose(0, 2, 3, 1), k, s, p, o)
         out = self._buffer("out", (n, o[0], o[1], c))
-        pool.run(n, lambda _, lo, hi: self._pool(xp[lo:hi], out[lo:hi], k, s, p, o, (h, w)))
+        pool.run(n, lambda _, lo, hi: self._pool(xp[lo:hi], out[lo:hi], k, s, p, o, (h, w)),
+                 pieces_per_thread=pool.pieces_for(xp.size, _SHARED_MIN_ELEMENTS))
         self._out = out
         self.output = out.transpose(0, 3, 1, 2)
         return self.output
@@ -202,7 +206,7 @@ class MaxPool2d(_Pool2d):
                     else:
                         np.multiply(g[lo:hi], hit, out=tmp)
                         target += tmp
-        pool.run(out.shape[0], work)
+        pool.run(out.shape[0], work, pieces_per_thread=pool.pieces_for(xp.size, _SHARED_MIN_ELEMENTS))
 
 
 class AvgPool2d(_Pool2d):
@@ -247,7 +251,7 @@ class AvgPool2d(_Pool2d):
             for i in range(k[0]):
                 for j in range(k[1]):
                     self._offset(dx, i, j, s, o)[...] += gd
-        pool.run(g.shape[0], work)
+        pool.run(g.shape[0], work, pieces_per_thread=pool.pieces_for(dxp.size, _SHARED_MIN_ELEMENTS))
 
 
 class MaxUnpool2d(Module):
