@@ -7,11 +7,11 @@ once, so every part runs on every core and the columns never leave the cache. Th
 are therefore held at one thread each, and numpy and ctypes release the GIL while they work.
 
 The pool waits passively (condition variables, no spinning), so a busy neighbour costs kindling
-its share of the machine, not a spin-lock convoy. Work whose pieces are independent (forward
-passes, elementwise work) is cut into several pieces per thread that whichever thread is free
-takes next, so a thread slowed by a neighbour holds nobody up. Work that keeps a partial sum per
-piece (gradients) keeps one fixed piece per thread, and when other processes keep cores busy those
-pieces run on fewer threads (``LoadMonitor``).
+its share of the machine, not a spin-lock convoy, and it follows the machine's load
+(``LoadMonitor``): while other processes keep cores busy, work whose pieces are independent
+(forward passes, elementwise work) is cut into several pieces per thread that whichever thread is
+free takes next, so a thread slowed by a neighbour holds nobody up, and work that keeps a partial
+sum per piece (gradients) runs its fixed pieces on the free cores.
 """
 from __future__ import annotations
 
@@ -113,18 +113,20 @@ class Pool:
         busy the pieces run on fewer threads, since a thread slowed by a neighbour would hold up
         the rest at the end.
 
-        With more pieces per thread, every thread of the pool takes the next piece as it finishes
-        one, so a slowed thread simply takes fewer, and ``i`` is the taking thread (scratch space
-        is per thread): for work where each piece writes its own outputs and nothing is summed
-        across pieces (a forward pass, elementwise work). Under a busy neighbour that keeps both
-        cores working: about 12% more throughput than dropping to the free core."""
+        With more pieces per thread, for work where each piece writes its own outputs and nothing
+        is summed across pieces (a forward pass, elementwise work), ``i`` is only the thread (for
+        scratch space), and while other processes keep cores busy every thread of the pool takes
+        the next piece as it finishes one: a slowed thread simply takes fewer, and both cores keep
+        working (VGG-style inference measured 13% faster than on the free core alone). On a quiet
+        machine such work runs as one piece per thread, which measured 3% faster than pieces."""
         threads = min(self.max_threads, max(1, n // max(min_per_worker, 1)))
         nested = threading.current_thread().name.startswith("kindling-")
-        if pieces_per_thread > 1 and threads > 1 and not nested:
+        free = self.workers()
+        if free < self.max_threads and pieces_per_thread > 1 and threads > 1 and not nested:
             self._run_shared(n, fn, min(n // max(min_per_worker, 1), threads * pieces_per_thread), threads)
             return
         bounds = [n * i // threads for i in range(threads + 1)]
-        if threads == 1 or self.workers() == 1 or nested:
+        if threads == 1 or free == 1 or nested:
             for i in range(threads):
                 fn(i, bounds[i], bounds[i + 1])
             return
