@@ -26,9 +26,10 @@ from kindling.runtime import nn
 from . import wire
 from .build import build, check_supported, dropped, dummy_data_shapes, translator_table
 from .errors import CaffeError
+from .mean import read_mean
 from .parse import CaffeLayer, check_unique_names, declared_inputs, layers_of, read_prototxt
 
-__all__ = ["convert", "load_weights", "CaffeError", "CaffeLayer", "read_blobs"]
+__all__ = ["convert", "load_weights", "CaffeError", "CaffeLayer", "read_blobs", "read_mean"]
 
 # Types whose layers carry weights in the caffemodel.
 WEIGHTED = {"Convolution", "ConvolutionDepthwise", "DepthwiseConvolution", "Deconvolution", "InnerProduct",
@@ -142,7 +143,7 @@ def _stage_hint(net) -> str:
 _TRAINING_DATA = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "AnnotatedData"}
 
 
-def _data_preprocessing(layers) -> dict | None:
+def _data_preprocessing(layers, notes: list[str]) -> dict | None:
     """Mean and scale from a train_val data layer's transform_param, as defaults for metadata."""
     for layer in layers:
         if layer.type in _TRAINING_DATA and layer.param.HasField("transform_param"):
@@ -150,6 +151,9 @@ def _data_preprocessing(layers) -> dict | None:
             out = {}
             if t.mean_value:
                 out["mean"] = [float(v) for v in t.mean_value]
+            elif t.mean_file:
+                notes.append(f"{layer.name} ({layer.type}) subtracts the mean image {t.mean_file}: give it with "
+                             f"--mean-file (read_mean) to record its per-channel means")
             if t.scale != 1:
                 out["scale"] = float(t.scale)
             if t.crop_size:
@@ -188,7 +192,8 @@ def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translator
         meta["input_shape"] = [-1, *list(shapes.values())[0][1:]]
     if labels:
         meta["labels"] = list(labels)
-    pre = {**(_data_preprocessing(layers) or {}), **(preprocessing or {})}
+    pre = {**(_data_preprocessing(layers, [] if (preprocessing or {}).get("mean") else notes) or {}),
+           **(preprocessing or {})}
     if pre:
         meta["preprocessing"] = pre
     model.metadata = meta

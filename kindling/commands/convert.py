@@ -36,7 +36,10 @@ def add_arguments(p):
     c.add_argument("--phase", choices=["test", "train"], default="test",
                    help="which phase's layers to keep in a train_val net (default: test)")
     c.add_argument("--labels", help="class labels, one per line (synset lines are kept whole)")
-    c.add_argument("--mean", type=_floats, help="per-channel mean subtracted before the net, e.g. 104,117,123")
+    means = c.add_mutually_exclusive_group()
+    means.add_argument("--mean", type=_floats, help="per-channel mean subtracted before the net, e.g. 104,117,123")
+    means.add_argument("--mean-file", help="a Caffe mean image (mean.binaryproto, or .npy), reduced to per-channel "
+                                           "means")
     c.add_argument("--scale", type=float, help="multiplier applied after the mean")
     c.add_argument("--std", type=_floats, help="per-channel std to divide by")
     c.add_argument("--channel-order", choices=["rgb", "bgr", "gray"], help="channel order the net expects")
@@ -57,7 +60,8 @@ def run(args) -> int:
     from kindling.runtime.data import read_labels
     start = time.perf_counter()
     labels = read_labels(args.labels, unique=False) if args.labels else None
-    pre = {k: v for k, v in {"mean": args.mean, "std": args.std, "scale": args.scale,
+    mean = caffe.read_mean(args.mean_file) if args.mean_file else args.mean
+    pre = {k: v for k, v in {"mean": mean, "std": args.std, "scale": args.scale,
                              "channel_order": args.channel_order, "input_size": args.input_size}.items()
            if v is not None}
     model = caffe.convert(args.prototxt, args.caffemodel, inputs=dict(args.input), labels=labels,
