@@ -87,13 +87,16 @@ class _Pool2d(Module):
         """The (N, OH, OW, C) view of every window's element at kernel offset (i, j)."""
         return xp[:, i:i + s[0] * (o[0] - 1) + 1:s[0], j:j + s[1] * (o[1] - 1) + 1:s[1]]
 
-    def forward(self, x):
+    def _prepared(self, x):
+        """The input checked, its (N, C, H, W), the geometry and the padded NHWC input."""
         x = np.asarray(x, np.float32)
         if x.ndim != 4:
             raise ValueError(f"{type(self).__name__} {self.name!r} expects (N, C, H, W), got {x.shape}")
-        n, c, h, w = x.shape
-        k, s, p, o = self.geometry(h, w)
-        xp = self._padded(x.transpose(0, 2, 3, 1), k, s, p, o)
+        k, s, p, o = self.geometry(*x.shape[2:])
+        return x.shape, (k, s, p, o), self._padded(x.transpose(0, 2, 3, 1), k, s, p, o)
+
+    def forward(self, x):
+        (n, c, h, w), (k, s, p, o), xp = self._prepared(x)
         out = self._buffer("out", (n, o[0], o[1], c))
         pool.run(n, lambda _, lo, hi: self._pool(xp[lo:hi], out[lo:hi], k, s, p, o, (h, w)),
                  pieces_per_thread=pool.pieces_for(xp.size, _SHARED_MIN_ELEMENTS))
@@ -102,10 +105,7 @@ class _Pool2d(Module):
         return self.output
 
     def backward(self, x, grad_out):
-        x = np.asarray(x, np.float32)
-        n, c, h, w = x.shape
-        k, s, p, o = self.geometry(h, w)
-        xp = self._padded(x.transpose(0, 2, 3, 1), k, s, p, o)
+        (n, c, h, w), (k, s, p, o), xp = self._prepared(x)
         g = np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1)
         dxp = self._buffer("dxpad", xp.shape)
         self._unpool(xp, g, dxp, k, s, p, o, (h, w))
@@ -138,12 +138,7 @@ class MaxPool2d(_Pool2d):
     def forward(self, x):
         if not self.return_indices:
             return super().forward(x)
-        x = np.asarray(x, np.float32)
-        if x.ndim != 4:
-            raise ValueError(f"MaxPool2d {self.name!r} expects (N, C, H, W), got {x.shape}")
-        n, c, h, w = x.shape
-        k, s, p, o = self.geometry(h, w)
-        xp = self._padded(x.transpose(0, 2, 3, 1), k, s, p, o)
+        (n, c, h, w), (k, s, p, o), xp = self._prepared(x)
         out, idx = self._buffer("out", (n, o[0], o[1], c)), self._buffer("idx", (n, o[0], o[1], c))
         hit_all = self._buffer("hit", out.shape, np.bool_)
         # Input position of each window's top-left element (kernel offset 0, 0), as h * W + w.
