@@ -158,8 +158,13 @@ def _cache_key(backends: dict) -> str:
     versions = ",".join(f"{k}={v.version}" for k, v in sorted(backends.items()))
     # OpenBLAS picks its kernel at load time, and these variables can hold it to an older one
     # (a different speed): a choice made under one setting is not reused under another.
-    kernel = ",".join(f"{v}={os.environ[v]}" for v in _OPENBLAS_KERNEL_VARS if v in os.environ)
+    kernel = ",".join(f"{k}={v}" for k, v in _kernel_settings().items())
     return f"{cpu}|{default_threads()}|{versions}|{kernel}"
+
+
+def _kernel_settings() -> dict[str, str]:
+    """The variables, among those set, that hold OpenBLAS to a kernel of their choosing."""
+    return {v: os.environ[v] for v in _OPENBLAS_KERNEL_VARS if v in os.environ}
 
 
 def _cache_path() -> Path:
@@ -276,4 +281,4 @@ def describe() -> dict:
             "threads": pool.max_threads, "active_threads": pool.active,
             "adaptive_threads": pool._monitor is not None, "reason": c.reason, "calibration_gflops": c.gflops,
             "openblas_kernel": openblas_kernel(),
-            "openblas_kernel_held_by": {v: os.environ[v] for v in _OPENBLAS_KERNEL_VARS if v in os.environ}}
+            "openblas_kernel_held_by": _kernel_settings()}

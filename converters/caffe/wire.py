@@ -145,7 +145,7 @@ def _read_layers(f: BinaryIO, size: int, update) -> Iterator[RawLayer]:
         number, wire = key >> 3, key & 7
         if wire == LEN:
             n, used2 = _varint(head, used)
-            update(bytes(head[:used2]))
+            update(head[:used2])
             f.seek(pos + used2)
             if pos + used2 + n > size:
                 raise WireError(f"truncated: a field of {n} bytes at offset {pos} runs past the end of the file")
