@@ -31,6 +31,12 @@ class Module:
 
     #: Set by subclasses whose forward takes a list of arrays (Add, Concat without branches).
     multi_input = False
+    #: How many arrays forward returns; a module with several returns a list (Slice, MaxPool2d
+    #: with its argmax mask), and a Graph refers to output i as "name:i".
+    num_outputs = 1
+    #: Set by the trainer on a container: leading layers that have nothing to train are not
+    #: back-propagated at all (a frozen feature extractor under a new head).
+    skip_frozen_prefix = False
 
     def __init__(self, name: str | None = None):
         self.name = name or _auto_name(type(self))
@@ -57,6 +63,12 @@ class Module:
 
     def __call__(self, x):
         return self.forward(x)
+
+    def output_shape(self, shape):
+        """The output shape for an input of ``shape`` when the module knows it without computing
+        (heavy layers: convolutions, pooling, Linear), a list of shapes for several outputs, or
+        None: then a shape probe runs forward on zeros (kindling.runtime.shapes)."""
+        return None
 
     @property
     def needs_param_grads(self) -> bool:

@@ -28,29 +28,6 @@ def _backend_lines() -> list[str]:
     return lines
 
 
-def _trace_shapes(model, shape) -> dict:
-    """Output shape of every module, from one forward pass on zeros (hooks around forward)."""
-    shapes = {}
-    originals = {}
-    for m in model.modules():
-        if hasattr(m, "fuse"):
-            m.fuse = False  # every layer's own forward must run to be seen
-        originals[m] = m.forward
-
-        def wrapped(x, m=m):
-            y = originals[m](x)
-            shapes[m.name] = [tuple(np.shape(o)) for o in y] if isinstance(y, (list, tuple)) else tuple(np.shape(y))
-            return y
-        m.forward = wrapped
-    try:
-        model.evaluate()
-        model.forward(np.zeros(shape, np.float32))
-    finally:
-        for m, f in originals.items():
-            del m.forward
-    return shapes
-
-
 def run(args) -> int:
     if args.backend:
         print("\n".join(_backend_lines()))
@@ -61,13 +38,14 @@ def run(args) -> int:
     import os
 
     import kindling
+    from kindling.runtime.shapes import trace
     model = kindling.load(args.model)
     meta = model.metadata
     shape = [int(d) for d in args.input_shape.split(",")] if args.input_shape else meta.get("input_shape")
     shapes = {}
     if shape and len(meta.get("input_names") or [None]) == 1:
         shape = [1 if d <= 0 else d for d in shape]
-        shapes = _trace_shapes(model, shape)
+        shapes = trace(model, [shape])
     rows = [("layer", "type", "output shape", "params")]
     total = 0
     for m in model.modules():

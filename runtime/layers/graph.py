@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fusion import plan
+from .fusion import leads_chain, plan
 from ..module import Container, Module
 
 
@@ -52,6 +52,11 @@ class Graph(Container):
         self.node_inputs[module.name] = [inputs] if isinstance(inputs, str) else list(inputs)
         self._order = None
         return module.name
+
+    def set_outputs(self, refs) -> None:
+        """Makes ``refs`` (node names, "name:i", or graph inputs) the graph's outputs."""
+        self.output_names = [str(r) for r in ([refs] if isinstance(refs, str) else refs)]
+        self._order = None
 
     def replace(self, name: str, new: Module) -> Module:
         """Swaps node ``name`` for ``new``, keeping its wiring; consumers now read ``new.name``."""
@@ -123,7 +128,9 @@ class Graph(Container):
                              f"got {len(x)}")
         return dict(zip(self.input_names, x))
 
-    def _value(self, values: dict, ref: str):
+    def value(self, values: dict, ref: str):
+        """What ``ref`` names in ``values`` (graph inputs and node outputs by name; a node with
+        several outputs holds a list, and "name:i" picks one)."""
         node, index = _split_ref(ref)
         if index is not None and node not in self.input_names:
             return values[node][index]
@@ -132,11 +139,11 @@ class Graph(Container):
     def _node_input(self, values, m):
         refs = self.node_inputs[m.name]
         if getattr(m, "multi_input", False):
-            return [self._value(values, r) for r in refs]
+            return [self.value(values, r) for r in refs]
         if len(refs) != 1:
             raise ValueError(f"Graph {self.name!r}: node {m.name!r} ({type(m).__name__}) takes one input, "
                              f"wired to {refs}")
-        return self._value(values, refs[0])
+        return self.value(values, refs[0])
 
     def _fusion_chains(self) -> dict[str, list[Module]]:
         """Conv2d node -> the chain of nodes after it that each read only the previous one and
@@ -150,7 +157,7 @@ class Graph(Container):
         by_name = {m.name: m for m in self.modules_list}
         chains = {}
         for m in self.order():
-            if type(m).__name__ != "Conv2d":
+            if not leads_chain(m):
                 continue
             chain, cur = [m], m.name
             while len(chain) < 4 and cur not in self.output_names and len(readers.get(cur, [])) == 1:
@@ -181,7 +188,7 @@ class Graph(Container):
             skip.update(a.name for a in absorbed)
             values[absorbed[-1].name] = y  # readers only refer to the chain's last node
         self._values = None if fused else values
-        outs = [self._value(values, r) for r in self.output_names]
+        outs = [self.value(values, r) for r in self.output_names]
         self.output = outs[0] if len(outs) == 1 else outs
         return self.output
 

@@ -1,7 +1,7 @@
 """A chain of modules: each one's output is the next one's input."""
 from __future__ import annotations
 
-from ..fusion import plan
+from .fusion import plan
 from ..module import Container, Module
 
 
@@ -53,7 +53,7 @@ class Sequential(Container):
         return g if stop == 0 else None
 
     def _first_needing_grad(self) -> int:
-        if not getattr(self, "skip_frozen_prefix", False):
+        if not self.skip_frozen_prefix:
             return 0
         for i, m in enumerate(self.modules_list):
             if any(sub.params and sub.needs_param_grads for sub in m.modules()):

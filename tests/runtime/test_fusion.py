@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from helpers import assert_close, to_numpy
-from kindling.runtime import fusion, nn
+from kindling.runtime import nn
+from kindling.runtime.layers import fusion
 
 
 def _block(groups=1, bias=True, affine=True):

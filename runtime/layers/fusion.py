@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .activations import ReLU
+from .batchnorm import BatchNorm2d
+from .conv2d import Conv2d
+from .scale import Scale
+
 
 @dataclass
 class Epilogue:
@@ -20,16 +25,16 @@ class Epilogue:
     relu: bool
 
 
+def leads_chain(module) -> bool:
+    """True for a module that a fused chain can start with (a Conv2d, not a subclass)."""
+    return type(module) is Conv2d
+
+
 def plan(modules: list, i: int) -> tuple[Epilogue, int] | None:
     """The epilogue for the Conv2d at ``modules[i]`` and how many modules it absorbs (itself
     included), or None when nothing follows it that can be fused."""
-    from .layers.activations import ReLU
-    from .layers.batchnorm import BatchNorm2d
-    from .layers.conv2d import Conv2d
-    from .layers.scale import Scale
-
     conv = modules[i]
-    if type(conv) is not Conv2d:
+    if not leads_chain(conv):
         return None
     c = conv.out_channels
     scale = np.ones(c, np.float64)

@@ -1,0 +1,96 @@
+"""Output shapes without real data: the one shape probe that converters use while they assemble a
+net (each new module is probed once, which also checks that its weights fit its inputs) and that
+``kindling info`` uses to show every module's output shape.
+
+A module that knows its output shape says so (``Module.output_shape``: convolutions, pooling,
+Linear) and nothing is computed; any other runs forward once in evaluate mode on a zero input that
+is a broadcast view, so no memory is touched until a layer that must compute reads it.
+Containers are walked as they run, so every module inside them gets its shape too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .layers.graph import Graph
+from .layers.sequential import Sequential
+from .module import Module
+
+Shape = tuple  # of ints; a module with several outputs has a list of them
+
+
+class ShapeError(ValueError):
+    """A module that does not fit its input shapes; ``detail`` is the module's own complaint."""
+
+    def __init__(self, module: Module, shapes, detail: str):
+        shown = [tuple(s) for s in shapes]
+        super().__init__(f"{module.name!r} ({type(module).__name__}) does not fit its input shape"
+                         f"{'s' if len(shown) > 1 else ''} {shown if len(shown) > 1 else shown[0]}: {detail}")
+        self.module, self.shapes, self.detail = module, shown, detail
+
+
+def zeros(shape) -> np.ndarray:
+    return np.broadcast_to(np.float32(0), tuple(shape))
+
+
+def shape_of(y) -> Shape | list[Shape]:
+    return [tuple(np.shape(o)) for o in y] if isinstance(y, (list, tuple)) else tuple(np.shape(y))
+
+
+def probe(module: Module, shapes: list) -> Shape | list[Shape]:
+    """The output shape (or shapes) of ``module`` for inputs of ``shapes`` (batch axis included)."""
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    try:
+        if len(shapes) == 1:
+            known = module.output_shape(shapes[0])
+            if known is not None:
+                return [tuple(s) for s in known] if isinstance(known, list) else tuple(known)
+        training = module.training
+        module.train(False)  # a probe must not move BatchNorm's running statistics
+        try:
+            with np.errstate(all="ignore"):
+                xs = [zeros(s) for s in shapes]
+                y = module.forward(xs if module.multi_input else xs[0])
+        finally:
+            module.train(training)
+    except (ValueError, IndexError) as e:
+        raise ShapeError(module, shapes, str(e)) from e
+    for m in module.modules():
+        m._scratch.clear()  # buffers sized for a probe are not kept
+    return shape_of(y)
+
+
+def _as_list(shape) -> list[Shape]:
+    return shape if isinstance(shape, list) else [shape]
+
+
+def _sequential(seq: Sequential, shapes, out) -> Shape | list[Shape]:
+    shape: Shape | list[Shape] = shapes[0] if len(shapes) == 1 else list(shapes)
+    for child in seq.children():
+        shape = _walk(child, _as_list(shape) if child.multi_input else [shape], out)
+    return shape
+
+
+def _graph(graph: Graph, shapes, out) -> Shape | list[Shape]:
+    values: dict = dict(zip(graph.input_names, shapes))
+    for m in graph.order():
+        values[m.name] = _walk(m, [graph.value(values, r) for r in graph.node_inputs[m.name]], out)
+    outs = [graph.value(values, r) for r in graph.output_names]
+    return outs[0] if len(outs) == 1 else outs
+
+
+# containers whose children's shapes are traced as the container runs them
+WALKERS = {Sequential: _sequential, Graph: _graph}
+
+
+def _walk(module: Module, shapes, out: dict) -> Shape | list[Shape]:
+    walker = WALKERS.get(type(module))
+    shape = walker(module, shapes, out) if walker else probe(module, shapes)
+    out[module.name] = shape
+    return shape
+
+
+def trace(model: Module, input_shapes: list) -> dict[str, Shape | list[Shape]]:
+    """Every module's output shape by name, for inputs of ``input_shapes`` (one per model input)."""
+    out: dict = {}
+    _walk(model, [tuple(s) for s in input_shapes], out)
+    return out
