@@ -23,11 +23,13 @@ import numpy as np
 from kindling.protos import caffe_pb2
 from kindling.runtime import nn
 
+from ..weights import load_by_name
 from . import wire
 from .build import build, check_supported, dropped, dummy_data_shapes, translator_table
 from .errors import CaffeError
 from .mean import read_mean
 from .parse import CaffeLayer, check_unique_names, declared_inputs, layers_of, read_prototxt
+from .translators import batch_norm_factor, set_mults
 
 __all__ = ["convert", "load_weights", "CaffeError", "CaffeLayer", "read_blobs", "read_mean"]
 
@@ -217,10 +219,8 @@ def _assign(module: nn.Module, layer: CaffeLayer, where: str) -> None:
     if type(module).__name__ == "BatchNorm2d":
         if len(blobs) != 3:
             raise ValueError(f"{where}: BatchNorm needs 3 blobs, the caffemodel has {len(blobs)}")
-        factor = float(blobs[2].reshape(-1)[0]) if blobs[2].size else 1.0
-        k = np.float32(0.0 if factor == 0 else 1.0 / factor)
         for name, b in zip(("running_mean", "running_var"), blobs[:2]):
-            module.buffers[name] = _fit(b, module.buffers[name].shape, f"{where} {name}") * k
+            module.buffers[name] = _fit(b, module.buffers[name].shape, f"{where} {name}") * batch_norm_factor(blobs)
         return
     names = [n for n in ("weight", "bias") if n in module.params] or list(module.params)
     if len(blobs) > len(names):
@@ -232,10 +232,13 @@ def _assign(module: nn.Module, layer: CaffeLayer, where: str) -> None:
             module.params[name] = np.ascontiguousarray(_fit(b, target[::-1], f"{where} weight").T)
         else:
             module.params[name] = _fit(b, target, f"{where} {name}")
+    set_mults(module, layer, names)
 
 
-def load_weights(model: nn.Module, prototxt, caffemodel, match_all: bool = False) -> dict:
-    """Copies the Caffe layers' weights into the modules of ``model`` with the same names.
+def load_weights(model: nn.Module, prototxt, caffemodel, match_all: bool = False,
+                 rename: dict[str, str] | None = None) -> dict:
+    """Copies the Caffe layers' weights into the modules of ``model`` with the same names
+    (``rename`` maps Caffe layer names to yours where they differ).
 
     Returns ``{"loaded": [...], "skipped": [...], "unused": [...]}``: modules that got weights,
     modules with parameters that kept their initialisation (a renamed last layer starts fresh),
@@ -244,27 +247,12 @@ def load_weights(model: nn.Module, prototxt, caffemodel, match_all: bool = False
     prototxt = Path(prototxt)
     net, _ = read_prototxt(prototxt)
     layers = {la.name: la for la in layers_of(net, prototxt)}
-    blobs = read_blobs(caffemodel)
-    by_name = {m.name: m for m in model.modules()}
-    loaded, unused = [], []
-    for name, bl in blobs.items():
-        module = by_name.get(name)
-        if module is None:
-            unused.append(name)
-            continue
+
+    def layer_with(name: str, blobs: list) -> CaffeLayer:
         layer = layers.get(name) or CaffeLayer(name, "", [], [], caffe_pb2.LayerParameter())
-        layer.blobs = bl
-        try:
-            _assign(module, layer, f"layer {name!r}")
-        except ValueError as e:
-            raise CaffeError(f"{caffemodel}: {e}") from e
-        lr = layer.lr_mult
-        for i, pname in enumerate(n for n in ("weight", "bias") if n in module.params):
-            if i < len(lr) and (lr[i] != 1.0 or (i < len(layer.decay_mult) and layer.decay_mult[i] != 1.0)):
-                module.set_mult(pname, lr[i], layer.decay_mult[i] if i < len(layer.decay_mult) else 1.0)
-        loaded.append(name)
-    skipped = [m.name for m in model.modules() if (m.params or m.buffers) and m.name not in loaded
-               and not m.children()]
-    if match_all and skipped:
-        raise CaffeError(f"{caffemodel}: no Caffe weights for modules {', '.join(skipped)} (match_all=True)")
-    return {"loaded": loaded, "skipped": skipped, "unused": unused}
+        layer.blobs = blobs
+        return layer
+
+    blobs = read_blobs(caffemodel)
+    return load_by_name(model, {name: layer_with(name, b) for name, b in blobs.items()}, _assign,
+                        source=caffemodel, match_all=match_all, rename=rename, error=CaffeError)

@@ -9,6 +9,8 @@ from google.protobuf import text_format
 
 from kindling.protos import caffe_pb2
 
+from ..graph import Node
+
 from .errors import CaffeError
 
 # V1 enum names -> current type strings (Caffe's UpgradeV1LayerType).
@@ -33,16 +35,24 @@ _V1_PARAMS = ["argmax_param", "concat_param", "convolution_param", "dropout_para
 
 
 @dataclass
-class CaffeLayer:
-    """One layer, format-neutral: what every translator receives."""
-    name: str
-    type: str
-    bottoms: list[str]
-    tops: list[str]
-    param: caffe_pb2.LayerParameter          # the layer's *_param fields, in the current format
-    blobs: list = field(default_factory=list)  # numpy arrays from the caffemodel
+class CaffeLayer(Node):
+    """One layer, format-neutral (a converters.graph.Node) with Caffe's names for its parts:
+    bottoms and tops, ``param`` (its *_param fields, in the current format) and ``blobs`` (numpy
+    arrays from the caffemodel)."""
     lr_mult: list[float] = field(default_factory=list)
     decay_mult: list[float] = field(default_factory=list)
+
+    bottoms = property(lambda self: self.inputs)
+    tops = property(lambda self: self.outputs)
+    param = property(lambda self: self.attrs)
+
+    @property
+    def blobs(self) -> list:
+        return self.weights
+
+    @blobs.setter
+    def blobs(self, value: list) -> None:
+        self.weights = value
 
 
 def _known_field_names() -> set[str]:

@@ -62,11 +62,12 @@ def _set(module: nn.Module, layer: CaffeLayer, names: list[str]):
     _expect_blobs(layer, (len(names),) if len(names) == len(module.params) else (len(names), len(module.params)))
     for i, pname in enumerate(names[:len(layer.blobs)]):
         module.params[pname] = _blob(layer, i, module.params[pname].shape, pname)
-    _mults(module, layer, names)
+    set_mults(module, layer, names)
     return module
 
 
-def _mults(module, layer, names):
+def set_mults(module, layer, names):
+    """Caffe's lr_mult / decay_mult of each blob onto the module's parameter of that position."""
     for i, pname in enumerate(names):
         lr = layer.lr_mult[i] if i < len(layer.lr_mult) else 1.0
         decay = layer.decay_mult[i] if i < len(layer.decay_mult) else 1.0
@@ -118,7 +119,7 @@ def inner_product(layer: CaffeLayer, shapes):
         m.params["weight"] = np.ascontiguousarray(w.T) if p.transpose else w
         if p.bias_term:
             m.params["bias"] = _blob(layer, 1, (p.num_output,), "bias")
-    _mults(m, layer, ["weight", "bias"])
+    set_mults(m, layer, ["weight", "bias"])
     if axis == 1:
         return m  # Linear flattens (N, ...) itself
     # Caffe keeps the axes before `axis`: flatten the rest, multiply, restore the leading axes.
@@ -192,11 +193,16 @@ def batch_norm(layer, shapes):
     m = nn.BatchNorm2d(c, eps=p.eps, momentum=1.0 - p.moving_average_fraction, affine=False, name=layer.name)
     if layer.blobs:
         _expect_blobs(layer, (3,))
-        factor = float(layer.blobs[2].reshape(-1)[0]) if layer.blobs[2].size else 1.0
-        scale = 0.0 if factor == 0 else 1.0 / factor
-        m.buffers["running_mean"] = _blob(layer, 0, (c,), "mean") * np.float32(scale)
-        m.buffers["running_var"] = _blob(layer, 1, (c,), "variance") * np.float32(scale)
+        m.buffers["running_mean"] = _blob(layer, 0, (c,), "mean") * batch_norm_factor(layer.blobs)
+        m.buffers["running_var"] = _blob(layer, 1, (c,), "variance") * batch_norm_factor(layer.blobs)
     return m
+
+
+def batch_norm_factor(blobs) -> np.float32:
+    """What Caffe's stored mean and variance are multiplied by to give the statistics: the inverse
+    of the running factor in the third blob (0 when that factor is 0, as Caffe does)."""
+    factor = float(blobs[2].reshape(-1)[0]) if blobs[2].size else 1.0
+    return np.float32(0.0 if factor == 0 else 1.0 / factor)
 
 
 def scale(layer, shapes):

@@ -107,7 +107,7 @@ layer { name: "relu" type: "ReLU" bottom: "data" top: "relu" relu_param { fused_
 def test_custom_translator_for_a_fork_layer(tmp_path):
     body = 'layer { name: "sw" type: "Swishy" bottom: "data" top: "sw" }'
     proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body, {})
-    with pytest.raises(caffe.CaffeError, match=r"unsupported layers: sw \(Swishy\)"):
+    with pytest.raises(caffe.CaffeError, match=r"unsupported layers: Swishy x1 \(sw\)"):
         caffe.convert(proto, weights)
     model = caffe.convert(proto, weights, translators={"Swishy": lambda layer, shapes: nn.Sigmoid(name=layer.name)})
     x = np.random.default_rng(3).standard_normal((1, 2, 3, 3)).astype(np.float32)
@@ -120,9 +120,10 @@ def test_every_unsupported_layer_is_listed_at_once(tmp_path):
     body = """layer { name: "pb" type: "PriorBox" bottom: "data" top: "pb" }
 layer { name: "r" type: "ReLU" bottom: "data" top: "r" }
 layer { name: "det" type: "DetectionOutput" bottom: "pb" top: "det" }
+layer { name: "pb2" type: "PriorBox" bottom: "data" top: "pb2" }
 """
     proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body, {})
-    with pytest.raises(caffe.CaffeError, match=r"pb \(PriorBox\), det \(DetectionOutput\)"):
+    with pytest.raises(caffe.CaffeError, match=r"unsupported layers: PriorBox x2 \(pb, pb2\); DetectionOutput x1 \(det\)\."):
         caffe.convert(proto, weights)
 
 
@@ -159,7 +160,7 @@ def test_python_layer_that_computes_is_refused_by_its_module_or_translated(tmp_p
             'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" } }\n'
             'layer { name: "pb" type: "PriorBox" bottom: "data" top: "pb" }\n')
     proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body, {})
-    with pytest.raises(caffe.CaffeError, match=r"proposal \(Python rpn.proposal_layer.ProposalLayer\), pb \(PriorBox\)"):
+    with pytest.raises(caffe.CaffeError, match=r"Python rpn.proposal_layer.ProposalLayer x1 \(proposal\); PriorBox x1 \(pb\)"):
         caffe.convert(proto, weights)
     proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body.split("\n")[0], {})
     model = caffe.convert(proto, weights, translators={"Python": lambda layer, shapes: nn.Sigmoid(name=layer.name)})

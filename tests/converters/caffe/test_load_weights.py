@@ -40,7 +40,7 @@ def test_renamed_last_layer_keeps_its_initialisation():
     # everything below the new head computes what the Caffe net computes
     assert_close(nn.Sequential(*model.children()[:-1], name="f").forward(x),
                  nn.Sequential(*features.children()[:-2], name="g").forward(x))
-    with pytest.raises(caffe.CaffeError, match="no Caffe weights for modules ip2_digits"):
+    with pytest.raises(caffe.CaffeError, match="no weights for modules ip2_digits"):
         caffe.load_weights(lenet(last="ip2_digits", classes=7), PROTOTXT, WEIGHTS, match_all=True)
 
 

@@ -1,0 +1,28 @@
+"""kindling convert caffe: a prototxt (current or V1 format, deploy or train_val) + caffemodel."""
+from __future__ import annotations
+
+HELP = "a Caffe prototxt + caffemodel (current or V1 format)"
+
+
+def add_arguments(p):
+    p.add_argument("--prototxt", required=True, help="net definition (deploy.prototxt or train_val.prototxt)")
+    p.add_argument("--caffemodel", help="trained weights (omit to convert the structure only)")
+    p.add_argument("--stage", action="append", default=[], metavar="NAME",
+                   help="select layers by their include/exclude stage rules, as Caffe's NetState (DIGITS nets: "
+                        "--stage deploy); repeat for several")
+    p.add_argument("--phase", choices=["test", "train"], default="test",
+                   help="which phase's layers to keep in a train_val net (default: test)")
+    p.add_argument("--mean-file", help="a Caffe mean image (mean.binaryproto, or .npy), reduced to per-channel means "
+                                       "(instead of --mean)")
+    p.add_argument("--softmax-loss-as-softmax", action="store_true",
+                   help="turn a train_val file's SoftmaxWithLoss into a Softmax output")
+
+
+def convert(args, *, inputs: dict, labels, preprocessing: dict | None):
+    from kindling.converters import caffe
+    if args.mean_file:
+        if args.mean is not None:
+            raise ValueError("give --mean or --mean-file, not both")
+        preprocessing = {**(preprocessing or {}), "mean": caffe.read_mean(args.mean_file)}
+    return caffe.convert(args.prototxt, args.caffemodel, inputs=inputs, labels=labels, preprocessing=preprocessing,
+                         softmax_loss_as_softmax=args.softmax_loss_as_softmax, phase=args.phase, stages=args.stage)
