@@ -24,6 +24,10 @@ LAYERS: dict[str, str] = {
     "ELU": "activations",
     "Sigmoid": "activations",
     "Tanh": "activations",
+    "Clip": "activations",
+    "HardSigmoid": "activations",
+    "HardSwish": "activations",
+    "SELU": "activations",
     "PReLU": "prelu",
     "Softmax": "softmax",
     "LogSoftmax": "softmax",
@@ -32,6 +36,7 @@ LAYERS: dict[str, str] = {
     "BatchNorm2d": "batchnorm",
     "LocalResponseNorm": "lrn",
     "Scale": "scale",
+    "InstanceNorm": "instancenorm",
     # Caffe's extra layers
     "Power": "pointwise",
     "AbsVal": "pointwise",
@@ -52,6 +57,13 @@ LAYERS: dict[str, str] = {
     "Reduction": "reduce",
     "ArgMax": "reduce",
     "Tile": "rearrange",
+    # ONNX's extra layers
+    "BinaryOp": "binary",
+    "Constant": "binary",
+    "Pad": "pad",
+    "Resize": "resize",
+    "StridedSlice": "index",
+    "Gather": "index",
     # shape
     "Flatten": "shape",
     "Reshape": "shape",
@@ -62,6 +74,7 @@ LAYERS: dict[str, str] = {
     "Add": "merge",
     "Mul": "merge",
     "Max": "merge",
+    "Min": "merge",
     "Graph": "graph",
     # criterions
     "ClassNLLCriterion": "criterions",

@@ -105,3 +105,83 @@ class Tanh(_Elementwise):
         np.subtract(1, out, out=out)
         out *= g
         return out
+
+
+class Clip(_Elementwise):
+    """min(max(x, min), max); a bound of None is open. With min > max every value is max (numpy,
+    PyTorch and ONNX agree). The gradient passes where min <= x <= max, as torch.clamp's."""
+
+    def __init__(self, min: float | None = None, max: float | None = None, name: str | None = None):
+        super().__init__(name)
+        self.min = None if min is None else float(min)
+        self.max = None if max is None else float(max)
+
+    def config(self):
+        return {"min": self.min, "max": self.max}
+
+    def _f(self, x, out):
+        return np.clip(x, self.min, self.max, out=out)
+
+    def _df(self, x, y, g, out):
+        inside = np.ones(x.shape, bool) if self.min is None else x >= np.float32(self.min)
+        if self.max is not None:
+            inside &= x <= np.float32(self.max)
+        return np.multiply(g, inside, out=out)
+
+
+class HardSigmoid(_Elementwise):
+    """max(0, min(1, alpha * x + beta)); ONNX's defaults (PyTorch's hardsigmoid is alpha 1/6)."""
+
+    def __init__(self, alpha: float = 0.2, beta: float = 0.5, name: str | None = None):
+        super().__init__(name)
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def config(self):
+        return {"alpha": self.alpha, "beta": self.beta}
+
+    def _f(self, x, out):
+        np.multiply(x, np.float32(self.alpha), out=out)
+        out += np.float32(self.beta)
+        return np.clip(out, 0, 1, out=out)
+
+    def _df(self, x, y, g, out):
+        return np.multiply(g, np.float32(self.alpha) * ((y > 0) & (y < 1)), out=out)
+
+
+class HardSwish(_Elementwise):
+    """x * relu6(x + 3) / 6 (MobileNetV3)."""
+
+    def _f(self, x, out):
+        np.add(x, np.float32(3), out=out)
+        np.clip(out, 0, 6, out=out)
+        out *= x
+        out *= np.float32(1 / 6)
+        return out
+
+    def _df(self, x, y, g, out):
+        # PyTorch's: 0 up to -3, x / 3 + 0.5 between, 1 from 3 on
+        slope = np.where(x <= -3, np.float32(0), np.where(x < 3, x / np.float32(3) + np.float32(0.5), np.float32(1)))
+        return np.multiply(g, slope, out=out)
+
+
+class SELU(_Elementwise):
+    """gamma * (x if x > 0 else alpha * (exp(x) - 1)); the self-normalising constants by default."""
+
+    def __init__(self, alpha: float = 1.67326319217681884765625, gamma: float = 1.05070102214813232421875,
+                 name: str | None = None):
+        super().__init__(name)
+        self.alpha, self.gamma = float(alpha), float(gamma)
+
+    def config(self):
+        return {"alpha": self.alpha, "gamma": self.gamma}
+
+    def _f(self, x, out):
+        np.expm1(np.minimum(x, 0), out=out)
+        out *= np.float32(self.alpha)
+        np.copyto(out, x, where=x > 0)
+        out *= np.float32(self.gamma)
+        return out
+
+    def _df(self, x, y, g, out):
+        # d/dx = gamma for x > 0, else gamma * alpha * exp(x) = y + gamma * alpha
+        return np.multiply(g, np.where(x > 0, np.float32(self.gamma), y + np.float32(self.gamma * self.alpha)), out=out)
