@@ -19,6 +19,9 @@ from kindling.runtime import nn
 from kindling.runtime.shapes import ShapeError, probe
 
 ALIAS = "alias"  # a translator's answer: the node's outputs are its first input (Split, Identity)
+# A translator's answer: the node's outputs are constants now (the translator put them into the
+# ``constants`` mapping it was given; ONNX's Shape of a tensor whose shape the probe knows).
+FOLDED = "folded"
 
 
 class ConversionError(ValueError):
@@ -73,12 +76,16 @@ def _wire_error(path, node: Node, terms: Terms, problem: str) -> ConversionError
 
 
 def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Translator, path, *,
-             name: str = "net", constants=frozenset(), terms: Terms = Terms()) -> tuple[nn.Module, list[str]]:
+             name: str = "net", constants=frozenset(), terms: Terms = Terms(),
+             batch: int | None = 1, outputs: list[str] | None = None) -> tuple[nn.Module, list[str]]:
     """Returns (model, output tensor names). ``inputs`` maps each graph input to its shape (the
-    batch axis is probed at 1); ``constants`` are tensor names a translator folds into its module
-    (weights, shapes): they are not wired. The outputs are the tensors written and not read
-    afterwards, in the order last written (Caffe's rule for a net's outputs)."""
-    refs: dict[str, tuple[str, tuple]] = {t: (t, tuple([1, *shape[1:]])) for t, shape in inputs.items()}
+    batch axis is probed at ``batch``; None probes the shapes as given); ``constants`` are tensor
+    names a translator folds into its module (weights, shapes): they are not wired. A translator
+    may add to ``constants`` as it goes (answering FOLDED). The outputs are ``outputs`` where the
+    format declares them (ONNX), else the tensors written and not read afterwards, in the order
+    last written (Caffe's rule for a net's outputs)."""
+    refs: dict[str, tuple[str, tuple]] = {
+        t: (t, tuple(shape if batch is None else [batch, *shape[1:]])) for t, shape in inputs.items()}
     graph = nn.Graph(inputs=list(inputs), outputs=list(inputs)[:1], name=name)
     available: dict[str, None] = {}
     for node in nodes:
@@ -91,6 +98,8 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
             available.pop(t, None)
         shapes = [refs[t][1] for t in wired]
         made = translate(node, shapes)
+        if made is FOLDED:
+            continue
         if made is ALIAS:
             for top in node.outputs:
                 refs[top] = refs[wired[0]]
@@ -116,7 +125,11 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
             refs[top] = (prev[0] if len(produced) == 1 else f"{prev[0]}:{i}", produced[i])
             available.pop(top, None)
             available[top] = None
-    outputs = list(available)
+    if outputs is not None:
+        never = [t for t in outputs if t not in refs]
+        if never:
+            raise terms.error(f"{path}: the net's output {never[0]!r} is not computed by any {terms.node}")
+    outputs = list(available) if outputs is None else list(outputs)
     if not outputs:
         raise terms.error(f"{path}: the net has no output (every {terms.output} is read by a later "
                           f"{terms.node})")
@@ -127,7 +140,8 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
 def simplify(graph: nn.Graph) -> nn.Module:
     """A Sequential when every node reads the previous one (a plain chain), else the Graph."""
     order = graph.order()
-    if len(graph.input_names) != 1 or len(graph.output_names) != 1 or graph.output_names[0] != order[-1].name:
+    if (not order or len(graph.input_names) != 1 or len(graph.output_names) != 1
+            or graph.output_names[0] != order[-1].name):
         return graph
     prev = graph.input_names[0]
     for m in order:

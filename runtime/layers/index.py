@@ -7,7 +7,7 @@ import numpy as np
 from ..module import Module
 
 
-def _bounds(start: int, end: int, step: int, dim: int) -> slice:
+def slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
     """ONNX Slice's clamping: negative positions count from the end; with a positive step, start
     and end clamp to [0, dim]; with a negative one to [0, dim - 1] and [-1, dim - 1], where -1
     means 'past the first element'."""
@@ -39,7 +39,7 @@ class StridedSlice(Module):
         for s, e, a, st in zip(self.starts, self.ends, self.axes, self.steps):
             if not -len(shape) <= a < len(shape):
                 raise ValueError(f"StridedSlice {self.name!r}: axis {a} is out of range for shape {tuple(shape)}")
-            index[a % len(shape)] = _bounds(s, e, st, shape[a])
+            index[a % len(shape)] = slice_bounds(s, e, st, shape[a])
         return tuple(index)
 
     def forward(self, x):
