@@ -60,9 +60,19 @@ VARIANTS = {
     "BatchNormalization": lambda n, dims, used: (
         ("training_mode" if n.attr("training_mode", 0) else None) or _used_extra_outputs(n, used, 1)
         or ("spatial=0" if n.opset < 9 and n.attr("spatial", 1) == 0 else None)),
-    "Dropout": lambda n, dims, used: _used_extra_outputs(n, used, 1),
+    "Dropout": lambda n, dims, used: (_used_extra_outputs(n, used, 1)
+                                      or ("training_mode input: random" if n.has(2) else None)),
     "Constant": lambda n, dims, used: "sparse_value" if "sparse_value" in n.attrs else None,
+    # with allowzero a 0 in the target is a 0, not 'as the input': kindling's Reshape copies
+    "Reshape": lambda n, dims, used: "allowzero=1" if n.attr("allowzero", 0) else None,
 }
+
+
+def known_dims(model: onnx.ModelProto) -> dict[str, list]:
+    """Dims known before any data is read: the initializers' and the declared inputs'."""
+    dims = {i.name: i.shape for i in graph_inputs(model)}
+    dims.update({t.name: list(t.dims) for t in model.graph.initializer})
+    return dims
 
 
 def translator_table(user: dict | None) -> dict:
@@ -109,7 +119,7 @@ def _input_shapes(inputs: list[GraphInput], given: dict | None, exact: bool, pat
     return shapes
 
 
-def _name_modules(nodes: list[OnnxNode], taken: set) -> None:
+def name_modules(nodes: list[OnnxNode], taken: set) -> None:
     """Module names from node names: stable, unique, no ':' (Graph's output separator)."""
     used = set(taken)
     for n in nodes:
@@ -156,16 +166,16 @@ def convert_model(model: onnx.ModelProto, path, folder: Path | None, *, inputs=N
                         f"onnx.version_converter.convert_version(model, 13)")
     nodes = nodes_of(model, opset)
     table = translator_table(translators)
-    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    dims = known_dims(model)
     declared = [o.name for o in model.graph.output]
     used = {t for n in nodes for t in n.inputs} | set(declared)
-    check_nodes(nodes, table, dims, used, path)
     gin = graph_inputs(model)
+    name_modules(nodes, {i.name for i in gin})
+    check_nodes(nodes, table, dims, used, path)
     shapes = _input_shapes(gin, inputs, exact, path)
     consts: dict = initializers(model, folder, path)  # external data is read here, after the check
     consts[""] = None  # an optional input left out
     nodes = ordered(nodes, set(consts) | set(shapes), path)
-    _name_modules(nodes, set(shapes))
     batch = next((i.shape[0] for i in gin if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0), None)
     for n in nodes:
         n.exact, n.batch = exact, batch

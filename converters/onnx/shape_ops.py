@@ -42,8 +42,6 @@ def lifted_2d(node, x, made: list) -> list:
 def reshape(node, shapes):
     x = shapes[0]
     target = [int(d) for d in (node.attr("shape") if node.opset < 5 else np.ravel(required(node, 1, "shape")))]
-    if node.attr("allowzero", 0) and 0 in target:
-        fail(node, "allowzero with a 0 in the shape (an empty tensor) is not supported")
     if node.exact:
         return nn.Reshape(target, name=node.name)
     free = [i for i, d in enumerate(target) if batch_derived(d)]
@@ -59,7 +57,8 @@ def reshape(node, shapes):
 
 def flatten(node, shapes):
     x = shapes[0]
-    axis = node.attr("axis", 1) % (len(x) + 1) if node.attr("axis", 1) < 0 else node.attr("axis", 1)
+    axis = node.attr("axis", 1)
+    axis += len(x) if axis < 0 else 0
     if axis == 1:
         return nn.Flatten(1, -1, name=node.name)
     out = [int(np.prod(x[:axis])), int(np.prod(x[axis:]))]

@@ -101,10 +101,8 @@ def conv_transpose(node, shapes):
     auto, wanted = node.attr("auto_pad", "NOTSET"), node.attr("output_shape")
     if wanted is None and auto in ("SAME_UPPER", "SAME_LOWER"):
         wanted = [n * s for n, s in zip(x[2:], strides)]
-    if wanted is not None:
+    if wanted is not None:  # pads from the output shape (they may be negative: the output grows)
         totals = [f - o for f, o in zip(full, wanted[-rank:])]
-        if min(totals) < 0:
-            fail(node, f"output_shape {list(wanted)} is larger than the full output {full}")
         ends = [t // 2 if auto != "SAME_UPPER" else t - t // 2 for t in totals]
         begins = [t - e for t, e in zip(totals, ends)]
     elif auto == "VALID":
@@ -115,16 +113,20 @@ def conv_transpose(node, shapes):
     lift = rank == 1
     if lift:
         w, kernel, strides, dilations, out_pad = w[:, :, None], [1, *kernel], [1, *strides], [1, *dilations], [0, *out_pad]
-        begins, ends, full = [0, *begins], [0, *ends], [1, *full]
-    symmetric = begins == ends
+        begins, ends = [0, *begins], [0, *ends]
+    symmetric = begins == ends and min(begins) >= 0
+    grows = min(begins + ends) < 0
     with init.deferred():
         m = nn.ConvTranspose2d(x[1], w.shape[1] * group, kernel, strides, begins if symmetric else 0, out_pad, group,
-                               b is not None, dilations, name=node.name)
+                               b is not None and not grows, dilations, name=node.name)
     m.params["weight"] = w
-    if b is not None:
+    made = [m]
+    if not symmetric:  # crop (and where the output grows, zeros) with one Pad of negated amounts
+        made.append(nn.Pad([-p for p in begins + ends], name=f"{node.name}/crop"))
+    if b is not None and grows:
+        made.append(nn.BinaryOp("add", constant=f32(b).reshape(-1, 1, 1), name=f"{node.name}/bias"))
+    elif b is not None:
         m.params["bias"] = f32(b)
-    made = [m] if symmetric else [m, nn.StridedSlice(begins, [f - e for f, e in zip(full, ends)], [2, 3],
-                                                     name=f"{node.name}/crop")]
     return lifted_2d(node, x, made) if lift else made
 
 
@@ -263,6 +265,9 @@ def pool(cls, max_pool: bool):
         strides, dilations, begins, ends = window(node, x[2:], kernel)
         ceil = bool(node.attr("ceil_mode", 0))
         include_pad = bool(node.attr("count_include_pad", 0))
+        if ceil and max_pool:  # ONNX's ceil rule (the last window starts inside the input or its left
+            ends = ceil_padding(x[2:], kernel, strides, begins, ends)  # padding) as padding at the end
+            ceil = False
         lift = len(kernel) == 1
         if lift:
             kernel, strides, begins, ends = [1, *kernel], [1, *strides], [0, *begins], [0, *ends]
@@ -277,6 +282,17 @@ def pool(cls, max_pool: bool):
                                         name=f"{node.name}/exclude_pad"))
         return lifted_2d(node, x, made) if lift else made
     return translate
+
+
+def ceil_padding(sizes, kernel, strides, begins, ends) -> list[int]:
+    """End padding that makes floor rounding give ONNX's ceil-mode output size."""
+    out = []
+    for n, k, s, b, e in zip(sizes, kernel, strides, begins, ends):
+        size = math.ceil((n + b + e - k) / s) + 1
+        if (size - 1) * s >= n + b:
+            size -= 1
+        out.append(max(e, (size - 1) * s + k - n - b))
+    return out
 
 
 def _window_counts(kernel, strides, begins, ends, ceil, x, lifted):
