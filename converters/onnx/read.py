@@ -91,6 +91,11 @@ def ordered(nodes: list[OnnxNode], known: set[str], path) -> list[OnnxNode]:
     """The nodes in an order where each comes after the nodes it reads (ONNX requires files to be
     so ordered; a file that is not is sorted); a cycle is an error naming its nodes."""
     producer = {t: n for n in nodes for t in n.outputs if t}
+    for n in nodes:
+        for t in n.inputs:
+            if t and t not in known and t not in producer:
+                raise OnnxError(f"{path}: node {n.name!r} ({n.type}) reads {t!r}, which no initializer, graph input "
+                                f"or node provides (a missing initializer?)")
     done, order, state = set(known), [], {}
 
     def visit(n: OnnxNode, trail: list[OnnxNode]):
