@@ -56,6 +56,7 @@ LAYERS: dict[str, str] = {
     "Threshold": "pointwise",
     "Reduction": "reduce",
     "ArgMax": "reduce",
+    "ReduceAxes": "reduce",
     "Tile": "rearrange",
     # ONNX's extra layers
     "BinaryOp": "binary",

@@ -316,19 +316,16 @@ def global_pool(cls):
     return translate
 
 
-def reduce_spatial(cls):
-    """ReduceMean / ReduceMax over every spatial axis (x.mean((2, 3)) in an SE block): global
-    pooling, flattened to (N, C) without keepdims. Axes: attribute before opset 18, input after."""
-    pooled = global_pool(cls)
-
+def reduce(op: str, axes_input_since: int):
+    """ReduceSum/Mean/Max/Min: axes an attribute, an input from ``axes_input_since`` (13 for
+    ReduceSum, 18 for the others); no axes means all, unless noop_with_empty_axes."""
     def translate(node, shapes):
-        x = shapes[0]
-        axes = forms._ints(node.attr("axes")) if node.opset < 18 else forms._ints(node.const(1))
-        if axes is None or sorted(forms.normalized_axes(axes, len(x), node)) != list(range(2, len(x))):
-            fail(node, f"reduces axes {axes} of shape {list(x)}; kindling reduces all spatial axes (2..) only")
-        made = pooled(node, shapes)
-        made = made if isinstance(made, list) else [made]
-        return made if node.attr("keepdims", 1) else [*made, nn.Flatten(1, -1, name=f"{node.name}/squeeze")]
+        axes = forms._ints(node.attr("axes") if node.opset < axes_input_since else node.const(1))
+        if not axes:
+            if node.attr("noop_with_empty_axes", 0):
+                return ALIAS
+            axes = None
+        return nn.ReduceAxes(op, axes, bool(node.attr("keepdims", 1)), name=node.name)
     return translate
 
 
@@ -382,7 +379,8 @@ COMPUTE = {
     "PRelu": prelu, "Clip": clip, "Dropout": dropout,
     "MaxPool": pool(nn.MaxPool2d, True), "AveragePool": pool(nn.AvgPool2d, False),
     "GlobalAveragePool": global_pool(nn.AvgPool2d), "GlobalMaxPool": global_pool(nn.MaxPool2d),
-    "ReduceMean": reduce_spatial(nn.AvgPool2d), "ReduceMax": reduce_spatial(nn.MaxPool2d),
+    "ReduceMean": reduce("mean", 18), "ReduceMax": reduce("max", 18), "ReduceMin": reduce("min", 18),
+    "ReduceSum": reduce("sum", 13),
     "BatchNormalization": batch_norm, "InstanceNormalization": instance_norm, "LRN": lrn,
     **ACTIVATIONS,
 }

@@ -239,3 +239,14 @@ def test_new_layers_save_and_load(tmp_path):
     back = kindling.load(kindling.save(g, tmp_path / "m.kdl")).evaluate()
     np.testing.assert_array_equal(back.forward(x), y)
     assert back.find("pick").buffers["indices"].dtype == np.int64
+
+
+@pytest.mark.parametrize("op,axes,keep", [("mean", [2, 3], True), ("sum", [1], False), ("max", [0, 2], True),
+                                          ("min", None, False), ("max", [-1], False)])
+def test_reduce_axes_matches_torch(torch, op, axes, keep):
+    x = _x(2, 3, 4, 5)
+    x[0, 0, 0, :2] = 9.0  # a tie for max
+    dims = tuple(range(4)) if axes is None else tuple(axes)
+    fn = {"mean": lambda t: t.mean(dims, keepdim=keep), "sum": lambda t: t.sum(dims, keepdim=keep),
+          "max": lambda t: t.amax(dims, keepdim=keep), "min": lambda t: t.amin(dims, keepdim=keep)}[op]
+    check_function(torch, nn.ReduceAxes(op, axes, keep), fn, x)
