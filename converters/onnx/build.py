@@ -183,7 +183,6 @@ def convert_model(model: onnx.ModelProto, path, folder: Path | None, *, inputs=N
         while len(n.outputs) > 1 and n.outputs[-1] not in used:
             n.outputs.pop()  # optional outputs nobody reads (Dropout's mask, MaxPool's indices)
     nodes += [OnnxNode(f"{o}/constant", _OUTPUT, [o], [o], {}, opset=opset) for o in declared]
-    sources: dict[str, str] = {}
 
     def translate(node: OnnxNode, in_shapes):
         node.weights = [consts.get(t) for t in node.inputs]
@@ -207,13 +206,9 @@ def convert_model(model: onnx.ModelProto, path, folder: Path | None, *, inputs=N
                                     f"but kindling needs it as a constant (an initializer, or computed from "
                                     f"constants and shapes)")
         try:
-            made = table[node.type](node, in_shapes)
+            return table[node.type](node, in_shapes)
         except OnnxError as e:
             raise OnnxError(f"{path}: {e}") from e
-        last = made[-1] if isinstance(made, list) else made
-        if made is not ALIAS and len(node.outputs) == 1 and last.num_outputs == 1:
-            sources[last.name] = node.outputs[0]
-        return made
 
     names_in_use = {n.name for n in nodes} | set(shapes)
 
@@ -224,9 +219,11 @@ def convert_model(model: onnx.ModelProto, path, folder: Path | None, *, inputs=N
         names_in_use.add(name)
         return name
 
-    kmodel, outputs = assemble(nodes, shapes, translate, path, name=model.graph.name or "net", constants=consts,
-                               terms=TERMS, batch=None if exact else 1, outputs=declared)
-    kmodel.sources = sources
+    built = assemble(nodes, shapes, translate, path, name=model.graph.name or "net", constants=consts,
+                     terms=TERMS, batch=None if exact else 1, outputs=declared)
+    kmodel, outputs = built.model, built.outputs
+    # what each module output computes, by ONNX tensor name (onnxruntime answers by tensor name)
+    kmodel.sources = {ref: node.outputs[i] for ref, (node, i) in built.producers.items()}
     kmodel.notes = []
     meta = {"source": {"framework": "onnx", "files": []}, "input_names": list(shapes), "output_names": outputs,
             **_own_metadata(model, path)}

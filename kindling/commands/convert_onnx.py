@@ -12,6 +12,16 @@ def add_arguments(p):
                         "size stays free)")
 
 
+def _onnxruntime(model):
+    from kindling.converters.onnx.reference import OnnxRuntimeReference
+    return OnnxRuntimeReference(model)
+
+
+# --verify's references for ONNX models (besides stored outputs, --reference FILE.npz)
+REFERENCES = {"onnxruntime": lambda args: _onnxruntime(args.model)}
+DEFAULT_REFERENCE = "onnxruntime"
+
+
 def onnx_module():
     """kindling.converters.onnx, or a clear error when the onnx package is not installed."""
     try:
