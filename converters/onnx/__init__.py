@@ -37,5 +37,5 @@ def convert(path, *, inputs: dict | None = None, labels: list[str] | None = None
 
 def export(model, path, *, opset: int = 17, dynamic_batch: bool = False, input_shape=None):
     """Writes ``model`` to ``path`` as an ONNX model (atomically); see export.py."""
-    from .export import export as _export
+    from .exporter import export as _export
     return _export(model, path, opset=opset, dynamic_batch=dynamic_batch, input_shape=input_shape)

@@ -177,6 +177,14 @@ def convert_model(model: onnx.ModelProto, path, folder: Path | None, *, inputs=N
     consts[""] = None  # an optional input left out
     nodes = ordered(nodes, set(consts) | set(shapes), path)
     batch = next((i.shape[0] for i in gin if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0), None)
+    by_output = {t: n for n in nodes for t in n.outputs if t}
+    for n in nodes:
+        for t in n.inputs:
+            if t in by_output and n not in by_output[t].readers:
+                by_output[t].readers.append(n)
+    for o in declared:  # an output of the graph has readers outside it: nothing may fold it away
+        if o in by_output:
+            by_output[o].readers.append(None)
     for n in nodes:
         n.exact, n.batch = exact, batch
         n.outputs = [o for o in n.outputs if o]

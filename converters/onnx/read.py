@@ -32,6 +32,7 @@ class OnnxNode(Node):
     index: int = 0
     exact: bool = False        # shapes are exact; else the batch axis stays free
     batch: int | None = None   # the batch size the file declares (a fixed one is freed, see shape_ops)
+    readers: list = field(default_factory=list)  # the nodes that read its outputs (a graph output: none)
 
     def attr(self, key: str, default=None):
         return self.attrs.get(key, default)

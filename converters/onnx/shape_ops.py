@@ -60,6 +60,8 @@ def flatten(node, shapes):
     axis = node.attr("axis", 1)
     axis += len(x) if axis < 0 else 0
     if axis == 1:
+        if node.readers and all(r is not None and r.type == "Gemm" and not r.attr("transA", 0) for r in node.readers):
+            return ALIAS  # a Linear flattens (N, ...) itself: one module, as the model it came from
         return nn.Flatten(1, -1, name=node.name)
     out = [int(np.prod(x[:axis])), int(np.prod(x[axis:]))]
     return reshape_to(node, out, 1 if axis == 0 else 0)
@@ -144,6 +146,15 @@ def gather(node, shapes):
     return nn.Gather(np.asarray(indices, np.int64), node.attr("axis", 0), name=node.name)
 
 
+def tile(node, shapes):
+    reps = [int(r) for r in np.ravel(required(node, 1, "repeats"))]
+    made = [nn.Tile(axis, r, name=f"{node.name}/axis{axis}") for axis, r in enumerate(reps) if r != 1]
+    if not made:
+        return ALIAS
+    made[-1].name = node.name
+    return made
+
+
 # ---- resizing -----------------------------------------------------------------------------------
 def _free_batch_size(node, x, sizes):
     """Sizes over every axis: the batch's is left free (0) unless shapes are exact."""
@@ -191,5 +202,5 @@ def cast(node, shapes):
 SHAPES = {
     "Reshape": reshape, "Flatten": flatten, "Squeeze": squeeze, "Unsqueeze": unsqueeze, "Transpose": transpose,
     "Concat": concat, "Split": split, "Slice": slice_, "Pad": pad, "Gather": gather, "Resize": resize,
-    "Upsample": upsample, "Identity": lambda node, shapes: ALIAS, "Cast": cast,
+    "Upsample": upsample, "Identity": lambda node, shapes: ALIAS, "Cast": cast, "Tile": tile,
 }

@@ -360,6 +360,16 @@ def lrn(node, shapes):
     return [nn.StridedSlice(**flip, name=f"{node.name}/reverse"), m, nn.StridedSlice(**flip, name=f"{node.name}/restore")]
 
 
+def reduce_then(first, op: str, axes_input_since: int):
+    """ReduceL1 / ReduceSumSquare: an elementwise step, then the sum over the axes."""
+    reduce_ = reduce(op, axes_input_since)
+
+    def translate(node, shapes):
+        made = reduce_(node, shapes)
+        return [first(name=f"{node.name}/elementwise"), made] if made is not ALIAS else first(name=node.name)
+    return translate
+
+
 ACTIVATIONS = {
     "Relu": _simple(nn.ReLU), "Sigmoid": _simple(nn.Sigmoid), "Tanh": _simple(nn.Tanh),
     "LeakyRelu": _simple(nn.LeakyReLU, negative_slope=("alpha", 0.01)),
@@ -367,6 +377,9 @@ ACTIVATIONS = {
     "Selu": _simple(nn.SELU, alpha=("alpha", 1.67326319217681884765625), gamma=("gamma", 1.05070102214813232421875)),
     "HardSigmoid": _simple(nn.HardSigmoid, alpha=("alpha", 0.2), beta=("beta", 0.5)),
     "HardSwish": _simple(nn.HardSwish),
+    "Abs": _simple(nn.AbsVal), "Softplus": _simple(nn.BNLL), "Exp": _simple(nn.Exp), "Log": _simple(nn.Log),
+    "Sqrt": lambda node, shapes: nn.Power(0.5, name=node.name), "Neg": lambda node, shapes: nn.Power(1.0, -1.0, name=node.name),
+    "Reciprocal": lambda node, shapes: nn.Power(-1.0, name=node.name),
     "Softmax": by_opset((1, _softmax_legacy(nn.Softmax)), (13, _softmax(nn.Softmax))),
     "LogSoftmax": by_opset((1, _softmax_legacy(nn.LogSoftmax)), (13, _softmax(nn.LogSoftmax))),
 }
@@ -381,6 +394,8 @@ COMPUTE = {
     "GlobalAveragePool": global_pool(nn.AvgPool2d), "GlobalMaxPool": global_pool(nn.MaxPool2d),
     "ReduceMean": reduce("mean", 18), "ReduceMax": reduce("max", 18), "ReduceMin": reduce("min", 18),
     "ReduceSum": reduce("sum", 13),
+    "ReduceL1": reduce_then(nn.AbsVal, "sum", 18),
+    "ReduceSumSquare": reduce_then(lambda name: nn.Power(2.0, name=name), "sum", 18),
     "BatchNormalization": batch_norm, "InstanceNormalization": instance_norm, "LRN": lrn,
     **ACTIVATIONS,
 }
