@@ -1,4 +1,5 @@
-"""Runtime speed against PyTorch, measured interleaved in one run on the same threads.
+"""Runtime speed against PyTorch, and for inference against onnxruntime too (the model exported by
+kindling export onnx, full graph optimisations), measured interleaved in one run on the same threads.
 
     python benchmarks/runtime.py [--json out.json] [--contended] [--quick]
 
@@ -79,6 +80,33 @@ def _torch_step(torch, tmodel, mode, tx, ty, lr):
     return step
 
 
+def _onnxruntime_step(model, mode, x):
+    """onnxruntime on the kindling model exported to ONNX (inference only: it does not train), with
+    the same threads and its full graph optimisations: the fastest CPU runtime users would pick."""
+    if mode != "inference":
+        return None
+    try:
+        import onnxruntime
+        from kindling.converters.onnx.exporter import to_onnx
+    except ImportError:
+        return None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    sess = onnxruntime.InferenceSession(to_onnx(model, input_shapes={"input": list(x.shape)}).SerializeToString(),
+                                        options, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda: sess.run(None, {name: x})
+
+
+def _cpu_busy() -> tuple[float, float]:
+    """(seconds of CPU all processes used, seconds this process used) so far (/proc/stat, os.times)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    own = os.times()
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
 def measure(name, mode, repeats, torch):
     builder, shape, batch, _ = WORKLOADS[name]
     rng = np.random.default_rng(0)
@@ -91,18 +119,35 @@ def measure(name, mode, repeats, torch):
     y = rng.integers(0, 10, batch)
     k = _kindling_step(model, mode, x, y, nn.ClassNLLCriterion(), SGD(learningrate=0.01))
     t = _torch_step(torch, tmodel, mode, torch.from_numpy(x), torch.from_numpy(y), 0.01)
-    for f in (k, t, k, t):  # warm up: buffers, caches, thread pools
-        f()
-    times = {"kindling": [], "torch": []}
+    o = _onnxruntime_step(model, mode, x)
+    steps = [("kindling", k), ("torch", t)] + ([("onnxruntime", o)] if o else [])
+    for _ in range(2):  # warm up: buffers, caches, thread pools
+        for _, f in steps:
+            f()
+    times = {who: [] for who, _ in steps}
+    others = []  # cores other processes kept busy during each repetition
     for _ in range(repeats):
-        for who, f in (("kindling", k), ("torch", t)):
+        busy0, own0, wall0 = *_cpu_busy(), time.perf_counter()
+        for who, f in steps:
             start = time.perf_counter()
             f()
             times[who].append(time.perf_counter() - start)
+        busy1, own1 = _cpu_busy()
+        others.append(max(0.0, (busy1 - busy0) - (own1 - own0)) / (time.perf_counter() - wall0))
     krps = batch / statistics.median(times["kindling"])
     trps = batch / statistics.median(times["torch"])
-    return {"kindling_rps": round(krps, 1), "torch_rps": round(trps, 1), "ratio": round(krps / trps, 3),
-            "target": TARGETS.get((name, mode))}
+    out = {"kindling_rps": round(krps, 1), "torch_rps": round(trps, 1), "ratio": round(krps / trps, 3),
+           "target": TARGETS.get((name, mode))}
+    if o:
+        quiet = [i for i, c in enumerate(others) if c <= 0.3]
+        orps = batch / statistics.median(times["onnxruntime"])
+        out.update(onnxruntime_rps=round(orps, 1), ratio_vs_onnxruntime=round(krps / orps, 3),
+                   others_cores_median=round(statistics.median(others), 2), quiet_repetitions=len(quiet))
+        if quiet:
+            qk = statistics.median([times["kindling"][i] for i in quiet])
+            qo = statistics.median([times["onnxruntime"][i] for i in quiet])
+            out["quiet_ratio_vs_onnxruntime"] = round(qo / qk, 3)
+    return out
 
 
 def gemm_efficiency(repeats=7):
@@ -180,8 +225,14 @@ def run_set(torch, repeats, label):
             r = measure(name, mode, repeats, torch)
             results[f"{name}/{mode}"] = r
             tgt = f" (target >= {r['target']})" if r["target"] else ""
+            ort = ""
+            if "onnxruntime_rps" in r:
+                quiet = (f", quiet {r['quiet_ratio_vs_onnxruntime']:.2f} over {r['quiet_repetitions']}"
+                         if "quiet_ratio_vs_onnxruntime" in r else ", no quiet repetition")
+                ort = (f"   onnxruntime {r['onnxruntime_rps']:8.1f} rec/s   kindling/onnxruntime "
+                       f"{r['ratio_vs_onnxruntime']:.2f}{quiet} (others used {r['others_cores_median']:.2f} cores)")
             print(f"[{label}] {name:9s} {mode:9s} kindling {r['kindling_rps']:8.1f} rec/s   torch {r['torch_rps']:8.1f}"
-                  f" rec/s   ratio {r['ratio']:.2f}{tgt}", flush=True)
+                  f" rec/s   ratio {r['ratio']:.2f}{tgt}{ort}", flush=True)
     return results
 
 
