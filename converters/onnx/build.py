@@ -157,46 +157,40 @@ def _own_metadata(model: onnx.ModelProto, path) -> dict:
     return out
 
 
-def convert_model(model: onnx.ModelProto, path, folder: Path | None, *, inputs=None, labels=None,
-                  preprocessing=None, translators=None, exact: bool = False) -> nn.Module:
-    """The kindling model computing ``model`` (see kindling.converters.onnx.convert)."""
-    opset = opset_of(model, path)
-    if opset < MIN_OPSET:
-        raise OnnxError(f"{path}: opset {opset} is older than kindling reads (7 and later); upgrade the model with "
-                        f"onnx.version_converter.convert_version(model, 13)")
-    nodes = nodes_of(model, opset)
-    table = translator_table(translators)
-    dims = known_dims(model)
-    declared = [o.name for o in model.graph.output]
-    used = {t for n in nodes for t in n.inputs} | set(declared)
-    gin = graph_inputs(model)
-    name_modules(nodes, {i.name for i in gin})
-    check_nodes(nodes, table, dims, used, path)
-    shapes = _input_shapes(gin, inputs, exact, path)
-    consts: dict = initializers(model, folder, path)  # external data is read here, after the check
-    consts[""] = None  # an optional input left out
-    nodes = ordered(nodes, set(consts) | set(shapes), path)
-    batch = next((i.shape[0] for i in gin if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0), None)
+def _link(nodes: list[OnnxNode], declared: list[str], used: set, exact: bool, batch: int | None) -> None:
+    """Each node's readers (a graph output counts as a reader from outside: None), the shape
+    settings, and its optional outputs nobody reads dropped (Dropout's mask, MaxPool's indices)."""
     by_output = {t: n for n in nodes for t in n.outputs if t}
     for n in nodes:
         for t in n.inputs:
             if t in by_output and n not in by_output[t].readers:
                 by_output[t].readers.append(n)
-    for o in declared:  # an output of the graph has readers outside it: nothing may fold it away
+    for o in declared:
         if o in by_output:
             by_output[o].readers.append(None)
     for n in nodes:
         n.exact, n.batch = exact, batch
         n.outputs = [o for o in n.outputs if o]
         while len(n.outputs) > 1 and n.outputs[-1] not in used:
-            n.outputs.pop()  # optional outputs nobody reads (Dropout's mask, MaxPool's indices)
-    nodes += [OnnxNode(f"{o}/constant", _OUTPUT, [o], [o], {}, opset=opset) for o in declared]
+            n.outputs.pop()
+
+
+def _translator(table: dict, consts: dict, taken: set, path):
+    """translate(node, shapes) for assemble: folds what is constant (into ``consts``), checks that
+    weight and shape inputs are constants, then calls the node's translator."""
+    def constant_output(node: OnnxNode):
+        """A declared output that folded to a constant: a Constant module gives it."""
+        name, k = node.inputs[0].replace(":", "_"), 2
+        while name in taken:
+            name, k = f"{node.inputs[0]}_{k}", k + 1
+        taken.add(name)
+        return nn.Constant(value=consts[node.inputs[0]], name=name)
 
     def translate(node: OnnxNode, in_shapes):
         node.weights = [consts.get(t) for t in node.inputs]
         given = [t for t in node.inputs if t]
         if node.type == _OUTPUT:
-            return nn.Constant(value=consts[given[0]], name=_free_name(node.name)) if given[0] in consts else ALIAS
+            return constant_output(node) if given[0] in consts else ALIAS
         if node.type in FOLD and all(t in consts for t in given):
             for o, v in zip(node.outputs, fold(node, [consts.get(t) for t in node.inputs])):
                 consts[o] = v
@@ -207,42 +201,60 @@ def convert_model(model: onnx.ModelProto, path, folder: Path | None, *, inputs=N
         if not in_shapes:
             raise OnnxError(f"{path}: node {node.name!r} ({node.type}): every input is a constant, and kindling does "
                             f"not compute {node.type} at conversion time")
-        if node.type not in ALL_COMPUTED:
-            for t in node.inputs[1:]:
-                if t and t not in consts:
-                    raise OnnxError(f"{path}: node {node.name!r} ({node.type}): input {t!r} is computed by the graph, "
-                                    f"but kindling needs it as a constant (an initializer, or computed from "
-                                    f"constants and shapes)")
+        computed = [t for t in node.inputs[1:] if t and t not in consts]
+        if node.type not in ALL_COMPUTED and computed:
+            raise OnnxError(f"{path}: node {node.name!r} ({node.type}): input {computed[0]!r} is computed by the "
+                            f"graph, but kindling needs it as a constant (an initializer, or computed from constants "
+                            f"and shapes)")
         try:
             return table[node.type](node, in_shapes)
         except OnnxError as e:
             raise OnnxError(f"{path}: {e}") from e
+    return translate
 
-    names_in_use = {n.name for n in nodes} | set(shapes)
 
-    def _free_name(base: str) -> str:
-        name, k = base.replace(":", "_"), 2
-        while name in names_in_use:
-            name, k = f"{base}_{k}", k + 1
-        names_in_use.add(name)
-        return name
-
-    built = assemble(nodes, shapes, translate, path, name=model.graph.name or "net", constants=consts,
-                     terms=TERMS, batch=None if exact else 1, outputs=declared)
-    kmodel, outputs = built.model, built.outputs
-    # what each module output computes, by ONNX tensor name (onnxruntime answers by tensor name)
-    kmodel.sources = {ref: node.outputs[i] for ref, (node, i) in built.producers.items()}
-    kmodel.notes = []
+def _metadata(model: onnx.ModelProto, path, shapes: dict, outputs: list[str], exact: bool, labels, preprocessing):
     meta = {"source": {"framework": "onnx", "files": []}, "input_names": list(shapes), "output_names": outputs,
             **_own_metadata(model, path)}
     if isinstance(path, Path) and path.is_file():
-        files = [path, *(path.parent / f for f in _external_files(model))]
-        meta["source"]["files"] = [_digest(f) for f in files]
+        meta["source"]["files"] = [_digest(f) for f in [path, *(path.parent / f for f in _external_files(model))]]
     if len(shapes) == 1:
-        meta["input_shape"] = [-1 if not exact else shapes[next(iter(shapes))][0], *list(shapes.values())[0][1:]]
+        shape = next(iter(shapes.values()))
+        meta["input_shape"] = [shape[0] if exact else -1, *shape[1:]]
     if labels:
         meta["labels"] = list(labels)
     if preprocessing:
         meta["preprocessing"] = {**meta.get("preprocessing", {}), **preprocessing}
-    kmodel.metadata = meta
+    return meta
+
+
+def convert_model(model: onnx.ModelProto, path, folder: Path | None, *, inputs=None, labels=None,
+                  preprocessing=None, translators=None, exact: bool = False) -> nn.Module:
+    """The kindling model computing ``model`` (see kindling.converters.onnx.convert)."""
+    opset = opset_of(model, path)
+    if opset < MIN_OPSET:
+        raise OnnxError(f"{path}: opset {opset} is older than kindling reads (7 and later); upgrade the model with "
+                        f"onnx.version_converter.convert_version(model, 13)")
+    nodes = nodes_of(model, opset)
+    table = translator_table(translators)
+    declared = [o.name for o in model.graph.output]
+    used = {t for n in nodes for t in n.inputs} | set(declared)
+    gin = graph_inputs(model)
+    name_modules(nodes, {i.name for i in gin})
+    check_nodes(nodes, table, known_dims(model), used, path)
+    shapes = _input_shapes(gin, inputs, exact, path)
+    consts: dict = initializers(model, folder, path)  # external data is read here, after the check
+    consts[""] = None  # an optional input left out
+    nodes = ordered(nodes, set(consts) | set(shapes), path)
+    batch = next((i.shape[0] for i in gin if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0), None)
+    _link(nodes, declared, used, exact, batch)
+    taken = {n.name for n in nodes} | set(shapes)
+    nodes += [OnnxNode(f"{o}/output", _OUTPUT, [o], [o], {}, opset=opset) for o in declared]
+    built = assemble(nodes, shapes, _translator(table, consts, taken, path), path, name=model.graph.name or "net",
+                     constants=consts, terms=TERMS, batch=None if exact else 1, outputs=declared)
+    kmodel = built.model
+    # what each module output computes, by ONNX tensor name (onnxruntime answers by tensor name)
+    kmodel.sources = {ref: node.outputs[i] for ref, (node, i) in built.producers.items()}
+    kmodel.notes = []
+    kmodel.metadata = _metadata(model, path, shapes, built.outputs, exact, labels, preprocessing)
     return kmodel

@@ -16,9 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from kindling.runtime.module import Module
 

@@ -17,11 +17,11 @@ import numpy as np
 from .errors import OnnxError
 
 
-def _ints(v) -> list[int] | None:
+def ints(v) -> list[int] | None:
     return None if v is None else [int(i) for i in np.asarray(v).reshape(-1)]
 
 
-def _floats(v) -> list[float] | None:
+def floats(v) -> list[float] | None:
     return None if v is None else [float(i) for i in np.asarray(v).reshape(-1)]
 
 
@@ -44,31 +44,31 @@ def required(node, i: int, what: str):
     return v
 
 
-axes = by_opset((1, lambda n: _ints(n.attr("axes"))), (13, lambda n: _ints(n.const(1))))
+axes = by_opset((1, lambda n: ints(n.attr("axes"))), (13, lambda n: ints(n.const(1))))
 
-split_sizes = by_opset((1, lambda n: _ints(n.attr("split"))), (13, lambda n: _ints(n.const(1))))
+split_sizes = by_opset((1, lambda n: ints(n.attr("split"))), (13, lambda n: ints(n.const(1))))
 
 
 def _slice_attrs(n):
-    return _ints(n.attr("starts")), _ints(n.attr("ends")), _ints(n.attr("axes")), None
+    return ints(n.attr("starts")), ints(n.attr("ends")), ints(n.attr("axes")), None
 
 
 def _slice_inputs(n):
-    return (_ints(required(n, 1, "starts")), _ints(required(n, 2, "ends")), _ints(n.const(3)),
-            _ints(n.const(4)))
+    return (ints(required(n, 1, "starts")), ints(required(n, 2, "ends")), ints(n.const(3)),
+            ints(n.const(4)))
 
 
 slice_args = by_opset((1, _slice_attrs), (10, _slice_inputs))
 
 
 def _pad_attrs(n):
-    return _ints(n.attr("pads", n.attr("paddings"))), float(n.attr("value", 0.0)), None
+    return ints(n.attr("pads", n.attr("paddings"))), float(n.attr("value", 0.0)), None
 
 
 def _pad_inputs(n):
     value = n.const(2)
-    return _ints(required(n, 1, "pads")), 0.0 if value is None or np.size(value) == 0 else float(np.ravel(value)[0]), \
-        _ints(n.const(3))
+    return ints(required(n, 1, "pads")), 0.0 if value is None or np.size(value) == 0 else float(np.ravel(value)[0]), \
+        ints(n.const(3))
 
 
 pad_args = by_opset((1, _pad_attrs), (11, _pad_inputs))
@@ -93,19 +93,19 @@ def _empty_to_none(v):
 
 
 def _resize_10(n):
-    return None, _floats(required(n, 1, "scales")), None
+    return None, floats(required(n, 1, "scales")), None
 
 
 def _resize_11(n):
     scales, sizes = _empty_to_none(n.const(2)), _empty_to_none(n.const(3))
     if scales is None and sizes is None:
         raise OnnxError(f"node {n.name!r} ({n.type}): needs constant scales or sizes")
-    return _floats(_empty_to_none(n.const(1))), _floats(scales), _ints(sizes)
+    return floats(_empty_to_none(n.const(1))), floats(scales), ints(sizes)
 
 
 resize_args = by_opset((10, _resize_10), (11, _resize_11))
 
-upsample_scales = by_opset((1, lambda n: _floats(n.attr("scales"))), (9, lambda n: _floats(required(n, 1, "scales"))))
+upsample_scales = by_opset((1, lambda n: floats(n.attr("scales"))), (9, lambda n: floats(required(n, 1, "scales"))))
 
 
 def normalized_axes(values, rank: int, node) -> list[int]:

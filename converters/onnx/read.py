@@ -124,7 +124,6 @@ class GraphInput:
     name: str
     shape: list[int | str | None]   # ints, symbolic names, or None where unknown
     elem_type: int = onnx.TensorProto.FLOAT
-    known: list = field(default_factory=list)
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[GraphInput]:

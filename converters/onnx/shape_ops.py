@@ -48,8 +48,8 @@ def reshape(node, shapes):
     if not free and node.batch is not None and target and target[0] == node.batch and x[0] == 1:
         free = [0]  # the fixed batch of a traced export: keep it free
     if len(free) > 1 or (free and free[0] != 0 and -1 in target):
-        fail(node, f"the target shape depends on the batch size in more than one place; convert with a fixed batch "
-                   f"(--input NAME=N,...)")
+        fail(node, f"the target shape {target} depends on the batch size in more than one place; convert with "
+                   f"--exact and a fixed batch (--input NAME=N,...)")
     for i in free:
         target[i] = 0 if i == 0 and target[i] in (BATCH, node.batch) else -1
     return nn.Reshape(target, name=node.name)

@@ -320,7 +320,7 @@ def reduce(op: str, axes_input_since: int):
     """ReduceSum/Mean/Max/Min: axes an attribute, an input from ``axes_input_since`` (13 for
     ReduceSum, 18 for the others); no axes means all, unless noop_with_empty_axes."""
     def translate(node, shapes):
-        axes = forms._ints(node.attr("axes") if node.opset < axes_input_since else node.const(1))
+        axes = forms.ints(node.attr("axes") if node.opset < axes_input_since else node.const(1))
         if not axes:
             if node.attr("noop_with_empty_axes", 0):
                 return ALIAS
