@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
-from .build import ALL_COMPUTED, TABLE, check_nodes, convert_model, known_dims, name_modules
+from .build import ALL_COMPUTED, TABLE, convert_model, known_dims, unsupported
 from .errors import OnnxError
 from .read import nodes_of, opset_of
 
@@ -46,14 +46,13 @@ def unsupported_reason(model: onnx.ModelProto) -> str | None:
     """Why kindling does not run ``model`` (None when it does): an op it does not convert, or a
     tensor that is not float32 where kindling computes (it computes in float32)."""
     try:
-        opset = opset_of(model, "model")
-        nodes = nodes_of(model, opset)
-        name_modules(nodes, {i.name for i in model.graph.input})
-        dims = known_dims(model)
-        used = {t for n in nodes for t in n.inputs} | {o.name for o in model.graph.output}
-        check_nodes(nodes, TABLE, dims, used, "model")
+        nodes = nodes_of(model, opset_of(model, "model"))
     except OnnxError as e:
-        return str(e).split(": unsupported ops: ")[-1].split(". Supported types")[0]
+        return str(e)
+    used = {t for n in nodes for t in n.inputs} | {o.name for o in model.graph.output}
+    missing = unsupported(nodes, TABLE, known_dims(model), used)
+    if missing:
+        return "; ".join(sorted(set(missing)))
     if any(n.domain not in ("", "ai.onnx") for n in model.graph.node):
         return "an op of another domain"
     data = data_inputs(model)

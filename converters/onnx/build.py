@@ -89,12 +89,24 @@ def variant(node: OnnxNode, dims: dict, used: set) -> str | None:
     return check(node, dims, used) if check else None
 
 
+def _supported(n: OnnxNode, table: dict, dims: dict, used: set) -> bool:
+    return (n.type in table or n.type in FOLD) and variant(n, dims, used) is None
+
+
+def _describe(n: OnnxNode, table: dict, dims: dict, used: set) -> str:
+    reason = variant(n, dims, used) if n.type in table or n.type in FOLD else None
+    return f"{n.type} (opset {n.opset}{', ' + reason if reason else ''})"
+
+
+def unsupported(nodes: list[OnnxNode], table: dict, dims: dict, used: set) -> list[str]:
+    """The description of every node kindling does not convert (its type, opset and why)."""
+    return [_describe(n, table, dims, used) for n in nodes if not _supported(n, table, dims, used)]
+
+
 def check_nodes(nodes: list[OnnxNode], table: dict, dims: dict, used: set, path) -> None:
-    known = set(table) | set(FOLD)
     check_supported(
-        nodes, lambda n: n.type in known and variant(n, dims, used) is None, path, what="ops",
-        describe=lambda n: f"{n.type} (opset {n.opset}{', ' + variant(n, dims, used) if n.type in known else ''})",
-        known=known, error=OnnxError,
+        nodes, lambda n: _supported(n, table, dims, used), path, what="ops",
+        describe=lambda n: _describe(n, table, dims, used), known=set(table) | set(FOLD), error=OnnxError,
         hint="Pass a translator for a custom op (translators={...}, see kindling.converters.onnx).")
 
 
