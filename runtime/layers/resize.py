@@ -57,7 +57,10 @@ def _cubic(a: float, antialias: bool):
 
 def _source_positions(mode: str, y, scale: float, n_in: int, n_out: int, roi):
     """Where each output position samples the input (ONNX's coordinate_transformation_mode), and
-    which fall outside it (tf_crop_and_resize only)."""
+    which fall outside it (tf_crop_and_resize only). The resized length is scale * length, a
+    fraction when a scale gives it, as in ONNX's reference and its conformance data (onnxruntime
+    takes the whole output length there: for align_corners with a fractional length the two
+    differ)."""
     out_f = scale * n_in
     if mode == "align_corners":
         return (np.zeros(n_out) if out_f == 1 else y * (n_in - 1) / (out_f - 1)), None
