@@ -118,3 +118,19 @@ def test_a_computed_weight_is_refused_by_name(tmp_path):
                    inputs=(("x", [1, 3, 8, 8]), ("w", [4, 3, 3, 3])))
     with pytest.raises(konnx.OnnxError, match=r"node 'conv' \(Conv\): input 'w2' is computed by the graph"):
         konnx.convert(_save(model, tmp_path / "cw.onnx"))
+
+
+@pytest.mark.parametrize("kind", ["missing_initializer", "cycle", "unsupported"])
+def test_cli_names_file_and_node_and_writes_nothing(tmp_path, capsys, kind):
+    nodes = {
+        "missing_initializer": [helper.make_node("Conv", ["x", "w"], ["y"], name="conv1")],
+        "cycle": [helper.make_node("Add", ["x", "b"], ["a"], name="first"),
+                  helper.make_node("Relu", ["a"], ["b"], name="second"), helper.make_node("Relu", ["a"], ["y"], name="out")],
+        "unsupported": [helper.make_node("Erf", ["x"], ["y"], name="erf")],
+    }[kind]
+    path = _save(_model(nodes), tmp_path / f"{kind}.onnx")
+    out = tmp_path / "out.kdl"
+    assert main(["convert", "onnx", str(path), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{kind}.onnx" in err and {"missing_initializer": "'conv1'", "cycle": "first", "unsupported": "erf"}[kind] in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [f"{kind}.onnx"]
