@@ -65,10 +65,9 @@ class Archive:
         info = self.infos[name]
         if info.file_size > _MAX_PICKLE:
             raise TorchError(f"{self.file.path}: {name} declares {info.file_size} bytes")
-        try:
-            return self.zip.read(info)
-        except _ZIP_ERRORS as e:
-            raise TorchError(f"{self.file.path}: {name} is truncated or corrupt: {e}") from None
+        data = bytearray(info.file_size)
+        self._storage_of(info).read(0, memoryview(data), str(self.file.path))
+        return bytes(data)
 
     def _byteorder(self) -> str:
         name = f"{self.prefix}byteorder"
@@ -96,16 +95,20 @@ class Archive:
         if info.file_size != ref.nbytes:
             raise TorchError(f"{self.file.path}: tensor {tensor_key!r}: storage {name} holds {info.file_size} bytes, "
                              f"the pickle expects {ref.numel} x {ref.dtype.name} = {ref.nbytes}")
-        if info.compress_type != zipfile.ZIP_STORED and info.file_size > _MAX_RATIO * info.compress_size + 1024:
-            raise TorchError(f"{self.file.path}: tensor {tensor_key!r}: {name} claims to inflate {info.compress_size} "
-                             f"bytes to {info.file_size}, beyond what deflate can")
-        if info.compress_type == zipfile.ZIP_STORED:
-            storage = Storage(name, ref.nbytes, self.file, self._data_offset(info), crc=info.CRC)
-        else:
-            storage = Storage(name, ref.nbytes, self.file, None, crc=info.CRC,
-                              read_packed=lambda start, out, who: self._read_packed(info, start, out, who))
-        self._bound[ref.key] = storage
+        self._bound[ref.key] = storage = self._storage_of(info)
         return storage
+
+    def _storage_of(self, info: zipfile.ZipInfo) -> Storage:
+        """A record's bytes: stored ones read at their offset in the file, compressed ones through
+        zipfile. CRC-32 checked, except where torch wrote none (set_crc32_options(False) writes 0)."""
+        crc = info.CRC or None
+        if info.compress_type == zipfile.ZIP_STORED:
+            return Storage(info.filename, info.file_size, self.file, self._data_offset(info), crc=crc)
+        if info.file_size > _MAX_RATIO * info.compress_size + 1024:
+            raise TorchError(f"{self.file.path}: {info.filename} claims to inflate {info.compress_size} bytes to "
+                             f"{info.file_size}, beyond what deflate can")
+        return Storage(info.filename, info.file_size, self.file, None, crc=crc,
+                       read_packed=lambda start, out, who: self._read_packed(info, start, out, who))
 
     def _read_packed(self, info: zipfile.ZipInfo, start: int, out: memoryview, who: str) -> None:
         """Bytes of a compressed record (torch writes them stored; a re-zipped file may not)."""

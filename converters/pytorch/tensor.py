@@ -42,6 +42,9 @@ class OpenFile:
 
     def read_at(self, offset: int, out: memoryview, who: str | None = None) -> None:
         """Fills ``out`` (bytes) from ``offset`` on; ``who`` names what is read in errors."""
+        if offset < 0 or offset + len(out) > self.size:
+            raise TorchError(f"{who or self.path}: truncated or corrupt: {len(out)} bytes at offset {offset} of a "
+                             f"{self.size}-byte file")
         self.raw.seek(offset)
         done = 0
         while done < len(out):

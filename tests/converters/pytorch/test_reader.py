@@ -135,6 +135,18 @@ def test_a_flipped_bit_in_a_storage_fails_its_crc(torch, tmp_path):
         pytorch.read_state_dict(path)
 
 
+def test_files_saved_without_crcs_read(torch, tmp_path, varied):
+    """torch.serialization.set_crc32_options(False) writes 0 for every record's CRC-32."""
+    torch.serialization.set_crc32_options(False)
+    try:
+        path = save(torch, varied, tmp_path / "nocrc.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    with zipfile.ZipFile(path) as z:
+        assert {i.CRC for i in z.infolist()} == {0}
+    assert_same(torch, pytorch.read_state_dict(path), torch.load(path))
+
+
 # ---- checkpoints and prefixes -------------------------------------------------------------------------
 @pytest.mark.parametrize("key", ["state_dict", "model", "net", "model_state_dict"])
 def test_a_checkpoint_gives_its_state_dict_with_a_note(torch, tmp_path, key):
