@@ -17,12 +17,14 @@ model's arrays, so a large file needs about its own size in memory.
 from __future__ import annotations
 
 import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from kindling.runtime import nn
+from kindling.runtime import init, nn
 from kindling.runtime.shapes import ShapeError, trace
 
 from ..weights import load_by_name
@@ -90,6 +92,16 @@ def _copy(module: nn.Module, name: str, tensor: Tensor) -> None:
         table[name] = tensor.numpy()
 
 
+def _plan(model: nn.Module, weights: Weights, match_all: bool, rename, path) -> tuple[dict, list]:
+    """The report and the copies to make, every module checked; nothing is read yet."""
+    copies: list = []
+    report = load_by_name(model, _by_module(weights),
+                          lambda module, payload, where: copies.extend(_planned(module, payload, where)),
+                          source=path, match_all=match_all, rename=rename, error=TorchError)
+    report["notes"] = list(weights.notes)
+    return report, copies
+
+
 def load_weights(model: nn.Module, path, match_all: bool = False, rename: dict[str, str] | None = None, *,
                  key: str | None = None) -> dict:
     """Copies the file's tensors into the modules of ``model`` with the same names: ``fc.weight``
@@ -102,22 +114,44 @@ def load_weights(model: nn.Module, path, match_all: bool = False, rename: dict[s
     ``match_all=True`` a skipped module is an error. Names, shapes and dtypes are all checked before
     any weight is copied; a module that differs is an error naming the file, the tensor and both shapes."""
     with open_weights(path, key=key) as weights:
-        copies: list = []
-        report = load_by_name(model, _by_module(weights),
-                              lambda module, payload, where: copies.extend(_planned(module, payload, where)),
-                              source=path, match_all=match_all, rename=rename, error=TorchError)
+        report, copies = _plan(model, weights, match_all, rename, path)
         for module, name, tensor in copies:
             _copy(module, name, tensor)
-        report["notes"] = list(weights.notes)
     return report
 
 
-def _sha256(path) -> str:
+def _sha256(path, stop: threading.Event) -> str | None:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
+            if stop.is_set():
+                return None
+            h.update(chunk)  # hashlib lets go of the GIL: this runs beside the reading of the weights
     return h.hexdigest()
+
+
+def _built(factory: Callable[[], nn.Module], path) -> nn.Module:
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise TorchError(f"{path}: the model factory returned a {type(model).__name__}, not a kindling Module")
+    return model
+
+
+def _loaded(model, weights: Weights, match_all: bool, rename, path) -> tuple[nn.Module, dict]:
+    """``model`` (or the factory's) with every weight of the file read in, and the report."""
+    if isinstance(model, nn.Module):
+        report, copies = _plan(model, weights, match_all, rename, path)
+    else:
+        factory = model
+        with init.deferred():  # every weight is about to be read in: no random draw, no page touched twice
+            model = _built(factory, path)
+        report, copies = _plan(model, weights, match_all, rename, path)
+        if report["skipped"]:  # some modules keep their initialisation after all: build it
+            model = _built(factory, path)
+            report, copies = _plan(model, weights, match_all, rename, path)
+    for module, name, tensor in copies:
+        _copy(module, name, tensor)
+    return model, report
 
 
 def convert(path, model: nn.Module | Callable[[], nn.Module], *, match_all: bool = True,
@@ -128,19 +162,23 @@ def convert(path, model: nn.Module | Callable[[], nn.Module], *, match_all: bool
     that keep their initialisation are noted). ``inputs`` ({name: shape}) is checked by a shape
     probe and recorded. ``model.sources`` maps each module to the PyTorch module it comes from."""
     path = Path(path)
-    if not isinstance(model, nn.Module):
-        built = model()
-        if not isinstance(built, nn.Module):
-            raise TorchError(f"{path}: the model factory returned a {type(built).__name__}, not a kindling Module")
-        model = built
-    report = load_weights(model, path, match_all=match_all, rename=rename, key=key)
+    stop = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(_sha256, path, stop)
+        try:
+            with open_weights(path, key=key) as weights:
+                model, report = _loaded(model, weights, match_all, rename, path)
+        except BaseException:
+            stop.set()  # no digest is wanted after all: do not wait for it
+            raise
+        sha256 = digest.result()
     notes = list(report["notes"])
     if report["skipped"]:
         notes.append(f"kept their initial weights (not in the file): {', '.join(report['skipped'])}")
     if report["unused"]:
         notes.append(f"the file's {', '.join(report['unused'])} matched no module")
     meta = {"source": {"framework": "pytorch",
-                       "files": [{"path": path.name, "sha256": _sha256(path), "size": path.stat().st_size}]}}
+                       "files": [{"path": path.name, "sha256": sha256, "size": path.stat().st_size}]}}
     if inputs:
         try:
             trace(model, [[1, *s[1:]] for s in inputs.values()])
