@@ -30,9 +30,11 @@ from kindling.runtime.shapes import ShapeError, trace
 from ..weights import load_by_name
 from .errors import TorchError
 from .reader import Weights
+from .reference import reference_outputs
 from .tensor import Tensor
 
-__all__ = ["open_weights", "read_state_dict", "load_weights", "convert", "TorchError", "Weights", "Tensor"]
+__all__ = ["open_weights", "read_state_dict", "load_weights", "convert", "reference_outputs", "TorchError", "Weights",
+           "Tensor"]
 
 # State a PyTorch module saves that kindling's layers do not keep: read past, never reported unused.
 # (BatchNorm's counter only matters with momentum=None, a cumulative average kindling does not offer.)
@@ -160,7 +162,8 @@ def convert(path, model: nn.Module | Callable[[], nn.Module], *, match_all: bool
     """``model`` (a kindling Module, or a factory returning one) with the file's weights, ready to
     save. Every module with parameters must get weights unless ``match_all=False`` (then the ones
     that keep their initialisation are noted). ``inputs`` ({name: shape}) is checked by a shape
-    probe and recorded. ``model.sources`` maps each module to the PyTorch module it comes from."""
+    probe and recorded. ``model.sources`` maps each module to the PyTorch module it comes from, for
+    ``--verify`` against outputs stored by ``reference_outputs``."""
     path = Path(path)
     stop = threading.Event()
     with ThreadPoolExecutor(1) as pool:
@@ -191,8 +194,10 @@ def convert(path, model: nn.Module | Callable[[], nn.Module], *, match_all: bool
         meta["labels"] = list(labels)
     if preprocessing:
         meta["preprocessing"] = dict(preprocessing)
+    # --verify: each module's output is the PyTorch module's of the same name (renamed ones: the file's
+    # name); modules PyTorch has no counterpart for (a functional relu, a residual add) are not compared.
     source_of = {v: k for k, v in (rename or {}).items()}
-    model.sources = {m.name: source_of.get(m.name, m.name) for m in model.modules() if not m.children()}
+    model.sources = {m.name: source_of.get(m.name, m.name) for m in model.modules() if m is not model}
     model.metadata = meta
     model.notes = notes
     return model

@@ -55,6 +55,11 @@ def load_factory(spec: str):
     return factory
 
 
+# --verify compares with stored outputs only (--reference FILE.npz, made where PyTorch runs with
+# kindling.converters.pytorch.reference_outputs): the file holds weights, not a model torch could run.
+REFERENCES: dict = {}
+
+
 def convert(args, *, inputs: dict, labels, preprocessing: dict | None):
     from kindling.converters import pytorch
     factory = load_factory(args.model_def)
