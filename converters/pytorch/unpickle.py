@@ -20,7 +20,6 @@ import io
 import pickle
 import pickletools
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -281,10 +280,3 @@ def storage_id(pid, where: str) -> tuple:
     if not isinstance(key, str) or type(numel) is not int or numel < 0:
         raise TorchError(f"{where}: malformed storage reference {str(pid)[:80]}")
     return storage_type, key, location, numel, view
-
-
-@dataclass
-class Loaded:
-    """An unpickled file: the object, and the storages its tensors refer to by key."""
-    obj: object
-    storages: dict[str, StorageRef]

@@ -38,6 +38,27 @@ def test_resnet18_from_pytorch_computes_what_torch_computes(torch, tmp_path, suf
     assert np.array_equal(bn.buffers["running_var"], reference.layer3[0].bn2.running_var.numpy())
 
 
+def test_every_weighted_layer_shares_pytorchs_layout(torch, tmp_path):
+    """Grouped, dilated and depthwise convolutions, a strided grouped transposed convolution, per-channel
+    PReLU, BatchNorm without affine parameters and Linear without bias: loaded by name, same function."""
+    tn = torch.nn
+    reference = randomize(torch, tn.Sequential(
+        tn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2), tn.PReLU(8), tn.Conv2d(8, 8, 3, groups=8),
+        tn.BatchNorm2d(8, affine=False), tn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+        tn.Flatten(), tn.Linear(6 * 12 * 12, 5, bias=False)), seed=4)
+    path = save_as(torch, reference.state_dict(), tmp_path / "layers.pt")
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=2, dilation=2, groups=2, name="0"), nn.PReLU(8, name="1"),
+        nn.Conv2d(8, 8, 3, groups=8, name="2"), nn.BatchNorm2d(8, affine=False, name="3"),
+        nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1, groups=2, name="4"), nn.Flatten(name="5"),
+        nn.Linear(6 * 12 * 12, 5, bias=False, name="6"), name="m")
+    report = pytorch.load_weights(model, path, match_all=True)
+    assert report["loaded"] == ["0", "1", "2", "3", "4", "6"]
+    x = np.random.default_rng(5).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    want = torch_outputs(torch, reference, x)
+    assert max_rel(model.evaluate().forward(x), want) <= 1e-5
+
+
 def test_lenet_round_trip_is_exact_and_its_report_names_what_was_loaded(torch, tmp_path):
     reference = randomize(torch, torch_lenet(torch))
     path = save_as(torch, reference.state_dict(), tmp_path / "lenet.pth")
