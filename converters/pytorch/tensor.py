@@ -26,6 +26,8 @@ from .errors import TorchError
 # A view with zero strides (torch's expand) repeats storage elements. Reading one makes it whole, so
 # a file cannot make the reader allocate without bound: beyond 64 MB, at most 16 times its storage.
 _REPEAT, _REPEAT_FREE = 16, 64 << 20
+# Bytes read at a time, small enough to be still in cache for the CRC-32 that follows.
+_CHUNK = 4 << 20
 
 
 class OpenFile:
@@ -80,11 +82,17 @@ class Storage:
 
     def read(self, start: int, out: memoryview, who: str) -> None:
         """Fills ``out`` with the bytes from ``start`` on; ``who`` names the tensor in errors."""
-        if self.offset is not None:
-            self.file.read_at(self.offset + start, out, who)
-        else:
+        checked = self.crc is not None and start == 0 and len(out) == self.nbytes
+        if self.offset is None:
             self.read_packed(start, out, who)
-        if self.crc is not None and start == 0 and len(out) == self.nbytes and zlib.crc32(out) != self.crc:
+            crc = zlib.crc32(out) if checked else None
+        else:
+            crc = 0
+            for lo in range(0, len(out), _CHUNK):  # each piece's CRC while it is still in cache
+                piece = out[lo:lo + _CHUNK]
+                self.file.read_at(self.offset + start + lo, piece, who)
+                crc = zlib.crc32(piece, crc) if checked else crc
+        if checked and crc != self.crc:
             raise TorchError(f"{who}: {self.name} is corrupt: its CRC-32 does not match the archive's")
 
 
