@@ -190,6 +190,9 @@ def _qualified(module: str, name: str) -> str:
 
 
 # ---- the scan before anything is built ---------------------------------------------------------------
+# EXT1/2/4 push a global from copyreg's registry, and CPython caches what they resolved process-wide,
+# past find_class: refused outright (pickle writes them only for registered extensions; torch never).
+_EXTENSION_OPS = {"EXT1", "EXT2", "EXT4"}
 _STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
 
 
@@ -202,6 +205,11 @@ def scan_globals(data: bytes, where: str) -> list[str]:
     recent: list[object] = []  # what the last ops pushed, enough to see STACK_GLOBAL's two strings
     try:
         for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if op.name in _EXTENSION_OPS:
+                raise TorchError(f"{where}: the pickle uses copyreg extension codes ({op.name}), which name "
+                                 f"globals kindling cannot see; refused")
+            if op.name == "FRAME":
+                continue
             if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
                 index = len(memo) if op.name == "MEMOIZE" else int(arg)
                 if index > len(data):

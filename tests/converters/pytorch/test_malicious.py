@@ -96,6 +96,15 @@ def test_the_gate_holds_even_where_the_scan_cannot_see_the_names(tmp_path):
     assert not canary.exists()
 
 
+def test_extension_codes_are_refused(tmp_path):
+    """EXT1 fetches a global from copyreg's registry (and CPython caches it past find_class)."""
+    path = tmp_path / "ext.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02\x82\x01N\x85R.")
+    with pytest.raises(TorchError, match=r"copyreg extension codes \(EXT1\)"):
+        pytorch.open_weights(path)
+
+
 def test_a_whole_model_pickle_is_refused_with_the_fix(torch, tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
     torch.save(model, tmp_path / "model.pt")
