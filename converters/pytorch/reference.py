@@ -22,7 +22,9 @@ def _arrays(name: str, y) -> dict[str, np.ndarray]:
 
 def reference_outputs(torch_model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The inputs (by name) and every named module's output (by module name) of ``torch_model`` in
-    eval mode, as float32 arrays: what ``--reference FILE.npz`` compares a converted model with."""
+    eval mode, as float32 arrays: what ``--reference FILE.npz`` compares a converted model with. A
+    module called more than once in a forward (torchvision's ResNet blocks reuse ``relu``) is
+    recorded at its last call."""
     like = next(iter(torch_model.parameters()), None)
     if like is None:
         raise ValueError("reference_outputs: the model has no parameters to take the device and dtype from")
