@@ -125,3 +125,21 @@ def vgg16(num_classes: int = 1000):
                nn.Dropout(name="drop6"), nn.Linear(4096, 4096, name="fc7"), nn.ReLU(name="relu7"),
                nn.Dropout(name="drop7"), nn.Linear(4096, num_classes, name="fc8"), nn.Softmax(name="prob")]
     return nn.Sequential(*layers, name="VGG_ILSVRC_16_layers")
+
+
+def vgg16_torchvision(num_classes: int = 1000):
+    """VGG16 with torchvision's module names (features.0 ... classifier.6), so that a torchvision
+    state_dict loads into it by name."""
+    layers, c, i = [], 3, 0
+    for v in VGG16_CONFIG:
+        if v == "P":
+            layers.append(nn.MaxPool2d(2, 2, name=f"features.{i}"))
+            i += 1
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1, name=f"features.{i}"), nn.ReLU(name=f"features.{i + 1}")]
+            c, i = v, i + 2
+    layers += [nn.Flatten(name="flatten"), nn.Linear(512 * 7 * 7, 4096, name="classifier.0"),
+               nn.ReLU(name="classifier.1"), nn.Dropout(name="classifier.2"),
+               nn.Linear(4096, 4096, name="classifier.3"), nn.ReLU(name="classifier.4"),
+               nn.Dropout(name="classifier.5"), nn.Linear(4096, num_classes, name="classifier.6")]
+    return nn.Sequential(*layers, name="vgg16")
