@@ -78,14 +78,15 @@ def _wire_error(path, node: Node, terms: Terms, problem: str) -> ConversionError
 
 def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Translator, path, *,
              name: str = "net", constants=frozenset(), terms: Terms = Terms(),
-             outputs: list[str] | None = None) -> tuple[nn.Module, list[str]]:
-    """Returns (model, output tensor names). ``inputs`` maps each graph input to its shape (the
+             outputs: list[str] | None = None) -> "Assembly":
+    """Returns the model, its output tensor names, and which node each module output computes. ``inputs`` maps each graph input to its shape (the
     batch axis is probed at 1); ``constants`` are tensor names a translator folds into its module
     (weights, shapes): they are not wired. The outputs are ``outputs`` when given, else the
     tensors written and not read afterwards, in the order last written (Caffe's rule for a net's
     outputs)."""
     constants = set(constants)
     refs: dict[str, tuple[str, tuple]] = {t: (t, tuple([1, *shape[1:]])) for t, shape in inputs.items()}
+    producers: dict[str, tuple[Node, int]] = {}
     graph = nn.Graph(inputs=list(inputs), outputs=list(inputs)[:1], name=name)
     available: dict[str, None] = {}
     for node in nodes:
@@ -124,6 +125,7 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
                                                  f"{len(produced)} outputs")
         for i, top in enumerate(node.outputs):
             refs[top] = (prev[0] if len(produced) == 1 else f"{prev[0]}:{i}", produced[i])
+            producers[refs[top][0]] = (node, i)
             available.pop(top, None)
             available[top] = None
     if outputs is not None:
@@ -135,7 +137,14 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
         raise terms.error(f"{path}: the net has no output (every {terms.output} is read by a later "
                           f"{terms.node})")
     graph.set_outputs([refs[t][0] for t in outputs])
-    return simplify(graph), outputs
+    return Assembly(simplify(graph), outputs, producers)
+
+
+@dataclass
+class Assembly:
+    model: nn.Module
+    outputs: list[str]              # the net's output tensor names
+    producers: dict[str, tuple[Node, int]]  # module output ("name", "name:i") -> (node, which output)
 
 
 def simplify(graph: nn.Graph) -> nn.Module:

@@ -168,7 +168,8 @@ def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translator
             softmax_loss_as_softmax: bool = False, labels: list[str] | None = None,
             preprocessing: dict | None = None, phase: str = "test", stages=()) -> nn.Module:
     """A kindling model computing the Caffe net. Module names are the Caffe layer names. Notes
-    about what was dropped or ignored are in ``model.notes``; provenance in ``model.metadata``.
+    about what was dropped or ignored are in ``model.notes``; provenance in ``model.metadata``;
+    which layer each module output computes in ``model.sources`` (for converters.verify).
     ``stages`` selects layers by their include/exclude stage rules, as Caffe's NetState does
     (DIGITS nets: ``stages=["deploy"]``)."""
     prototxt = Path(prototxt)
@@ -184,12 +185,12 @@ def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translator
         _attach(layers, read_blobs(caffemodel, hasher), caffemodel)
         digests[Path(caffemodel)] = hasher.hexdigest()
     try:
-        model, outputs = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net")
+        built = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net")
     except CaffeError as e:
         raise CaffeError(f"{e}{_placeholder_hint(shapes, inputs)}") from e
     meta = {"source": {"framework": "caffe", "files": [{"path": p.name, "sha256": d, "size": p.stat().st_size}
                                                         for p, d in digests.items()]},
-            "input_names": list(shapes), "output_names": outputs}
+            "input_names": list(shapes), "output_names": built.outputs}
     if len(shapes) == 1:
         meta["input_shape"] = [-1, *list(shapes.values())[0][1:]]
     if labels:
@@ -198,8 +199,11 @@ def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translator
            **(preprocessing or {})}
     if pre:
         meta["preprocessing"] = pre
+    model = built.model
     model.metadata = meta
     model.notes = notes
+    # what each module computes, by Caffe layer name (OpenCV's dnn module answers by layer name)
+    model.sources = {ref: node.name for ref, (node, i) in built.producers.items() if i == 0}
     return model
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from kindling.protos import caffe_pb2
 
-from ..graph import ALIAS, Terms, assemble
+from ..graph import ALIAS, Assembly, Terms, assemble
 from ..graph import check_supported as check_all_supported
 from .errors import CaffeError
 from .parse import CaffeLayer
@@ -87,8 +87,7 @@ def _kept(layers: list[CaffeLayer], table: dict, notes: list[str], softmax_loss_
 
 
 def build(layers: list[CaffeLayer], inputs: dict, table: dict, path, notes: list[str],
-          softmax_loss_as_softmax: bool = False, name: str = "net"):
-    """Returns (model, output blob names)."""
+          softmax_loss_as_softmax: bool = False, name: str = "net") -> Assembly:
     def translate(layer: CaffeLayer, shapes):
         fn = table[layer.type]
         if fn is SPLIT:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..graph import ALIAS, CONSTANT, Terms, assemble, check_supported
+from ..graph import CONSTANT, Terms, assemble, check_supported
 from . import layout as L
 from .errors import TensorFlowError
 from .fold import FOLD, Constants, fold, fold_deferred
@@ -88,7 +88,6 @@ def build(graph: TFGraph, sel: Selection, given_shapes: dict | None, name: str =
     check_ops(graph, nodes, lambda n: n.type in TABLE or n.name in deferred)
     shapes = input_shapes(graph, sel, layout, given_shapes)
     ctx = Context(graph.path, layout, consts, used=set(shapes))
-    sources: dict[str, str] = {}
 
     def translate(node: TFNode, in_shapes):
         node.ctx = ctx
@@ -104,13 +103,13 @@ def build(graph: TFGraph, sel: Selection, given_shapes: dict | None, name: str =
             raise graph.error(node, f"not converted: {e}") from e
         except (ValueError, IndexError, KeyError) as e:
             raise graph.error(node, f"cannot convert: {e}") from e
-        if made is not ALIAS:
-            sources[(made[-1] if isinstance(made, list) else made).name] = tf_name(node.outputs[0])
         return made
 
-    model, outputs = assemble(nodes, shapes, translate, graph.path, name=name, constants=set(consts), terms=TERMS,
-                              outputs=sel.outputs)
-    return Built(model, outputs, sources, layout, shapes, {tf_name(t) for t in ctx.flattened})
+    asm = assemble(nodes, shapes, translate, graph.path, name=name, constants=set(consts), terms=TERMS,
+                   outputs=sel.outputs)
+    # what each module computes, by TensorFlow tensor name ("node:0"), for --verify
+    sources = {ref: tf_name(node.outputs[i]) for ref, (node, i) in asm.producers.items()}
+    return Built(asm.model, asm.outputs, sources, layout, shapes, {tf_name(t) for t in ctx.flattened})
 
 
 @dataclass

@@ -51,6 +51,17 @@ def common_arguments() -> argparse.ArgumentParser:
     p.add_argument("--check", nargs=2, metavar=("INPUT.npy", "EXPECTED.npy"),
                    help="run INPUT through the converted model and compare with EXPECTED (fails above 1e-4; "
                         "nothing is written then)")
+    v = p.add_argument_group("parity on the spot")
+    v.add_argument("--verify", action="store_true",
+                   help="compare every layer with a reference before writing, in execution order; stop at the first "
+                        "layer over the tolerance, name it, and write nothing")
+    v.add_argument("--reference", metavar="NAME|FILE.npz",
+                   help="what to compare with: the framework's own reference (the default) or stored outputs, an "
+                        ".npz holding the inputs and reference tensors by name")
+    v.add_argument("--verify-input", metavar="FILE.npz",
+                   help="inputs by name for --verify (default: the stored outputs' inputs, else seeded random ones)")
+    v.add_argument("--tolerance", type=float, default=1e-4,
+                   help="per layer: max abs difference <= tolerance * (1 + the reference's largest magnitude)")
     return p
 
 
@@ -61,7 +72,7 @@ def add_arguments(p):
         fw = import_module(f"kindling.commands.{module}")
         fp = sub.add_parser(name, parents=[common], help=fw.HELP, description=fw.HELP)
         fw.add_arguments(fp)
-        fp.set_defaults(_convert=fw.convert)
+        fp.set_defaults(_framework=fw)
 
 
 def _peak_rss_mb() -> float:
@@ -89,6 +100,43 @@ def _check(model, inputs: str, expected: str) -> bool:
     return True
 
 
+def _reference(args, model):
+    from kindling.converters.verify import NpzReference
+    fw = args._framework
+    choice = args.reference or getattr(fw, "DEFAULT_REFERENCE", None)
+    if choice is None:
+        raise ValueError(f"--verify: give the reference outputs (--reference FILE.npz) for {args.framework} models")
+    if choice.endswith(".npz"):
+        return NpzReference(choice, (model.metadata or {}).get("input_names") or ["input"])
+    known = getattr(fw, "REFERENCES", {})
+    if choice not in known:
+        raise ValueError(f"--reference {choice}: not a reference for {args.framework} models; "
+                         f"known: {', '.join([*known, 'FILE.npz'])}")
+    return known[choice](args)
+
+
+def _verified(model, args) -> bool:
+    from kindling.converters.verify import random_inputs, verify
+    reference = _reference(args, model)
+    inputs = None
+    if args.verify_input:
+        with np.load(args.verify_input, allow_pickle=False) as z:
+            inputs = {k: np.asarray(z[k], np.float32) for k in z.files}
+    elif getattr(reference, "inputs", None) is None:
+        inputs = random_inputs(model)
+    report = verify(model, reference, inputs, atol=args.tolerance, rtol=args.tolerance)
+    print(report.table())
+    bad = report.first_failure
+    if bad is not None:
+        print(f"verify failed at {bad.module} ({bad.type}), the first layer over the tolerance "
+              f"{args.tolerance:g}{': ' + bad.note if bad.note else ''}; nothing written", file=sys.stderr)
+        return False
+    compared = sum(r.max_abs is not None for r in report.rows)
+    print(f"verify: {compared} of {len(report.rows)} layers compared with {report.reference}, all within "
+          f"{args.tolerance:g}")
+    return True
+
+
 def _summary(model, args, seconds: float) -> str:
     from kindling.runtime.shapes import trace
     params = sum(int(np.prod(p.shape)) for _, p, _ in model.named_parameters())
@@ -111,8 +159,11 @@ def run(args) -> int:
     from kindling.runtime.data import read_labels
     start = time.perf_counter()
     labels = read_labels(args.labels, unique=False) if args.labels else None
-    model = args._convert(args, inputs=dict(args.input), labels=labels, preprocessing=_preprocessing(args))
-    if args.check and not _check(model, *args.check):  # before writing: a failed check leaves no file
+    model = args._framework.convert(args, inputs=dict(args.input), labels=labels, preprocessing=_preprocessing(args))
+    # before writing: a failed check leaves no file
+    if args.check and not _check(model, *args.check):
+        return 1
+    if args.verify and not _verified(model, args):
         return 1
     kindling.save(model, args.output)
     for note in getattr(model, "notes", []):

@@ -18,6 +18,16 @@ def add_arguments(p):
                    help="turn a train_val file's SoftmaxWithLoss into a Softmax output")
 
 
+# --reference NAME -> the reference for this framework's files
+REFERENCES = {"opencv": lambda args: _opencv(args.prototxt, args.caffemodel)}
+DEFAULT_REFERENCE = "opencv"
+
+
+def _opencv(prototxt, caffemodel):
+    from kindling.converters.caffe.reference import OpenCVReference
+    return OpenCVReference(prototxt, caffemodel)
+
+
 def convert(args, *, inputs: dict, labels, preprocessing: dict | None):
     from kindling.converters import caffe
     if args.mean_file:

@@ -23,15 +23,16 @@ def _translate(node, shapes):
 def test_a_chain_becomes_a_sequential_and_identities_vanish():
     nodes = [Node("c", "Conv", ["x", "w_const"], ["c:0"], {"out": 4}), Node("id", "Identity", ["c:0"], ["id:0"]),
              Node("r", "Relu", ["id:0"], ["r:0"])]
-    model, outputs = assemble(nodes, {"x": [1, 2, 5, 5]}, _translate, "m.pb", constants={"w_const"})
-    assert isinstance(model, nn.Sequential) and [m.name for m in model.children()] == ["c", "r"]
-    assert outputs == ["r:0"]
+    built = assemble(nodes, {"x": [1, 2, 5, 5]}, _translate, "m.pb", constants={"w_const"})
+    assert isinstance(built.model, nn.Sequential) and [m.name for m in built.model.children()] == ["c", "r"]
+    assert built.outputs == ["r:0"] and {k: (n.name, i) for k, (n, i) in built.producers.items()} == {"c": ("c", 0), "r": ("r", 0)}
 
 
 def test_a_residual_join_stays_a_graph_and_computes_the_sum():
     nodes = [Node("c", "Conv", ["x"], ["c"], {"out": 2}), Node("r", "Relu", ["c"], ["r"]),
              Node("sum", "Add", ["x", "r"], ["sum"])]
-    model, outputs = assemble(nodes, {"x": [1, 2, 4, 4]}, _translate, "m.onnx")
+    built = assemble(nodes, {"x": [1, 2, 4, 4]}, _translate, "m.onnx")
+    model, outputs = built.model, built.outputs
     x = np.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype(np.float32)
     conv = model.find("c")
     ref = nn.Sequential(conv, nn.ReLU(name="rr"), name="ref")
