@@ -22,9 +22,11 @@ from kindling.runtime import nn
 
 from .build import Built, build
 from .errors import TensorFlowError
+from .freeze import freeze
 from .parse import read, select
+from .reference import TensorFlowReference
 
-__all__ = ["convert", "convert_graph", "TensorFlowError", "read", "select"]
+__all__ = ["convert", "convert_graph", "finish", "freeze", "TensorFlowError", "TensorFlowReference", "read", "select"]
 
 _CHUNK = 16 << 20
 
@@ -67,10 +69,12 @@ def convert(path, *, inputs: list[str] | None = None, outputs: list[str] | None 
     return finish(built, labels=labels, preprocessing=preprocessing)
 
 
-def finish(built: Built, *, labels=None, preprocessing=None, framework: str = "tensorflow") -> nn.Module:
+def finish(built: Built, *, labels=None, preprocessing=None, frozen_from=None) -> nn.Module:
+    """The model with its metadata (``frozen_from``: the SavedModel or Keras file the graph came from)."""
     model = built.model
-    meta = {"source": {"framework": framework,
-                       "files": [{"path": built.path.name, "sha256": built.sha256, "size": built.path.stat().st_size}]},
+    name = f"{Path(frozen_from).name} (frozen)" if frozen_from else built.path.name
+    meta = {"source": {"framework": "tensorflow",
+                       "files": [{"path": name, "sha256": built.sha256, "size": built.path.stat().st_size}]},
             "input_names": list(built.input_shapes), "output_names": list(built.output_names),
             "extra": {"source_layout": built.layout, "layout": "NCHW" if built.layout == "NHWC" else built.layout}}
     if len(built.input_shapes) == 1:
