@@ -76,9 +76,7 @@ def input_shapes(graph: TFGraph, sel: Selection, layout: str, given: dict | None
 
 def build(graph: TFGraph, sel: Selection, given_shapes: dict | None, name: str = "net"):
     """Returns a ``Built``: the model, its output tensors, ``sources`` (module name -> the
-    TensorFlow tensor it computes), the graph's layout, the input shapes, and the tensors whose
-    TensorFlow values do not line up with kindling's (an NHWC map flattened into a dense layer,
-    which kindling flattens in NCHW order)."""
+    TensorFlow tensor it computes), the graph's layout and the input shapes."""
     check_ops(graph, sel.nodes, lambda n: n.type in TABLE or n.type in FOLD or n.type in PATTERN_ONLY
               or n.type == "Const")
     layout = graph_layout(graph, sel.nodes)
@@ -107,9 +105,13 @@ def build(graph: TFGraph, sel: Selection, given_shapes: dict | None, name: str =
 
     asm = assemble(nodes, shapes, translate, graph.path, name=name, constants=set(consts), terms=TERMS,
                    outputs=sel.outputs)
-    # what each module computes, by TensorFlow tensor name ("node:0"), for --verify
-    sources = {ref: tf_name(node.outputs[i]) for ref, (node, i) in asm.producers.items()}
-    return Built(asm.model, asm.outputs, sources, layout, shapes, {tf_name(t) for t in ctx.flattened})
+    # What each module computes, by TensorFlow tensor name ("node:0"), for --verify. An output is
+    # named as the user knows it (Keras 3's "Identity:0", not the Softmax behind it); a flatten
+    # into a dense layer computes no TensorFlow tensor (kindling flattens in NCHW order).
+    named = {t: n for t, n in zip(sel.outputs, sel.output_names)}
+    sources = {ref: tf_name(named.get(node.outputs[i], node.outputs[i])) for ref, (node, i) in asm.producers.items()
+               if node.outputs[i] not in ctx.flattened}
+    return Built(asm.model, asm.outputs, sources, layout, shapes)
 
 
 @dataclass
@@ -119,7 +121,6 @@ class Built:
     sources: dict[str, str]
     layout: str
     input_shapes: dict[str, list[int]]
-    not_comparable: set[str]
     output_names: list[str] = field(default_factory=list)  # as the user named them (before aliases)
     path: Path | None = None
     sha256: str = ""

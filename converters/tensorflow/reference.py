@@ -1,8 +1,8 @@
 """TensorFlow itself as the reference for ``--verify``: it runs the same frozen graph and answers by
-tensor name ("node:0"), in kindling's layout (NHWC values transposed to NCHW). A tensor kindling
-holds in another order (an NHWC map flattened into a dense layer, which kindling flattens in NCHW
-order and meets with permuted rows) is answered None: not compared. TensorFlow is optional: only
-verifying needs it (``pip install 'kindling[tensorflow]'``)."""
+tensor name ("node:0"), in kindling's layout (NHWC values transposed to NCHW). (An NHWC map
+flattened into a dense layer is held in another order by kindling, which flattens NCHW and
+permutes the dense rows instead: the converter names no source for it.) TensorFlow is optional:
+only verifying needs it (``pip install 'kindling[tensorflow]'``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,9 +23,9 @@ def import_tensorflow(why: str):
 
 
 class TensorFlowReference:
-    def __init__(self, graph_path, *, layout: str = "NHWC", not_comparable=()):
+    def __init__(self, graph_path, *, layout: str = "NHWC"):
         tf = import_tensorflow("--reference tf")
-        self.tf, self.layout, self.not_comparable = tf, layout, set(not_comparable)
+        self.tf, self.layout = tf, layout
         self.name = f"TensorFlow {tf.__version__}"
         graph_def = tf.compat.v1.GraphDef()
         try:
@@ -51,10 +51,8 @@ class TensorFlowReference:
         return y.transpose(L.TO_KINDLING) if L.permuted(self.layout, y.ndim) else y
 
     def run(self, inputs: dict[str, np.ndarray], tensors: list[str]) -> dict[str, np.ndarray | None]:
-        fetch = [t for t in dict.fromkeys(tensors) if t not in self.not_comparable]
+        fetch = list(dict.fromkeys(tensors))
         feed = {self._tensor(n): self._to_tf(x) for n, x in inputs.items()}
         with self.tf.compat.v1.Session(graph=self.graph) as session:
             values = session.run([self._tensor(t) for t in fetch], feed) if fetch else []
-        out: dict[str, np.ndarray | None] = {t: None for t in tensors}
-        out.update({t: self._to_kindling(np.asarray(v)) for t, v in zip(fetch, values)})
-        return out
+        return {t: self._to_kindling(np.asarray(v)) for t, v in zip(fetch, values)}

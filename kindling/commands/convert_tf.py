@@ -32,7 +32,7 @@ DEFAULT_REFERENCE = "tf"
 def _tensorflow(args):
     from kindling.converters.tensorflow.reference import TensorFlowReference
     built = args._tensorflow
-    return TensorFlowReference(built.path, layout=built.layout, not_comparable=built.not_comparable)
+    return TensorFlowReference(built.path, layout=built.layout)
 
 
 def _frozen(graph: Path, signature: str | None) -> Path:
