@@ -161,6 +161,9 @@ def matmul(node, shapes):
         _fail(node, f"a weight of shape {list(np.shape(w))}")
     transpose_b = bool(node.attrs.get("transpose_b"))
     fin, fout = (np.shape(w)[::-1] if transpose_b else np.shape(w))
+    features = int(np.prod(shapes[0][1:]))
+    if fin != features:
+        _fail(node, f"the weight {list(np.shape(w))} takes {fin} input features, the input has {features}")
     rows = None
     before = node.ctx.flattened.get(node.inputs[0])
     if before is not None:  # a flatten of an NHWC map: kindling flattens C, H, W; TensorFlow H, W, C
