@@ -28,14 +28,14 @@ from .reference import TensorFlowReference
 
 __all__ = ["convert", "convert_graph", "finish", "freeze", "TensorFlowError", "TensorFlowReference", "read", "select"]
 
-_CHUNK = 16 << 20
 
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
+    buf = memoryview(bytearray(1 << 20))  # one small buffer, reused: the hash adds no memory to speak of
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
+        while n := f.readinto(buf):
+            h.update(buf[:n])
     return h.hexdigest()
 
 

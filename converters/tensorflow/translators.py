@@ -15,7 +15,7 @@ from kindling.runtime import init, nn
 from ..graph import ALIAS
 from . import layout as L
 from .fold import numpy_dtype, strided_index
-from .tensors import StoredTensor
+from .tensors import FILTER_LAYOUTS, StoredTensor, filter_transposed
 
 
 class Unsupported(ValueError):
@@ -46,6 +46,9 @@ def _weight(v, axes, rows=None) -> np.ndarray:
     if isinstance(v, StoredTensor):
         return v.read_transposed(axes, np.float32, rows)
     a = np.asarray(v, np.float32)
+    if rows is None and a.ndim == 4 and tuple(axes) in FILTER_LAYOUTS:
+        k = a.shape[0] * a.shape[1]
+        return filter_transposed(a.shape, axes, np.float32, lambda i0, i1: a.reshape(k, *a.shape[2:])[:, i0:i1])
     if rows is not None:
         moved = np.empty_like(a)
         moved[rows] = a

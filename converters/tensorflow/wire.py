@@ -24,7 +24,7 @@ ATTR_TENSOR = 8
 TENSOR_CONTENT = 4
 
 # A message at most this long is read and parsed whole by protobuf.
-SMALL = 1 << 20
+SMALL = 64 << 10
 
 
 class WireError(ValueError):
