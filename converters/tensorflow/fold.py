@@ -67,10 +67,6 @@ def _ints(v) -> list[int]:
     return [int(i) for i in np.asarray(v).reshape(-1)]
 
 
-def _axis(node: Node, name: str, default=None):
-    return node.attrs.get(name, default)
-
-
 # ---- StridedSlice, shared with the translator for activations ----------------------------------
 def strided_index(node: Node, begin, end, strides) -> tuple:
     """The numpy index equal to TensorFlow's StridedSlice with this node's masks."""

@@ -17,7 +17,7 @@ from typing import BinaryIO, Iterator
 from kindling.protos import tensorflow_pb2 as tfpb
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
-GRAPH_NODE, GRAPH_VERSIONS, GRAPH_VERSION = 1, 4, 3
+GRAPH_NODE, GRAPH_VERSIONS = 1, 4
 NODE_ATTR = 5
 ENTRY_KEY, ENTRY_VALUE = 1, 2
 ATTR_TENSOR = 8

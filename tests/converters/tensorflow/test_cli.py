@@ -9,7 +9,7 @@ import pytest
 
 import kindling
 from kindling.cli import main
-from kindling.converters.tensorflow import translators
+from kindling.converters.tensorflow import common
 from tf_graphs import FIXTURES, stored
 
 
@@ -88,13 +88,13 @@ def test_verify_against_tensorflow_itself(tmp_path, capsys):
     assert out.exists()
 
 
-SAME_PADS = translators.same_pads
+SAME_PADS = common.same_pads
 
 
 def test_verify_against_tensorflow_catches_misplaced_same_padding(tmp_path, capsys, monkeypatch):
     """Had the converter put SAME's odd extra row on top, verify names the first convolution
     where it shows."""
-    monkeypatch.setattr(translators, "same_pads", lambda *args: SAME_PADS(*args)[::-1])
+    monkeypatch.setattr(common, "same_pads", lambda *args: SAME_PADS(*args)[::-1])
     out = tmp_path / "m.kdl"
     code = main(["convert", "tf", "--graph", str(FIXTURES / "trap_same_conv.pb"), "-o", str(out), "--verify"])
     captured = capsys.readouterr()
