@@ -12,7 +12,8 @@ from .errors import TensorFlowError
 from .fold import FOLD, Constants, fold, fold_deferred
 from .parse import Selection, TFGraph, TFNode, tf_name
 from .patterns import PATTERN_ONLY, fuse
-from .translators import TABLE, Unsupported
+from .common import Unsupported
+from .translators import TABLE
 
 TERMS = Terms("node", "input", "output", TensorFlowError)
 # Ops with a data_format attr: their agreement gives the graph's layout.

@@ -16,7 +16,7 @@ from kindling.runtime import init, nn
 
 from ..graph import ALIAS
 from . import layout as L
-from .common import (Unsupported, array, check_format, const, fail, layout, module_name, paddings, spatial,
+from .common import (array, check_format, const, fail, layout, module_name, paddings, spatial,
                      spatial_pad, weight, wired)
 from .elementwise import add_n, affine, binary
 from .fold import numpy_dtype
