@@ -8,11 +8,11 @@ from pathlib import Path
 
 from ..graph import CONSTANT, Terms, assemble, check_supported
 from . import layout as L
+from .common import Unsupported
 from .errors import TensorFlowError
 from .fold import FOLD, Constants, fold, fold_deferred
 from .parse import Selection, TFGraph, TFNode, tf_name
 from .patterns import PATTERN_ONLY, fuse
-from .common import Unsupported
 from .translators import TABLE
 
 TERMS = Terms("node", "input", "output", TensorFlowError)

@@ -29,7 +29,9 @@ def const(node, i: int, what: str):
 
 
 def array(v, dtype=np.float32) -> np.ndarray:
-    return v.read().astype(dtype, copy=False) if isinstance(v, StoredTensor) else np.asarray(v, dtype)
+    """A constant as an array of its own (a module trains it in place; a constant parsed from the
+    file is a read-only view of the parser's bytes)."""
+    return v.read().astype(dtype, copy=False) if isinstance(v, StoredTensor) else np.array(v, dtype)
 
 
 def weight(v, axes, rows=None) -> np.ndarray:
@@ -44,7 +46,7 @@ def weight(v, axes, rows=None) -> np.ndarray:
         moved = np.empty_like(a)
         moved[rows] = a
         a = moved
-    return np.ascontiguousarray(a.transpose(axes))
+    return np.array(a.transpose(axes), order="C")
 
 
 def wired(node) -> list[int]:

@@ -24,7 +24,7 @@ def _per_axis(node, c: np.ndarray, shape) -> tuple[list[int], int, np.ndarray]:
     first, last = varying[0], varying[-1]
     region = a[(0, *[slice(None) if first <= i <= last else 0 for i in range(1, len(shape))])]
     values = np.broadcast_to(region, tuple(shape[first:last + 1]))
-    return list(shape[first:last + 1]), first, np.ascontiguousarray(values, np.float32)
+    return list(shape[first:last + 1]), first, np.array(values, np.float32)
 
 
 def _scale(node, c, shape, name, bias=None) -> nn.Module:
@@ -32,7 +32,7 @@ def _scale(node, c, shape, name, bias=None) -> nn.Module:
     m = nn.Scale(pshape, bias=bias is not None, axis=axis, name=name)
     m.params["weight"] = values
     if bias is not None:
-        m.params["bias"] = np.ascontiguousarray(np.broadcast_to(bias, values.shape), np.float32)
+        m.params["bias"] = np.array(np.broadcast_to(bias, values.shape), np.float32)
     return m
 
 

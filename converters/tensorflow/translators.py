@@ -93,7 +93,7 @@ def matmul(node, shapes):
             moved = np.empty_like(matrix)
             moved[:, rows] = matrix
             matrix = moved
-        dense.params["weight"] = np.ascontiguousarray(matrix)
+        dense.params["weight"] = np.array(matrix, order="C")
     else:
         dense.params["weight"] = weight(w, (1, 0), rows)
     if "_bias" in node.attrs:

@@ -38,6 +38,39 @@ def test_known_trap_within_1e5_of_tensorflow(name):
     _verified(name, 1e-5)
 
 
+@pytest.mark.parametrize("name", ["tf1_graph", "keras_blocks", "mobilenet_v3_small", "trap_same_pool"])
+def test_converted_models_survive_save_and_load(tmp_path, name):
+    import kindling
+    model = tfc.convert(FIXTURES / f"{name}.pb")
+    kindling.save(model, tmp_path / "m.kdl")
+    loaded = kindling.load(tmp_path / "m.kdl")
+    x = stored(name)["x"]
+    before, after = (m.evaluate().forward(x) for m in (model, loaded))
+    before, after = (y if isinstance(y, list) else [y] for y in (before, after))
+    assert len(before) == len(after) and all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert loaded.metadata == model.metadata
+
+
+@pytest.mark.parametrize("name", ["tf1_graph", "keras_blocks", "mobilenet_v2"])
+def test_converted_models_train(name):
+    """Every weight is an array of its own (a constant parsed from the file is a read-only view), so
+    a training step runs: forward with batch statistics, backward, an SGD update in place."""
+    model = tfc.convert(FIXTURES / f"{name}.pb")
+    assert all(a.flags.writeable and a.flags.c_contiguous for m in model.modules()
+               for a in [*m.params.values(), *m.buffers.values()])
+    x = stored(name)["x"]
+    y = model.train().forward(x)
+    model.zero_grad()
+    model.backward(x, np.random.default_rng(0).standard_normal(np.shape(y)).astype(np.float32))
+    grads = {k: g for k, _, g in model.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    assert sum(np.abs(g).max() > 0 for g in grads.values()) >= 0.9 * len(grads)  # a ReLU may be dead for this x
+    before = {k: w.copy() for k, w, _ in model.named_parameters()}
+    for _, w, g in model.named_parameters():
+        w -= np.float32(0.1) * g  # the update every optimizer makes, in place
+    assert all(np.array_equal(w, before[k] - np.float32(0.1) * grads[k]) for k, w, _ in model.named_parameters())
+
+
 def _modules(model):
     return {m.name: m for m in model.modules()}
 
