@@ -224,15 +224,15 @@ def select(graph: TFGraph, inputs: list[str] | None = None, outputs: list[str] |
     nodes = []
     for n in order:
         nodes.append(TFNode(n.name, n.type, [_resolve(i, alias) for i in n.inputs], [n.name], n.attrs))
-    shapes = {r: _declared_shape(graph.by_name[r]) for r in input_refs}
+    shapes = {r: _declared_shape(graph, graph.by_name[r]) for r in input_refs}
     return Selection(nodes, shapes, resolved, output_names)
 
 
-def _declared_shape(node: Node) -> list[int] | None:
+def _declared_shape(graph: TFGraph, node: Node) -> list[int] | None:
     shape = node.attrs.get("shape") if node.type in INPUT_OPS else None
     if node.type in INPUT_OPS and node.attrs.get("dtype") not in (tfpb.DT_FLOAT, None):
-        raise TensorFlowError(f"input {node.name!r} is {dtype_name(node.attrs['dtype'])}; kindling models take float32 "
-                              f"inputs (name a float tensor after the cast with --inputs)")
+        raise TensorFlowError(f"{graph.path}: input {node.name!r} is {dtype_name(node.attrs['dtype'])}; kindling "
+                              f"models take float32 inputs (name a float tensor after the cast with --inputs)")
     return shape
 
 
