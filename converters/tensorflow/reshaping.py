@@ -36,10 +36,10 @@ def _reshaped(node, kshape, tf_target, batch: list[bool]) -> list[nn.Module]:
 
 def reshape(node, shapes):
     x = shapes[0]
-    name = node.inputs[1]
     tf_target = [int(v) for v in np.asarray(const(node, 1, "shape")).reshape(-1)]
-    batch = node.ctx.consts.batch_dims(name)
-    if node.attrs.get("_feeds_dense") and L.permuted(layout(node), len(x)) and len(tf_target) == 2:
+    batch = node.ctx.consts.batch_dims(node.inputs[1])
+    flattens = len(tf_target) == 2 and (batch[0] or tf_target[0] == -1) and tf_target[1] in (-1, int(np.prod(x[1:])))
+    if node.attrs.get("_feeds_dense") and L.permuted(layout(node), len(x)) and flattens:
         # flatten into dense layers: kindling's own flatten, with the dense rows permuted (matmul)
         node.ctx.flattened[node.outputs[0]] = tuple(x[1:])
         return nn.Flatten(name=module_name(node))
