@@ -19,6 +19,10 @@ from kindling.runtime import nn
 from kindling.runtime.shapes import ShapeError, probe
 
 ALIAS = "alias"  # a translator's answer: the node's outputs are its first input (Split, Identity)
+# A translator's answer: the node's outputs are constants, which the converter has just computed
+# (TensorFlow's Shape of an activation, known once the shape probe has run): later nodes read
+# them as constants, and they are no net output.
+CONSTANT = "constant"
 
 
 class ConversionError(ValueError):
@@ -73,11 +77,14 @@ def _wire_error(path, node: Node, terms: Terms, problem: str) -> ConversionError
 
 
 def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Translator, path, *,
-             name: str = "net", constants=frozenset(), terms: Terms = Terms()) -> "Assembly":
-    """Returns the model, its output tensor names, and which node each module output computes. ``inputs`` maps each graph input to its shape (the
-    batch axis is probed at 1); ``constants`` are tensor names a translator folds into its module
-    (weights, shapes): they are not wired. The outputs are the tensors written and not read
-    afterwards, in the order last written (Caffe's rule for a net's outputs)."""
+             name: str = "net", constants=frozenset(), terms: Terms = Terms(),
+             outputs: list[str] | None = None) -> "Assembly":
+    """Returns the model, its output tensor names, and which node each module output computes.
+    ``inputs`` maps each graph input to its shape (the batch axis is probed at 1); ``constants`` are tensor names a translator folds into its module
+    (weights, shapes): they are not wired. The outputs are ``outputs`` when given, else the
+    tensors written and not read afterwards, in the order last written (Caffe's rule for a net's
+    outputs)."""
+    constants = set(constants)
     refs: dict[str, tuple[str, tuple]] = {t: (t, tuple([1, *shape[1:]])) for t, shape in inputs.items()}
     producers: dict[str, tuple[Node, int]] = {}
     graph = nn.Graph(inputs=list(inputs), outputs=list(inputs)[:1], name=name)
@@ -92,6 +99,9 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
             available.pop(t, None)
         shapes = [refs[t][1] for t in wired]
         made = translate(node, shapes)
+        if made is CONSTANT:
+            constants.update(node.outputs)
+            continue
         if made is ALIAS:
             for top in node.outputs:
                 refs[top] = refs[wired[0]]
@@ -118,7 +128,11 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
             producers[refs[top][0]] = (node, i)
             available.pop(top, None)
             available[top] = None
-    outputs = list(available)
+    if outputs is not None:
+        unknown = [t for t in outputs if t not in refs]
+        if unknown:
+            raise terms.error(f"{path}: output {unknown[0]!r} is no {terms.output} of the net")
+    outputs = list(available) if outputs is None else list(outputs)
     if not outputs:
         raise terms.error(f"{path}: the net has no output (every {terms.output} is read by a later "
                           f"{terms.node})")

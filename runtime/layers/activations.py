@@ -1,4 +1,5 @@
-"""Elementwise activations. Outputs keep the input's memory order (an NCHW view of NHWC memory
+"""Elementwise activations (ReLU, LeakyReLU, ELU, SELU, Sigmoid, Tanh, Clip/ReLU6, Swish, and the
+hard sigmoid and hard swish of MobileNetV3). Outputs keep the input's memory order (an NCHW view of NHWC memory
 stays one), so each is a single straight pass over memory."""
 from __future__ import annotations
 
@@ -103,5 +104,124 @@ class Tanh(_Elementwise):
     def _df(self, x, y, g, out):
         np.multiply(y, y, out=out)
         np.subtract(1, out, out=out)
+        out *= g
+        return out
+
+
+class SELU(_Elementwise):
+    """scale * (x if x > 0 else alpha * (exp(x) - 1)), with the self-normalising constants."""
+    ALPHA = 1.6732632423543772848170429916717
+    SCALE = 1.0507009873554804934193349852946
+
+    def _f(self, x, out):
+        np.expm1(np.minimum(x, 0), out=out)
+        out *= np.float32(self.ALPHA)
+        np.copyto(out, x, where=x > 0)
+        out *= np.float32(self.SCALE)
+        return out
+
+    def _df(self, x, y, g, out):
+        # d/dx = scale for x > 0, else scale * alpha * exp(x) = y + scale * alpha
+        slope = np.where(x > 0, np.float32(self.SCALE), y + np.float32(self.SCALE * self.ALPHA))
+        return np.multiply(g, slope, out=out)
+
+
+class Clip(_Elementwise):
+    """min(max(x, low), high), either bound optional (TensorFlow's Maximum/Minimum with a number,
+    PyTorch's clamp). The gradient passes where low < x < high."""
+
+    def __init__(self, low: float | None = None, high: float | None = None, name: str | None = None):
+        super().__init__(name)
+        if low is None and high is None:
+            raise ValueError(f"Clip {self.name!r}: give low, high or both")
+        self.low = None if low is None else float(low)
+        self.high = None if high is None else float(high)
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"Clip {self.name!r}: low {self.low} is above high {self.high}")
+
+    def config(self):
+        return {"low": self.low, "high": self.high}
+
+    def _f(self, x, out):
+        return np.clip(x, self.low, self.high, out=out)
+
+    def _inside(self, x):
+        inside = np.ones(x.shape, bool) if self.low is None else x > self.low
+        return inside if self.high is None else inside & (x < self.high)
+
+    def _df(self, x, y, g, out):
+        return np.multiply(g, self._inside(x), out=out)
+
+
+class ReLU6(Clip):
+    """min(max(x, 0), 6) (MobileNets)."""
+
+    def __init__(self, name: str | None = None):
+        super().__init__(0.0, 6.0, name=name)
+
+    def config(self):
+        return {}
+
+
+class Swish(_Elementwise):
+    """x * sigmoid(beta * x): SiLU with beta 1 (EfficientNet), Keras's swish."""
+
+    def __init__(self, beta: float = 1.0, name: str | None = None):
+        super().__init__(name)
+        self.beta = float(beta)
+
+    def config(self):
+        return {"beta": self.beta}
+
+    def _sigmoid(self, x, out):
+        np.multiply(x, np.float32(0.5 * self.beta), out=out)
+        np.tanh(out, out=out)
+        out += 1
+        out *= 0.5
+        return out
+
+    def _f(self, x, out):
+        return np.multiply(self._sigmoid(x, out), x, out=out)
+
+    def _df(self, x, y, g, out):
+        # d/dx = s + beta * x * s * (1 - s) = s + beta * y * (1 - s), s = sigmoid(beta * x)
+        s = self._sigmoid(x, np.empty_like(out))
+        np.subtract(1, s, out=out)
+        out *= y
+        out *= np.float32(self.beta)
+        out += s
+        out *= g
+        return out
+
+
+class HardSigmoid(_Elementwise):
+    """relu6(x + 3) / 6, as Keras and PyTorch define it (MobileNetV3)."""
+
+    def _f(self, x, out):
+        np.add(x, np.float32(3), out=out)
+        np.clip(out, 0, 6, out=out)
+        out /= np.float32(6)
+        return out
+
+    def _df(self, x, y, g, out):
+        return np.multiply(g, ((x > -3) & (x < 3)) * np.float32(1 / 6), out=out)
+
+
+class HardSwish(_Elementwise):
+    """x * relu6(x + 3) / 6 (MobileNetV3)."""
+
+    def _f(self, x, out):
+        np.add(x, np.float32(3), out=out)
+        np.clip(out, 0, 6, out=out)
+        out *= x
+        out /= np.float32(6)
+        return out
+
+    def _df(self, x, y, g, out):
+        # relu6(x + 3) / 6 + x / 6 inside (-3, 3)
+        np.add(x, np.float32(3), out=out)
+        np.clip(out, 0, 6, out=out)
+        out += np.where((x > -3) & (x < 3), x, np.float32(0))
+        out /= np.float32(6)
         out *= g
         return out
