@@ -31,6 +31,9 @@ class Module:
 
     #: Set by subclasses whose forward takes a list of arrays (Add, Concat without branches).
     multi_input = False
+    #: Scratch entries derived from the weights alone in evaluate mode (never written once built):
+    #: inference replicas share them (runtime/predict.py) instead of each rebuilding a copy.
+    shared_scratch: tuple[str, ...] = ()
 
     def __init__(self, name: str | None = None):
         self.name = name or _auto_name(type(self))
