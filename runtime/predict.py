@@ -131,10 +131,14 @@ class Predictor:
 
     # ---- inputs ----------------------------------------------------------------------------------
     def sample_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """The recorded input shape with ``batch`` first (free dims as the pipeline's size or 1)."""
+        """The recorded input shape with ``batch`` first; free image dimensions (-1) take the
+        preprocessing's size, other free ones 1."""
         if not self.input_shape:
             raise InputError("the model records no input shape")
-        return (batch, *[d if d > 0 else 1 for d in self.input_shape[1:]])
+        dims = [d if d > 0 else 1 for d in self.input_shape[1:]]
+        if self.preprocessing and len(dims) == 3:
+            dims[1:] = [d if d > 0 else s for d, s in zip(self.input_shape[2:], self.preprocessing["input_size"])]
+        return (batch, *dims)
 
     def check(self, x: np.ndarray, name: str | None = None) -> np.ndarray:
         """A batch for one input as float32, its shape checked against the recorded one."""
