@@ -55,22 +55,22 @@ class Servicer(pb_grpc.ServingServicer):
     # ---- one wrapper for every method ----------------------------------------------------------
     async def _call(self, method: str, request, context, impl):
         start = time.perf_counter()
-        model = "?"
+        call = {"model": "?"}  # the model's name once routed: a label of known values only
         try:
-            reply, model = await impl(request, context)
+            reply = await impl(request, context, call)
             code = grpc.StatusCode.OK
         except asyncio.CancelledError:
-            self._record(method, model, grpc.StatusCode.CANCELLED, start)
+            self._record(method, call["model"], grpc.StatusCode.CANCELLED, start)
             raise
         except Exception as e:  # mapped to a status; nothing a request does stops the server
             code = _status(e)
             if code is grpc.StatusCode.INTERNAL:
                 log.log.error("internal error", exc_info=True,
                               extra={"event": "internal_error", "fields": {"method": method}})
-            self._record(method, model, code, start)
+            self._record(method, call["model"], code, start)
             await context.abort(code, _message(e, self.limits) if code is not grpc.StatusCode.INTERNAL
                                 else f"internal error ({type(e).__name__}); the server log has the details")
-        self._record(method, model, code, start)
+        self._record(method, call["model"], code, start)
         return reply
 
     def _record(self, method, model, code, start):
@@ -96,17 +96,19 @@ class Servicer(pb_grpc.ServingServicer):
             task.cancelled = True  # the client went away or its deadline passed: drop the work
             raise
 
-    def _route(self, spec: pb.ModelSpec):
+    def _route(self, spec: pb.ModelSpec, call: dict):
         if spec.version < 0:
             raise InputError(f"version must be >= 0 (0: the default), got {spec.version}")
-        return self.manager.route(spec.name, spec.version)
+        servable = self.manager.route(spec.name, spec.version)
+        call["model"] = servable.name
+        return servable
 
     # ---- the API -------------------------------------------------------------------------------
     async def Classify(self, request, context):
         return await self._call("Classify", request, context, self._classify)
 
-    async def _classify(self, request: pb.ClassifyRequest, context):
-        servable = self._route(request.model)
+    async def _classify(self, request: pb.ClassifyRequest, context, call):
+        servable = self._route(request.model, call)
         n = len(request.images)
         if n == 0:
             raise InputError("no images in the request")
@@ -127,13 +129,13 @@ class Servicer(pb_grpc.ServingServicer):
         for c in results:
             reply.results.add().classes.extend(
                 pb.ClassScore(index=i, label=label, score=s) for i, label, s in zip(c.indices, c.labels, c.scores))
-        return reply, servable.name
+        return reply
 
     async def Predict(self, request, context):
         return await self._call("Predict", request, context, self._predict)
 
-    async def _predict(self, request: pb.PredictRequest, context):
-        servable = self._route(request.model)
+    async def _predict(self, request: pb.PredictRequest, context, call):
+        servable = self._route(request.model, call)
         names = servable.predictor.input_names
         given = dict(request.inputs)
         if len(names) == 1 and len(given) == 1:
@@ -165,13 +167,13 @@ class Servicer(pb_grpc.ServingServicer):
         reply = pb.PredictResponse(model=pb.ModelSpec(name=servable.name, version=servable.version))
         for k, v in outputs.items():
             to_proto(v, reply.outputs[k])
-        return reply, servable.name
+        return reply
 
     async def GetModelMetadata(self, request, context):
         return await self._call("GetModelMetadata", request, context, self._metadata)
 
-    async def _metadata(self, request: pb.GetModelMetadataRequest, context):
-        servable = self._route(request.model)
+    async def _metadata(self, request: pb.GetModelMetadataRequest, context, call):
+        servable = self._route(request.model, call)
         p = servable.predictor
         meta = p.metadata
         reply = pb.GetModelMetadataResponse(
@@ -198,18 +200,18 @@ class Servicer(pb_grpc.ServingServicer):
         status = next((m for m in self.manager.status() if m["name"] == servable.name), None)
         for v in (status or {}).get("versions", []):
             reply.versions.append(_version_status(v))
-        return reply, servable.name
+        return reply
 
     async def ListModels(self, request, context):
         return await self._call("ListModels", request, context, self._list)
 
-    async def _list(self, request, context):
+    async def _list(self, request, context, call):
         reply = pb.ListModelsResponse()
         for m in self.manager.status():
             reply.models.append(pb.ModelStatus(name=m["name"], default_version=m["default_version"],
                                                policy=m["policy"], gate=m["gate"],
                                                versions=[_version_status(v) for v in m["versions"]]))
-        return reply, "?"
+        return reply
 
 
 def _version_status(v: dict) -> pb.VersionStatus:
