@@ -76,6 +76,14 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def insecure_bind(host: str, tls: bool, token: bool) -> str | None:
+    """The warning for listening beyond this machine with neither TLS nor a token, or None."""
+    if _loopback(host) or tls or token:
+        return None
+    return ("listening beyond this machine with neither TLS nor a token: anyone who can reach the port can use "
+            "every model (give --tls-cert/--tls-key and --token-file)")
+
+
 def _credentials(config: Config):
     if not config.tls_cert and not config.tls_key:
         if config.tls_client_ca:
@@ -142,10 +150,9 @@ class Server:
                      else self._server.add_insecure_port(address))
         if not self.port:
             raise OSError(f"cannot listen on {address}")
-        if not _loopback(c.host) and not self.credentials and not self.tokens:
-            log.event("insecure_bind", logging.WARNING, address=address,
-                      message="listening beyond this machine with neither TLS nor a token: anyone who can reach "
-                              "the port can use every model (give --tls-cert/--tls-key and --token-file)")
+        warning = insecure_bind(c.host, bool(self.credentials), bool(self.tokens))
+        if warning:
+            log.event("insecure_bind", logging.WARNING, address=address, message=warning)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._server.start()
         if c.metrics_port is not None:

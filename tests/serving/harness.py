@@ -23,8 +23,12 @@ class RunningServer:
 
     def __enter__(self):
         self._thread.start()
-        self.server = Server(self.config)
-        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(60)
+        try:
+            self.server = Server(self.config)
+            self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(60)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     @property
@@ -35,6 +39,7 @@ class RunningServer:
         if self.server is not None:
             asyncio.run_coroutine_threadsafe(self.server.stop(grace), self._loop).result(60)
             self.server = None
+        if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._loop.close()
