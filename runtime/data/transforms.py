@@ -117,15 +117,21 @@ class Decode(Step):
                                 f"file") from e
         except Image.UnidentifiedImageError as e:
             raise ImageError(f"not an image that Pillow can read ({_what(source, encoded)})") from e
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            raise  # the file system's answer, not the image's
+        except Exception as e:  # a header Pillow chokes on: OSError, SyntaxError, struct.error, ...
+            raise ImageError(f"a broken image header ({type(e).__name__}: {e})") from e
         # closed at once: a multi-frame file (GIF, TIFF) would otherwise hold its handle until GC
         with opened as img:
             self._check_size(img)
-            if self.at_least and img.format == "JPEG":
-                img.draft(img.mode, (self.at_least, self.at_least))  # square: either side may end up shorter
             try:
+                if self.at_least and img.format == "JPEG":
+                    img.draft(img.mode, (self.at_least, self.at_least))  # square: either side may end up shorter
                 img.load()
                 return self._finish(img)
-            except (OSError, SyntaxError, ValueError, EOFError) as e:  # what Pillow's decoders raise
+            except MemoryError:
+                raise
+            except Exception as e:  # whatever a decoder raises on hostile bytes
                 raise ImageError(f"{img.format or 'image'} data cannot be decoded ({e})") from e
 
     def _check_size(self, img) -> None:

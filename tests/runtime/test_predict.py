@@ -159,3 +159,12 @@ def test_the_pixel_limit_is_checked_from_the_header_before_decoding(monkeypatch)
     monkeypatch.setenv("KINDLING_MAX_PIXELS", "lots")
     with pytest.raises(ValueError, match="KINDLING_MAX_PIXELS='lots' is not a whole number"):
         pipe(CAT)
+
+
+def test_any_undecodable_bytes_are_an_image_error_and_a_missing_file_stays_an_os_error(tmp_path):
+    png = _bomb_png(1, 1)
+    for bad in (png[:20], png[:30], b"\x89PNG\r\n\x1a\n" + bytes(40), CAT.read_bytes()[:400]):
+        with pytest.raises(ImageError):
+            Decode()(bad)
+    with pytest.raises(FileNotFoundError):
+        Decode()(tmp_path / "missing.png")
