@@ -4,7 +4,8 @@ to a status code through one table; every reply names the version that answered.
 from __future__ import annotations
 
 import asyncio
-import logging
+import collections
+import threading
 import time
 from dataclasses import dataclass
 
@@ -48,9 +49,37 @@ def _message(error: BaseException, limits: Limits) -> str:
     return text[:2000]
 
 
+class Replies:
+    """Answers handed from the compute workers to the event loop: a worker answering a batch
+    wakes the loop once, not once per request."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._items: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def put(self, future: asyncio.Future, result, error) -> None:
+        with self._lock:
+            self._items.append((future, result, error))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, collections.deque()
+            self._scheduled = False
+        for future, result, error in items:
+            if not future.done():  # a caller that went away has a cancelled future
+                future.set_exception(error) if error is not None else future.set_result(result)
+
+
 class Servicer(pb_grpc.ServingServicer):
     def __init__(self, manager: Manager, batcher: Batcher, limits: Limits, metrics=None):
         self.manager, self.batcher, self.limits, self.metrics = manager, batcher, limits, metrics
+        self._replies: Replies | None = None
 
     # ---- one wrapper for every method ----------------------------------------------------------
     async def _call(self, method: str, request, context, impl):
@@ -79,15 +108,12 @@ class Servicer(pb_grpc.ServingServicer):
 
     async def _compute(self, servable, rows: int, prepare, finish, context):
         loop = asyncio.get_running_loop()
+        if self._replies is None or self._replies.loop is not loop:
+            self._replies = Replies(loop)
+        replies = self._replies
         future = loop.create_future()
-
-        def resolve(result, error):
-            if not future.done():
-                future.set_exception(error) if error is not None else future.set_result(result)
-
         remaining = context.time_remaining()
-        task = Task(servable, rows, prepare, finish,
-                    done=lambda result, error: loop.call_soon_threadsafe(resolve, result, error),
+        task = Task(servable, rows, prepare, finish, done=lambda result, error: replies.put(future, result, error),
                     deadline=None if remaining is None else time.monotonic() + remaining)
         self.batcher.submit(task)
         try:
