@@ -330,3 +330,23 @@ def test_metrics_and_json_log_lines(trained, tmp_path):
     assert refused["model"] == "digits" and refused["version"] == 1 and "< 0.9 on digits-val" in refused["reason"]
     assert {"listening", "serving", "stopping", "stopped"} <= {e["event"] for e in events}
     assert all(e["ts"].endswith("Z") and e["level"] in ("info", "warning", "error") for e in events)
+
+
+def test_policy_files_pin_and_roll_back_through_the_repository(trained, tmp_path):
+    _, folder = trained
+    model_dir = make_repository(tmp_path, folder, [20, 30, BEST])
+    x = [np.zeros((1, 28, 28), np.float32)]
+    with RunningServer(config(tmp_path, grace_seconds=0.0)) as server, Client(server.target) as client:
+        assert client.classify("digits", x).version == BEST  # best by default
+        (model_dir / "policy.json").write_text('{"versions": {"pinned": [20, 30]}}')
+        wait_for(lambda: client.list_models().models[0].default_version == 30, what="the pinned versions")
+        assert client.classify("digits", x, version=20).version == 20
+        status = client.list_models().models[0]
+        assert status.policy == "pinned 20,30" and {v.version: v.state for v in status.versions}[BEST] == pb.UNLOADED
+        (model_dir / "policy.json").write_text('{"versions": {"pinned": [20]}}')  # un-pinning 30 rolls back
+        wait_for(lambda: client.list_models().models[0].default_version == 20, what="the roll back to 20")
+        (model_dir / "policy.json").write_text('{"versions": "newest"}')  # an unreadable policy: the last one stays
+        server.poll()
+        assert client.list_models().models[0].default_version == 20
+        (model_dir / "policy.json").unlink()
+        wait_for(lambda: client.list_models().models[0].default_version == BEST, what="best again")
