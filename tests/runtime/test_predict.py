@@ -88,8 +88,10 @@ def test_replicas_share_weights_and_run_on_threads_at_once(lenet):
             xi = x[::-1] if i % 2 else x
             for _ in range(30):
                 y = r.predict(xi)["prob"]
-                if not np.array_equal(y, expected[::-1] if i % 2 else expected):
-                    raise AssertionError(f"replica {i} gave other numbers")
+                # shared buffers would give other images' answers; the load-adaptive thread pool
+                # may cut the work differently between runs, changing the last bits only
+                np.testing.assert_allclose(y, expected[::-1] if i % 2 else expected, rtol=1e-5, atol=1e-7,
+                                           err_msg=f"replica {i} gave other numbers")
             results[i] = True
         except Exception as e:  # reported below
             errors.append(e)
