@@ -88,7 +88,7 @@ Loader = Callable[[str, int, Path, "list[str] | None"], Servable]
 class Manager:
     def __init__(self, repository: Repository, policy: Policy, loader: Loader, *, grace: float = 60.0,
                  on_change: Callable[[str, bool], None] | None = None,
-                 on_state: Callable[[str, int, State, str], None] | None = None):
+                 on_state: Callable[[str, int, "State | None", str], None] | None = None):
         self.repository, self.default_policy, self.loader = repository, policy, loader
         self.grace = float(grace)
         self.on_change = on_change or (lambda name, serving: None)
@@ -139,6 +139,7 @@ class Manager:
             for name in sorted(set(self.models) - set(folders)):  # model folder removed
                 for v in self.models[name].versions.values():
                     v.servable = None
+                    self.on_state(name, v.number, None, "removed")
                 del self.models[name]
                 self.routes.pop(name, None)
                 self.on_change(name, False)
@@ -224,6 +225,7 @@ class Manager:
                 v.removed, v.reason = True, "file removed"
             else:
                 del model.versions[number]
+                self.on_state(model.name, number, None, "removed")
                 log.event("version_removed", model=model.name, version=number)
 
     def _reload(self, model: Model, v: Version) -> None:
@@ -292,6 +294,7 @@ class Manager:
                 v.servable, v.retire_at = None, None
                 if v.removed:
                     del model.versions[n]
+                    self.on_state(model.name, n, None, "removed")
                     log.event("version_removed", model=model.name, version=n)
                     continue
                 if v.changed:  # a changed file not yet reloaded: looked at afresh

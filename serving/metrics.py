@@ -44,10 +44,13 @@ class Metrics:
         self._http = None
 
     def version_state(self, model: str, version: int, state, reason: str) -> None:
+        """``state`` None: the version is gone (its file removed), and so is its series."""
         key = (model, version)
-        old = self._states.get(key)
+        old = self._states.pop(key, None)
         if old is not None:
             self.state.remove(model, str(version), old)
+        if state is None:
+            return
         self._states[key] = state.name.lower()
         self.state.labels(model, str(version), state.name.lower()).set(1)
         if state.name == "REFUSED":

@@ -146,8 +146,11 @@ class Server:
         reflection.enable_server_reflection((pb.DESCRIPTOR.services_by_name["Serving"].full_name,
                                              health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         address = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
-        self.port = (self._server.add_secure_port(address, self.credentials) if self.credentials
-                     else self._server.add_insecure_port(address))
+        try:
+            self.port = (self._server.add_secure_port(address, self.credentials) if self.credentials
+                         else self._server.add_insecure_port(address))
+        except RuntimeError as e:  # grpc's "Failed to bind": in use, or not an address of this machine
+            raise OSError(f"cannot listen on {address} (in use by another process, or not an address here)") from e
         if not self.port:
             raise OSError(f"cannot listen on {address}")
         warning = insecure_bind(c.host, bool(self.credentials), bool(self.tokens))

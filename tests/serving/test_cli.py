@@ -220,3 +220,16 @@ def _collect(future, codes):
     except grpc.RpcError as e:
         code = e.code().name
     codes[code] = codes.get(code, 0) + 1
+
+
+def test_a_port_in_use_or_a_missing_repository_is_a_clear_error(trained, tmp_path):
+    from harness import RunningServer, config
+    _, folder = trained
+    make_repository(tmp_path, folder, [40])
+    with RunningServer(config(tmp_path)) as server:
+        r = subprocess.run([sys.executable, "-m", "kindling", "serve", "--repository", str(tmp_path), "--port",
+                            str(server.port)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{server.port}" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "kindling", "serve", "--repository", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "the repository must be a folder of model folders" in r.stderr
