@@ -31,8 +31,8 @@ def _own_seconds(live: tuple[int, ...]) -> float:
 
 
 class CpuMeter:
-    """``with CpuMeter(live_pids) as m: ...`` then ``m.others`` (cores other processes used) and
-    ``m.ours`` (cores this benchmark used). Live children (a server) are counted by pid; children
+    """``with CpuMeter(live_pids) as m: ...`` then ``m.others`` (cores other processes used),
+    ``m.ours`` (cores this benchmark used) and ``m.server_seconds`` (CPU seconds of the live pids). Live children (a server) are counted by pid; children
     that exit inside the block must be waited for inside it."""
 
     def __init__(self, live: tuple[int, ...] = ()):
@@ -40,12 +40,15 @@ class CpuMeter:
 
     def __enter__(self):
         self._t, self._busy, self._own = time.monotonic(), _busy_ticks(), _own_seconds(self.live)
+        self._live = sum(_pid_seconds(p) for p in self.live)
         return self
 
     def __exit__(self, *exc):
         wall = max(time.monotonic() - self._t, 1e-9)
         busy = (_busy_ticks() - self._busy) / TICK
         own = _own_seconds(self.live) - self._own
+        self.wall = wall
         self.ours = own / wall
         self.others = max(0.0, busy - own) / wall
+        self.server_seconds = sum(_pid_seconds(p) for p in self.live) - self._live  # the live children alone
         return False

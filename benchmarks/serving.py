@@ -97,17 +97,20 @@ def bare(path: Path, repeats: int) -> dict:
     p.forward([x32])
     p.forward([x1])
     batch = []
+    cpu = time.process_time()
     for _ in range(repeats):
         start = time.perf_counter()
         p.forward([x32])
         batch.append(time.perf_counter() - start)
+    cpu_ms = 1000 * (time.process_time() - cpu) / (32 * repeats)
     single_n = max(20, min(300, int(1.0 / max(batch[0] / 32, 1e-4))))
     single = []
     for _ in range(single_n):
         start = time.perf_counter()
         p.forward([x1])
         single.append(time.perf_counter() - start)
-    return {"images_per_s": 32 / statistics.median(batch), "single_p50_ms": 1000 * statistics.median(single),
+    return {"images_per_s": 32 / statistics.median(batch), "cpu_ms_per_image": cpu_ms,
+            "single_p50_ms": 1000 * statistics.median(single),
             "single_p99_ms": 1000 * float(np.percentile(single, 99))}
 
 
@@ -173,11 +176,13 @@ def run_clients(port: int, model: str, clients: int, seconds: float, warmup: flo
         procs.append(subprocess.Popen([sys.executable, __file__, "--client", f"127.0.0.1:{port}", "--model", model,
                                        "--concurrency", str(n), "--seconds", str(seconds), "--warmup", str(warmup),
                                        "--payload", str(payload)], stdout=subprocess.PIPE, text=True))
-    records = []
+    records, total = [], 0
     for p in procs:
         out, _ = p.communicate()
-        records += json.loads(out)
-    return records
+        got = json.loads(out)
+        records += got["records"]
+        total += got["total"]
+    return records, total
 
 
 def summarize(records: list, seconds: float) -> dict:
@@ -194,12 +199,14 @@ async def _client(target, model, concurrency, seconds, warmup, payload) -> list:
     from kindling.protos import serving_pb2_grpc as pb_grpc
     request = pb.ClassifyRequest(model=pb.ModelSpec(name=model), images=[pb.ImageInput(encoded=payload)], top_k=1)
     records = []
+    total = 0
     async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)]) as channel:
         stub = pb_grpc.ServingStub(channel)
         begin = time.time() + warmup
         end = begin + seconds
 
         async def loop():
+            nonlocal total
             while True:
                 wall, start = time.time(), time.perf_counter()
                 if wall >= end:
@@ -209,10 +216,11 @@ async def _client(target, model, concurrency, seconds, warmup, payload) -> list:
                     outcome = reply.model.version
                 except grpc.RpcError as e:
                     outcome = e.code().name
+                total += 1
                 if wall >= begin:
                     records.append((wall, time.perf_counter() - start, outcome))
         await asyncio.gather(*[loop() for _ in range(concurrency)])
-    return records
+    return {"records": records, "total": total}
 
 
 async def _echo_server(port: int) -> None:
@@ -253,9 +261,11 @@ def measure_model(name, root, payload, args, log_path):
         try:
             for clients in CLIENTS:
                 with CpuMeter((proc.pid,)) as cpu:
-                    rec = run_clients(port, name, clients, seconds, args.warmup, payload)
+                    rec, total = run_clients(port, name, clients, seconds, args.warmup, payload)
                 row = summarize(rec, seconds)
-                row.update(others=cpu.others, ratio_to_bare=row["images_per_s"] / rows["bare"]["images_per_s"])
+                row.update(others=cpu.others, ratio_to_bare=row["images_per_s"] / rows["bare"]["images_per_s"],
+                           server_cpu_ms=1000 * cpu.server_seconds / max(total, 1),
+                           all_cpu_ms=1000 * cpu.ours * cpu.wall / max(total, 1))
                 rows[f"{'batched' if max_batch > 1 else 'unbatched'}/{clients}"] = row
         finally:
             stop(proc)
@@ -283,7 +293,7 @@ def measure_swap(name, root, payload, args, log_path):
         t = threading.Thread(target=land)
         with CpuMeter((proc.pid,)) as cpu:
             t.start()
-            rec = run_clients(port, name, 8, seconds, args.warmup, payload)
+            rec, _ = run_clients(port, name, 8, seconds, args.warmup, payload)
             t.join()
     finally:
         stop(proc)
@@ -306,8 +316,10 @@ def measure_echo(args, payload, log_path):
     try:
         for clients in CLIENTS:
             with CpuMeter((proc.pid,)) as cpu:
-                rec = run_clients(port, "lenet", clients, args.seconds, args.warmup, payload)
-            rows[f"echo/{clients}"] = {**summarize(rec, args.seconds), "others": cpu.others}
+                rec, total = run_clients(port, "lenet", clients, args.seconds, args.warmup, payload)
+            rows[f"echo/{clients}"] = {**summarize(rec, args.seconds), "others": cpu.others,
+                                       "server_cpu_ms": 1000 * cpu.server_seconds / max(total, 1),
+                                       "all_cpu_ms": 1000 * cpu.ours * cpu.wall / max(total, 1)}
     finally:
         stop(proc)
     return rows
@@ -315,8 +327,9 @@ def measure_echo(args, payload, log_path):
 
 def show(key: str, v: dict) -> None:
     if key.endswith("/bare"):
-        print(f"  {key:26s} {v['images_per_s']:8.1f} img/s at batch 32; one image p50 {v['single_p50_ms']:.2f} ms, "
-              f"p99 {v['single_p99_ms']:.2f} ms  (others {v['others']:.2f})", flush=True)
+        print(f"  {key:26s} {v['images_per_s']:8.1f} img/s at batch 32 ({v['cpu_ms_per_image']:.2f} CPU-ms an image); "
+              f"one image p50 {v['single_p50_ms']:.2f} ms, p99 {v['single_p99_ms']:.2f} ms  (others {v['others']:.2f})",
+              flush=True)
     elif key.endswith("/swap"):
         print(f"  {key:26s} steady p99 {_fmt(v['steady_p99_ms'], '.2f')} ms, during the swap "
               f"({_fmt(v['swap_seconds'], '.2f')} s, {v['requests_during']} requests) p99 "
@@ -325,6 +338,7 @@ def show(key: str, v: dict) -> None:
         print(f"  {key:26s} {v['images_per_s']:8.1f} img/s  p50 {_fmt(v['p50_ms'], '.2f'):>7s} ms  "
               f"p99 {_fmt(v['p99_ms'], '.2f'):>7s} ms  failed {v['failed']}"
               + (f"  x{v['ratio_to_bare']:.2f} bare" if "ratio_to_bare" in v else "")
+              + f"  server {v['server_cpu_ms']:.2f} CPU-ms/request, all {v['all_cpu_ms']:.2f}"
               + f"  (others {v['others']:.2f})", flush=True)
 
 
@@ -345,7 +359,8 @@ def report(reps: list[dict]) -> dict:
         print(f"\nmedians over {len(subset)} {label} repetition(s):")
         summary = {}
         for key in sorted(k for k in subset[0] if "/" in k):
-            row = {f: med(key, f, subset) for f in ("images_per_s", "p50_ms", "p99_ms", "ratio_to_bare")}
+            row = {f: med(key, f, subset) for f in ("images_per_s", "p50_ms", "p99_ms", "ratio_to_bare",
+                                                    "server_cpu_ms", "all_cpu_ms", "cpu_ms_per_image")}
             summary[key] = row
             print(f"  {key:26s} {_fmt(row['images_per_s']):>8s} img/s  p50 {_fmt(row['p50_ms'], '.2f'):>7s} ms  "
                   f"p99 {_fmt(row['p99_ms'], '.2f'):>7s} ms" + (f"  x{row['ratio_to_bare']:.2f} bare"
@@ -367,6 +382,17 @@ def report(reps: list[dict]) -> dict:
             t[f"{model} p99 during swap / steady p99"] = (
                 ratio(med(f"{model}/swap", "swap_p99_ms", subset), med(f"{model}/swap", "steady_p99_ms", subset)),
                 2.0, "<=")
+        # CPU-time views, steadier than wall time on a busy machine (diagnostics, not the targets)
+        cpu = {"resnet18 bare CPU-ms per image / served server CPU-ms per image (32 clients, batching)": ratio(
+                   med("resnet18/bare", "cpu_ms_per_image", subset), med("resnet18/batched/32", "server_cpu_ms", subset)),
+               "lenet: echo all CPU-ms per request / lenet all CPU-ms per request (32 clients)": ratio(
+                   med("echo/32", "all_cpu_ms", subset), med("lenet/batched/32", "all_cpu_ms", subset)),
+               "lenet server CPU-ms per request (32 clients, batching)": med("lenet/batched/32", "server_cpu_ms",
+                                                                             subset),
+               "echo server CPU-ms per request (32 clients)": med("echo/32", "server_cpu_ms", subset)}
+        for name, value in cpu.items():
+            print(f"  {name:86s} {_fmt(value, '7.3f')}")
+        summary["cpu_views"] = cpu
         for name, (value, target, way) in t.items():
             ok = value is not None and (value <= target if way == "<=" else value >= target)
             print(f"  {name:58s} {_fmt(value, '7.3f')}  target {way} {target}  {'met' if ok else 'MISSED'}")

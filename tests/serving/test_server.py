@@ -363,3 +363,25 @@ def test_policy_files_pin_and_roll_back_through_the_repository(trained, tmp_path
         assert client.list_models().models[0].default_version == 20
         (model_dir / "policy.json").unlink()
         wait_for(lambda: client.list_models().models[0].default_version == BEST, what="best again")
+
+
+def test_a_served_file_changed_in_place_is_reloaded_only_once_whole_and_valid(trained, tmp_path):
+    _, folder = trained
+    model_dir = make_repository(tmp_path, folder, [BEST])
+    target = model_dir / f"model.{BEST}"
+    images, _ = snapshots.digit_images()
+    x = images[:4, None].astype(np.float32) / 255
+    before = Predictor.load(folder / f"model.{BEST}").predict(x)["prob"]
+    after = Predictor.load(folder / "model.5").predict(x)["prob"]
+    with RunningServer(config(tmp_path, settle_seconds=0.3)) as server, Client(server.target) as client:
+        wait_for(lambda: client.list_models().models[0].default_version == BEST, what="the snapshot to settle")
+        np.testing.assert_allclose(client.predict("digits", x)[1]["prob"], before, rtol=1e-5, atol=1e-6)
+        target.write_bytes(b"not a model any more")  # rewritten in place (cp does this): refused, the copy answers
+        wait_for(lambda: "the file changed and is refused" in client.list_models().models[0].versions[0].reason,
+                 what="the changed file to be refused")
+        np.testing.assert_allclose(client.predict("digits", x)[1]["prob"], before, rtol=1e-5, atol=1e-6)
+        target.write_bytes((folder / "model.5").read_bytes())  # a whole, validated file: reloaded
+        wait_for(lambda: np.allclose(client.predict("digits", x)[1]["prob"], after, rtol=1e-5, atol=1e-6),
+                 what="the new contents to answer")
+        status = client.list_models().models[0]
+        assert status.default_version == BEST and status.versions[0].reason == ""
