@@ -302,6 +302,8 @@ class Manager:
                     self._set(model, v, State.SETTLING, "the file changed")
                     continue
                 self._set(model, v, State.UNLOADED, "retired after the grace period")
+                if v.score is None and v.metadata is not None:  # retired because the gate now refuses it
+                    self._gate(model, v)
         addressable = {n: v.servable for n, v in model.versions.items()
                        if v.state in (State.AVAILABLE, State.UNLOADING) and v.servable is not None}
         default = model.versions[chosen[0]].servable if chosen else None

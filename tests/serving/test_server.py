@@ -363,6 +363,10 @@ def test_policy_files_pin_and_roll_back_through_the_repository(trained, tmp_path
         assert client.list_models().models[0].default_version == 20
         (model_dir / "policy.json").unlink()
         wait_for(lambda: client.list_models().models[0].default_version == BEST, what="best again")
+        (model_dir / "policy.json").write_text('{"min": 0.99}')  # a stricter gate refuses what answered
+        wait_for(lambda: client.health("digits") == "NOT_SERVING", what="nothing admitted any more")
+        best = next(v for v in client.list_models().models[0].versions if v.version == BEST)
+        assert best.state == pb.REFUSED and best.reason == "Top1Accuracy 0.955 < 0.99 on digits-val", best
 
 
 def test_a_served_file_changed_in_place_is_reloaded_only_once_whole_and_valid(trained, tmp_path):
