@@ -14,6 +14,8 @@ COMMANDS = {
     "convert": "convert",
     "train": "train",
     "demo": "demo",
+    "serve": "serve",
+    "classify": "classify",
 }
 
 
