@@ -19,9 +19,10 @@ from kindling.runtime import nn
 from kindling.runtime.shapes import ShapeError, probe
 
 ALIAS = "alias"  # a translator's answer: the node's outputs are its first input (Split, Identity)
-# A translator's answer: the node's outputs are constants now (the translator put them into the
-# ``constants`` mapping it was given; ONNX's Shape of a tensor whose shape the probe knows).
-FOLDED = "folded"
+# A translator's answer: the node's outputs are constants, which the converter has just computed
+# (TensorFlow's Shape of an activation, known once the shape probe has run): later nodes read
+# them as constants, and they are no net output.
+CONSTANT = "constant"
 
 
 class ConversionError(ValueError):
@@ -77,14 +78,14 @@ def _wire_error(path, node: Node, terms: Terms, problem: str) -> ConversionError
 
 def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Translator, path, *,
              name: str = "net", constants=frozenset(), terms: Terms = Terms(),
-             batch: int | None = 1, outputs: list[str] | None = None) -> "Assembly":
+             outputs: list[str] | None = None, batch: int | None = 1) -> "Assembly":
     """Returns the model, its output tensor names, and which node each module output computes.
     ``inputs`` maps each graph input to its shape (the batch axis is probed at ``batch``; None
-    probes the shapes as given); ``constants`` are tensor names a translator folds into its module
-    (weights, shapes): they are not wired. A translator may add to ``constants`` as it goes
-    (answering FOLDED). The outputs are ``outputs`` where the format declares them (ONNX), else
-    the tensors written and not read afterwards, in the order last written (Caffe's rule for a
-    net's outputs)."""
+    probes the shapes exactly as given, for a format's conformance suite); ``constants`` are tensor
+    names a translator folds into its module (weights, shapes): they are not wired. The outputs are
+    ``outputs`` when given, else the tensors written and not read afterwards, in the order last
+    written (Caffe's rule for a net's outputs)."""
+    constants = set(constants)
     refs: dict[str, tuple[str, tuple]] = {
         t: (t, tuple(shape if batch is None else [batch, *shape[1:]])) for t, shape in inputs.items()}
     producers: dict[str, tuple[Node, int]] = {}
@@ -100,7 +101,8 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
             available.pop(t, None)
         shapes = [refs[t][1] for t in wired]
         made = translate(node, shapes)
-        if made is FOLDED:
+        if made is CONSTANT:
+            constants.update(node.outputs)
             continue
         if made is ALIAS:
             for top in node.outputs:
@@ -129,9 +131,9 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
             available.pop(top, None)
             available[top] = None
     if outputs is not None:
-        never = [t for t in outputs if t not in refs]
-        if never:
-            raise terms.error(f"{path}: the net's output {never[0]!r} is not computed by any {terms.node}")
+        unknown = [t for t in outputs if t not in refs]
+        if unknown:
+            raise terms.error(f"{path}: output {unknown[0]!r} is no {terms.output} of the net")
     outputs = list(available) if outputs is None else list(outputs)
     if not outputs:
         raise terms.error(f"{path}: the net has no output (every {terms.output} is read by a later "
@@ -152,7 +154,7 @@ def simplify(graph: nn.Graph) -> nn.Module:
     order = graph.order()
     if (not order or len(graph.input_names) != 1 or len(graph.output_names) != 1
             or graph.output_names[0] != order[-1].name):
-        return graph
+        return graph  # (no module at all: an ONNX graph of Identity nodes)
     prev = graph.input_names[0]
     for m in order:
         if graph.node_inputs[m.name] != [prev] or m.multi_input or m.num_outputs > 1:

@@ -15,6 +15,8 @@ COMMANDS = {
     "export": "export",
     "train": "train",
     "demo": "demo",
+    "serve": "serve",
+    "classify": "classify",
 }
 
 

@@ -202,6 +202,18 @@ def _module_from_proto(d: pb.ModuleDef, fill, path) -> Module:
     return m
 
 
+def rebuild(model: Module, fill) -> Module:
+    """A fresh module tree built from ``model``'s saved form (types, attributes, children), as a
+    load builds it, with ``fill(module)`` setting each new module's arrays: no outputs, scratch or
+    other state of ``model`` comes along."""
+    check_unique_names(model)
+    try:
+        graph = _module_to_proto(model)
+    except ValueError as e:
+        raise FormatError(f"<{model.name}>", f"cannot rebuild: {e}") from e
+    return _module_from_proto(graph, fill, f"<{model.name}>")
+
+
 def check_unique_names(model: Module) -> None:
     counts = Counter(m.name for m in model.modules())
     repeated = sorted(n for n, c in counts.items() if c > 1)

@@ -37,6 +37,9 @@ class Module:
     #: Set by the trainer on a container: leading layers that have nothing to train are not
     #: back-propagated at all (a frozen feature extractor under a new head).
     skip_frozen_prefix = False
+    #: Scratch entries derived from the weights alone in evaluate mode (never written once built):
+    #: inference replicas share them (runtime/predict.py) instead of each rebuilding a copy.
+    shared_scratch: tuple[str, ...] = ()
 
     def __init__(self, name: str | None = None):
         self.name = name or _auto_name(type(self))

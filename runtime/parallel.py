@@ -15,12 +15,13 @@ sum per piece (gradients) runs its fixed pieces on the free cores.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def default_threads() -> int:
@@ -79,6 +80,19 @@ class Pool:
         self._lock = threading.Lock()
         adaptive = os.environ.get("KINDLING_ADAPTIVE_THREADS", "1") != "0" and os.path.exists("/proc/stat")
         self._monitor = LoadMonitor() if adaptive else None
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def serial(self, on: bool = True) -> Iterator[None]:
+        """Within this block the calling thread runs its parallel regions alone, piece after piece
+        (the same pieces, so the same numbers): for callers that are themselves one of several
+        workers already keeping the cores busy (a server's compute workers)."""
+        before = getattr(self._local, "serial", False)
+        self._local.serial = on
+        try:
+            yield
+        finally:
+            self._local.serial = before
 
     def set_threads(self, n: int) -> None:
         with self._lock:
@@ -120,7 +134,7 @@ class Pool:
         working (VGG-style inference measured 13% faster than on the free core alone). On a quiet
         machine such work runs as one piece per thread, which measured 3% faster than pieces."""
         threads = min(self.max_threads, max(1, n // max(min_per_worker, 1)))
-        nested = threading.current_thread().name.startswith("kindling-")
+        nested = threading.current_thread().name.startswith("kindling-") or getattr(self._local, "serial", False)
         free = self.workers()
         if free < self.max_threads and pieces_per_thread > 1 and threads > 1 and not nested:
             self._run_shared(n, fn, min(n // max(min_per_worker, 1), threads * pieces_per_thread), threads)

@@ -55,7 +55,8 @@ def probe(module: Module, shapes: list) -> Shape | list[Shape]:
     except (ValueError, IndexError) as e:
         raise ShapeError(module, shapes, str(e)) from e
     for m in module.modules():
-        m._scratch.clear()  # buffers sized for a probe are not kept
+        m._scratch.clear()  # buffers sized for a probe are not kept, nor outputs that refer to them
+        m.output = None
     return shape_of(y)
 
 

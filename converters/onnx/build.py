@@ -12,7 +12,7 @@ import onnx
 
 from kindling.runtime import nn
 
-from ..graph import ALIAS, FOLDED, Terms, assemble, check_supported
+from ..graph import ALIAS, CONSTANT, Terms, assemble, check_supported
 from .errors import OnnxError
 from .fold import FOLD, fold, shape_value
 from .read import GraphInput, OnnxNode, graph_inputs, initializers, nodes_of, opset_of, ordered
@@ -206,10 +206,10 @@ def _translator(table: dict, consts: dict, taken: set, path):
         if node.type in FOLD and all(t in consts for t in given):
             for o, v in zip(node.outputs, fold(node, [consts.get(t) for t in node.inputs])):
                 consts[o] = v
-            return FOLDED
+            return CONSTANT
         if node.type == "Shape":
             consts[node.outputs[0]] = shape_value(node, in_shapes[0])
-            return FOLDED
+            return CONSTANT
         if not in_shapes:
             raise OnnxError(f"{path}: node {node.name!r} ({node.type}): every input is a constant, and kindling does "
                             f"not compute {node.type} at conversion time")

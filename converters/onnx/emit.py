@@ -153,9 +153,15 @@ def softmax(op):
 
 
 def clip(w, m, xs):
-    lo = w.const(f"{m.name}.min", np.float32(m.min)) if m.min is not None else ""
-    hi = w.const(f"{m.name}.max", np.float32(m.max)) if m.max is not None else ""
+    lo = w.const(f"{m.name}.low", np.float32(m.low)) if m.low is not None else ""
+    hi = w.const(f"{m.name}.high", np.float32(m.high)) if m.high is not None else ""
     return w.node("Clip", [xs[0], lo, hi] if hi else [xs[0], lo], m.name)
+
+
+def swish(w, m, xs):
+    x = xs[0]
+    z = x if m.beta == 1 else w.node("Mul", [x, w.const(f"{m.name}/beta", np.float32(m.beta))], f"{m.name}/bx")
+    return w.node("Mul", [x, w.node("Sigmoid", [z], f"{m.name}/gate")], m.name)
 
 
 def hard_swish(w, m, xs):
@@ -314,11 +320,12 @@ def constant(w, m, xs):
 
 def pad(w, m, xs):
     rank = w.rank(xs[0])
-    k = len(m.pads) // 2
-    full = [0] * (rank - k) + m.pads[:k] + [0] * (rank - k) + m.pads[k:]
+    onnx_pads = m.pads[0::2] + m.pads[1::2]  # ONNX: every axis's before, then every axis's after
+    if len(onnx_pads) != 2 * rank:
+        raise OnnxError(f"module {m.name!r}: {len(m.pads) // 2} pad pairs for an input of rank {rank}")
     if m.mode == "wrap" and w.opset < 19:
         raise OnnxError(f"module {m.name!r}: wrap padding needs opset 19 or later (--opset 19)")
-    ins = [xs[0], w.ints(f"{m.name}/pads", full)]
+    ins = [xs[0], w.ints(f"{m.name}/pads", onnx_pads)]
     if m.mode == "constant":
         ins.append(w.const(f"{m.name}/value", np.float32(m.value)))
     return w.node("Pad", ins, m.name, mode=m.mode)
@@ -390,7 +397,7 @@ EMIT = {
     "ReLU": _unary("Relu"), "LeakyReLU": _unary("LeakyRelu", alpha="negative_slope"), "ELU": _unary("Elu", alpha="alpha"),
     "Sigmoid": _unary("Sigmoid"), "Tanh": _unary("Tanh"), "PReLU": prelu,
     "Softmax": softmax("Softmax"), "LogSoftmax": softmax("LogSoftmax"), "Dropout": dropout,
-    "Clip": clip, "HardSigmoid": _unary("HardSigmoid", alpha="alpha", beta="beta"), "HardSwish": hard_swish,
+    "Clip": clip, "ReLU6": clip, "Swish": swish, "HardSigmoid": _unary("HardSigmoid", alpha="alpha", beta="beta"), "HardSwish": hard_swish,
     "SELU": _unary("Selu", alpha="alpha", gamma="gamma"),
     "BatchNorm2d": batch_norm, "InstanceNorm": instance_norm, "LocalResponseNorm": lrn, "Scale": scale,
     "Flatten": flatten, "Reshape": reshape, "Identity": _unary("Identity"), "Permute": permute,

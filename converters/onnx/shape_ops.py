@@ -136,7 +136,8 @@ def pad(node, shapes):
         fail(node, f"{len(pads)} pads for an input of rank {len(x)}")
     if not any(pads):
         return ALIAS
-    return nn.Pad(pads, mode, value, name=node.name)
+    rank = len(x)
+    return nn.Pad([v for a in range(rank) for v in (pads[a], pads[rank + a])], value, mode, name=node.name)
 
 
 def gather(node, shapes):

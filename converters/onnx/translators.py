@@ -58,9 +58,15 @@ def window(node, sizes, kernel):
     return strides, dilations, begins, ends
 
 
+def pad_pairs(begins, ends, rank: int) -> list[int]:
+    """nn.Pad's layout, (before, after) for every axis, from ONNX's spatial begins and ends."""
+    lead = [0] * 2 * (rank - len(begins))
+    return lead + [v for b, e in zip(begins, ends) for v in (b, e)]
+
+
 def _pad_first(node, begins, ends, modules: list, value: float = 0.0) -> list:
     """Asymmetric padding: a Pad of the spatial axes before the module (which pads nothing)."""
-    return [nn.Pad([*begins, *ends], "constant", value, name=f"{node.name}/pad"), *modules]
+    return [nn.Pad(pad_pairs(begins, ends, 2 + len(begins)), value, name=f"{node.name}/pad"), *modules]
 
 
 # ---- convolutions, Gemm, MatMul ---------------------------------------------------------------
@@ -122,7 +128,7 @@ def conv_transpose(node, shapes):
     m.params["weight"] = w
     made = [m]
     if not symmetric:  # crop (and where the output grows, zeros) with one Pad of negated amounts
-        made.append(nn.Pad([-p for p in begins + ends], name=f"{node.name}/crop"))
+        made.append(nn.Pad(pad_pairs([-p for p in begins], [-p for p in ends], 4), name=f"{node.name}/crop"))
     if b is not None and grows:
         made.append(nn.BinaryOp("add", constant=f32(b).reshape(-1, 1, 1), name=f"{node.name}/bias"))
     elif b is not None:
@@ -223,8 +229,12 @@ def clip(node, shapes):
     lo, hi = forms.clip_bounds(node)
     if node.opset >= 11 and any(node.has(i) and node.const(i) is None for i in (1, 2)):
         fail(node, "min and max must be constants")
+    if lo is None and hi is None:
+        return ALIAS
     if lo == 0 and hi is None:
         return nn.ReLU(name=node.name)
+    if lo is not None and hi is not None and lo > hi:  # ONNX: every value becomes max
+        lo = hi
     return nn.Clip(lo, hi, name=node.name)
 
 

@@ -1,4 +1,5 @@
-"""kindling run MODEL --input x.npy --output y.npy: a forward pass in evaluate mode, in batches."""
+"""kindling run MODEL --input x.npy --output y.npy | --input photo.jpg [--top-k 5]: a forward pass in
+evaluate mode, in batches, through the runtime's one batched-predict path (runtime/predict.py)."""
 from __future__ import annotations
 
 import os
@@ -7,19 +8,25 @@ from pathlib import Path
 
 import numpy as np
 
-HELP = "run a model on a float32 NCHW .npy tensor (.npz by input/output names for several)"
+HELP = ("run a model on a float32 .npy/.npz tensor, or classify image files and folders with the model's "
+        "recorded preprocessing")
+
+TENSOR_SUFFIXES = (".npy", ".npz")
+# What a file that is neither a tensor nor an image most likely is, for the error message.
+KNOWN_OTHERS = {".kdl": "a kindling model", ".txt": "a text file", ".json": "a JSON file", ".csv": "a CSV file",
+                ".prototxt": "a Caffe net definition", ".caffemodel": "Caffe weights", ".pt": "PyTorch weights",
+                ".pth": "PyTorch weights", ".onnx": "an ONNX model", ".pb": "a protobuf file"}
 
 
 def add_arguments(p):
     p.add_argument("model", help="a .kdl model file")
-    p.add_argument("--input", required=True, help=".npy (one input) or .npz (arrays named by the model's inputs)")
-    p.add_argument("--output", required=True, help=".npy (one output) or .npz (one array per model output)")
-    p.add_argument("--batch-size", type=int, default=0, help="split the first axis into batches of N (default: all)")
-
-
-def _names(model, key, default):
-    names = model.metadata.get(key) or getattr(model, key, None)
-    return list(names) if names else [default]
+    p.add_argument("--input", required=True, nargs="+",
+                   help=".npy (one input) or .npz (arrays named by the model's inputs); or image files and folders "
+                        "of images, preprocessed as the model records")
+    p.add_argument("--output", help=".npy (one output) or .npz (one array per model output); required for tensors")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="split the first axis into batches of N (default: all; 32 for images)")
+    p.add_argument("--top-k", type=int, default=5, help="classes printed per image (default 5)")
 
 
 def _read_inputs(path: str, names: list[str]) -> list[np.ndarray]:
@@ -47,36 +54,63 @@ def _write_atomic(path: Path, save) -> None:
         raise
 
 
-def run(args) -> int:
-    import kindling
-    model = kindling.load(args.model).evaluate()
-    in_names = _names(model, "input_names", "input")
-    out_names = _names(model, "output_names", "output")
-    xs = _read_inputs(args.input, in_names)
-    n = xs[0].shape[0]
-    if any(x.shape[0] != n for x in xs):
-        raise ValueError(f"inputs differ in batch size: {[x.shape for x in xs]}")
-    expected = model.metadata.get("input_shape")
-    if expected and len(xs) == 1 and (len(expected) != xs[0].ndim or any(
-            e > 0 and e != d for e, d in zip(expected[1:], xs[0].shape[1:]))):
-        raise ValueError(f"{args.input}: input shape {list(xs[0].shape)} does not fit the model's "
-                         f"{expected} (first axis is the batch)")
-    step = args.batch_size if args.batch_size > 0 else max(n, 1)
-    chunks: list[list[np.ndarray]] = []
-    for lo in range(0, n, step):
-        batch = [x[lo:lo + step] for x in xs]
-        y = model.forward(batch[0] if len(batch) == 1 else batch)
-        ys = y if isinstance(y, (list, tuple)) else [y]
-        chunks.append([np.array(o, np.float32, copy=True) for o in ys])  # outputs are reused buffers
-    outs = [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
-    if len(out_names) != len(outs):
-        out_names = [f"output{i}" for i in range(len(outs))] if len(outs) > 1 else ["output"]
-    out = Path(args.output)
-    if out.suffix == ".npz":
-        _write_atomic(out, lambda p: np.savez(p, **dict(zip(out_names, outs))))
-    elif len(outs) > 1:
-        raise ValueError(f"the model has {len(outs)} outputs {out_names}: write them to an .npz")
+def _write_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
+    if path.suffix == ".npz":
+        _write_atomic(path, lambda p: np.savez(p, **outputs))
+    elif len(outputs) > 1:
+        raise ValueError(f"the model has {len(outputs)} outputs {list(outputs)}: write them to an .npz")
     else:
-        _write_atomic(out, lambda p: np.save(p, outs[0]))
-    print(f"wrote {out} ({', '.join(f'{k} {list(v.shape)}' for k, v in zip(out_names, outs))})")
+        _write_atomic(path, lambda p: np.save(p, next(iter(outputs.values()))))
+    print(f"wrote {path} ({', '.join(f'{k} {list(v.shape)}' for k, v in outputs.items())})")
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The images named, and those under folders named (sorted, hidden files skipped); anything
+    else is an error saying what it is and what is expected."""
+    from kindling.runtime.data.dataset import IMAGE_SUFFIXES, _walk
+    found: list[Path] = []
+    for text in paths:
+        p = Path(text)
+        if p.is_dir():
+            images, _ = _walk(p)
+            if not images:
+                raise ValueError(f"{p}: a folder with no images in it (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            found += images
+        elif not p.exists():
+            raise ValueError(f"{p}: no such file or folder")
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            found.append(p)
+        else:
+            what = KNOWN_OTHERS.get(p.suffix.lower(), f"a {p.suffix or 'suffix-less'} file")
+            raise ValueError(f"{p}: {what}, not an input: expected a tensor (.npy, .npz) or images "
+                             f"({', '.join(sorted(IMAGE_SUFFIXES))}) or folders of them")
+    return found
+
+
+def run(args) -> int:
+    from kindling.runtime.predict import Predictor
+    tensors = [p for p in args.input if Path(p).suffix.lower() in TENSOR_SUFFIXES]
+    if tensors and len(tensors) != len(args.input) or len(tensors) > 1:
+        raise ValueError("give one .npy/.npz tensor file, or image files and folders, not a mix")
+    images = None if tensors else image_files(args.input)  # checked before the model is read
+    if tensors and not args.output:
+        raise ValueError("tensor inputs need --output (.npy or .npz) for the results")
+    batch = args.batch_size if args.batch_size > 0 else None
+    predictor = Predictor.load(args.model, batch_size=batch or 32)
+    if images is None:
+        xs = _read_inputs(tensors[0], predictor.input_names)
+        if batch is None:
+            predictor.batch_size = max(len(xs[0]), 1)
+        _write_outputs(Path(args.output), predictor.predict(dict(zip(predictor.input_names, xs))))
+        return 0
+    if predictor.pipeline is None:
+        raise ValueError(f"{args.model}: the model records no image preprocessing or 4-D input shape, so images "
+                         f"cannot be fed to it: give a tensor (.npy)")
+    x = predictor.preprocess(images, names=[str(p) for p in images])
+    outs = predictor.forward([x])
+    for path, c in zip(images, predictor.top_k(outs[0], args.top_k)):
+        print(f"{path}: " + ", ".join(f"{label or i} {score:.4f}" for i, label, score in zip(c.indices, c.labels,
+                                                                                          c.scores)))
+    if args.output:
+        _write_outputs(Path(args.output), dict(zip(predictor.output_names_for(len(outs)), outs)))
     return 0

@@ -48,17 +48,14 @@ def _floats(text):
 
 
 def _preprocessing(args, model) -> dict:
+    from kindling.runtime.predict import image_preprocessing
     pre = dict(model.metadata.get("preprocessing") or {})
     given = {"mean": _floats(args.mean), "std": _floats(args.std), "scale": args.scale,
              "channel_order": args.channel_order, "resize": args.resize,
              "input_size": [int(v) for v in args.input_size.split(",")] if args.input_size else None}
     pre.update({k: v for k, v in given.items() if v is not None})
-    shape = model.metadata.get("input_shape")
-    if "input_size" not in pre and shape and len(shape) == 4:
-        pre["input_size"] = list(shape[2:])
-    if "channel_order" not in pre and shape and len(shape) == 4 and shape[1] == 1:
-        pre["channel_order"] = "gray"
-    if "input_size" not in pre:
+    pre = image_preprocessing({**model.metadata, "preprocessing": pre})  # the size and gray from the input shape
+    if pre is None:
         raise ValueError("the input size is unknown: give --input-size H,W")
     return pre
 

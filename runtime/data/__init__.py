@@ -2,8 +2,9 @@
 from .dataset import ArrayDataSet, DataSet, ImageFolder, Subset
 from .labels import read_labels, write_labels
 from .loader import batches, epoch_order
-from .transforms import (CenterCrop, ChannelOrder, Decode, Normalize, Pipeline, RandomCrop, RandomHorizontalFlip,
-                         Resize)
+from .transforms import (DEFAULT_MAX_PIXELS, CenterCrop, ChannelOrder, Decode, ImageError, ImageTooLarge, Normalize,
+                         Pipeline, RandomCrop, RandomHorizontalFlip, Resize, max_pixels)
 
-__all__ = ["ArrayDataSet", "DataSet", "ImageFolder", "Subset", "read_labels", "write_labels", "batches", "epoch_order", "CenterCrop", "ChannelOrder",
-           "Decode", "Normalize", "Pipeline", "RandomCrop", "RandomHorizontalFlip", "Resize"]
+__all__ = ["ArrayDataSet", "DataSet", "ImageFolder", "Subset", "read_labels", "write_labels", "batches", "epoch_order",
+           "CenterCrop", "ChannelOrder", "Decode", "DEFAULT_MAX_PIXELS", "ImageError", "ImageTooLarge", "max_pixels",
+           "Normalize", "Pipeline", "RandomCrop", "RandomHorizontalFlip", "Resize"]

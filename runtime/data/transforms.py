@@ -11,16 +11,49 @@ training, Spark scoring and serving alike.
 Decoding turns phone photos upright by their EXIF orientation tag (what every viewer shows and what
 the person who sorted them into class folders saw); torchvision's ImageFolder and Keras's
 image_dataset_from_directory do not, so a model trained there on sideways photos saw them sideways.
-Pillow's decompression-bomb limit stays on (serving decodes strangers' uploads): an image above
-it is skipped by the loader with a warning naming it, or fails a strict run.
+One pixel limit governs decoding for training, scoring and serving alike: ``Decode`` reads the
+image's size from its header and refuses one with more pixels than ``max_pixels`` before decoding
+a byte of it (a decompression bomb: a few KB of PNG that inflate to gigabytes). The default is
+the environment's KINDLING_MAX_PIXELS, else DEFAULT_MAX_PIXELS; ``kindling serve --max-pixels``
+sets it for requests. Pillow's own bomb check stays on as well. A refused or unreadable image is
+skipped by the loader with a warning naming it, fails a strict run, and is an INVALID_ARGUMENT
+for a server's client.
 """
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+
+# Twice Pillow's warning threshold (89,478,485), where Pillow itself refuses an image: a
+# 13,000 x 13,000 panorama still decodes; one RGB copy of it is about 0.5 GB.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+def max_pixels() -> int:
+    """The process-wide pixel limit: KINDLING_MAX_PIXELS when set, else DEFAULT_MAX_PIXELS."""
+    env = os.environ.get("KINDLING_MAX_PIXELS")
+    if not env:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(env)
+    except ValueError:
+        raise ValueError(f"KINDLING_MAX_PIXELS={env!r} is not a whole number of pixels") from None
+    if value <= 0:
+        raise ValueError(f"KINDLING_MAX_PIXELS={env!r} must be positive")
+    return value
+
+
+class ImageError(ValueError):
+    """Bytes or a file that do not decode to an image: not an image, truncated, or too large."""
+
+
+class ImageTooLarge(ImageError):
+    """An image whose header declares more pixels than the limit (checked before decoding)."""
 
 
 class Step:
@@ -60,28 +93,64 @@ class Decode(Step):
     ``at_least``: the side length the next step (a Resize) needs. A JPEG can be decoded at 1/2,
     1/4 or 1/8 of its size (libjpeg's DCT scaling) for a fraction of the work, so it is decoded at
     the smallest of those scales that leaves every side at least that long: a 12-megapixel phone
-    photo headed for a 256-pixel resize decodes several times faster. A Pipeline sets it."""
+    photo headed for a 256-pixel resize decodes several times faster. A Pipeline sets it.
 
-    def __init__(self, gray: bool = False, at_least: int | None = None):
+    ``max_pixels``: refuse (ImageTooLarge) an image whose header declares more pixels; None
+    takes the process-wide limit (``max_pixels()``) at each call. Anything that does not decode
+    (not an image, truncated) raises ImageError; a missing file stays an OSError."""
+
+    def __init__(self, gray: bool = False, at_least: int | None = None, max_pixels: int | None = None):
+        if max_pixels is not None and max_pixels <= 0:
+            raise ValueError(f"Decode: max_pixels must be positive, got {max_pixels}")
         self.gray = gray
         self.at_least = at_least
+        self.max_pixels = max_pixels
 
     def __call__(self, source, rng=None):
         if isinstance(source, Image.Image):
             return self._finish(source)
+        encoded = isinstance(source, (bytes, bytearray, memoryview))
         try:
-            opened = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
-        except Image.DecompressionBombError as e:
-            raise ValueError(f"{e} Raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) if you trust the file") from e
+            opened = Image.open(io.BytesIO(source) if encoded else Path(source))
+        except Image.DecompressionBombError as e:  # Pillow's own limit, met before kindling's
+            raise ImageTooLarge(f"{e} Raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) if you trust the "
+                                f"file") from e
+        except Image.UnidentifiedImageError as e:
+            raise ImageError(f"not an image that Pillow can read ({_what(source, encoded)})") from e
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            raise  # the file system's answer, not the image's
+        except Exception as e:  # a header Pillow chokes on: OSError, SyntaxError, struct.error, ...
+            raise ImageError(f"a broken image header ({type(e).__name__}: {e})") from e
         # closed at once: a multi-frame file (GIF, TIFF) would otherwise hold its handle until GC
         with opened as img:
-            if self.at_least and img.format == "JPEG":
-                img.draft(img.mode, (self.at_least, self.at_least))  # square: either side may end up shorter
-            img.load()
-            return self._finish(img)
+            self._check_size(img)
+            try:
+                if self.at_least and img.format == "JPEG":
+                    img.draft(img.mode, (self.at_least, self.at_least))  # square: either side may end up shorter
+                img.load()
+                return self._finish(img)
+            except MemoryError:
+                raise
+            except Exception as e:  # whatever a decoder raises on hostile bytes
+                raise ImageError(f"{img.format or 'image'} data cannot be decoded ({e})") from e
+
+    def _check_size(self, img) -> None:
+        limit = self.max_pixels if self.max_pixels is not None else max_pixels()
+        w, h = img.size
+        if w * h > limit:
+            setting = "max_pixels" if self.max_pixels is not None else (
+                "KINDLING_MAX_PIXELS" if os.environ.get("KINDLING_MAX_PIXELS") else "the default limit")
+            raise ImageTooLarge(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} ({setting})")
 
     def _finish(self, img):
         return _eight_bit(_upright(img)).convert("L" if self.gray else "RGB")
+
+
+def _what(source, encoded: bool) -> str:
+    if not encoded:
+        return str(source)
+    head = bytes(source[:8])
+    return f"{len(source):,} bytes starting {head!r}" if source else "no bytes"
 
 
 class Resize(Step):
@@ -194,7 +263,7 @@ def _decode_for_resize(steps):
     step shared with another pipeline is left as it was)."""
     for i, (s, nxt) in enumerate(zip(steps, steps[1:])):
         if type(s) is Decode and isinstance(nxt, Resize):
-            steps[i] = Decode(s.gray, at_least=max(nxt.smallest()))
+            steps[i] = Decode(s.gray, at_least=max(nxt.smallest()), max_pixels=s.max_pixels)
 
 
 class Pipeline(Step):
@@ -232,11 +301,12 @@ class Pipeline(Step):
         return Pipeline(*steps)
 
     @classmethod
-    def from_metadata(cls, pre: dict, train: bool = False) -> "Pipeline":
+    def from_metadata(cls, pre: dict, train: bool = False, max_pixels: int | None = None) -> "Pipeline":
         """Decode -> Resize -> crop -> [flip] -> channel order -> normalize, from a snapshot's
-        preprocessing record; ``train`` makes the crop random and adds the flip."""
+        preprocessing record; ``train`` makes the crop random and adds the flip; ``max_pixels``
+        overrides the process-wide decoding limit."""
         order = pre.get("channel_order") or "rgb"
-        steps: list[Step] = [Decode(gray=order == "gray")]
+        steps: list[Step] = [Decode(gray=order == "gray", max_pixels=max_pixels)]
         size = pre.get("input_size")
         if pre.get("resize"):
             steps.append(Resize(int(pre["resize"])))

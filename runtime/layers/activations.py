@@ -1,4 +1,5 @@
-"""Elementwise activations. Outputs keep the input's memory order (an NCHW view of NHWC memory
+"""Elementwise activations (ReLU, LeakyReLU, ELU, SELU, Sigmoid, Tanh, Clip/ReLU6, Swish, and the
+hard sigmoid and hard swish of MobileNetV3). Outputs keep the input's memory order (an NCHW view of NHWC memory
 stays one), so each is a single straight pass over memory."""
 from __future__ import annotations
 
@@ -107,32 +108,105 @@ class Tanh(_Elementwise):
         return out
 
 
-class Clip(_Elementwise):
-    """min(max(x, min), max); a bound of None is open. With min > max every value is max (numpy,
-    PyTorch and ONNX agree). The gradient passes where min <= x <= max, as torch.clamp's."""
+class SELU(_Elementwise):
+    """gamma * (x if x > 0 else alpha * (exp(x) - 1)), by default with the self-normalising
+    constants (ONNX's Selu takes others)."""
+    ALPHA = 1.6732632423543772848170429916717
+    SCALE = 1.0507009873554804934193349852946
 
-    def __init__(self, min: float | None = None, max: float | None = None, name: str | None = None):
+    def __init__(self, alpha: float = ALPHA, gamma: float = SCALE, name: str | None = None):
         super().__init__(name)
-        self.min = None if min is None else float(min)
-        self.max = None if max is None else float(max)
+        self.alpha, self.gamma = float(alpha), float(gamma)
 
     def config(self):
-        return {"min": self.min, "max": self.max}
+        return {"alpha": self.alpha, "gamma": self.gamma}
 
     def _f(self, x, out):
-        return np.clip(x, self.min, self.max, out=out)
+        np.expm1(np.minimum(x, 0), out=out)
+        out *= np.float32(self.alpha)
+        np.copyto(out, x, where=x > 0)
+        out *= np.float32(self.gamma)
+        return out
 
     def _df(self, x, y, g, out):
-        inside = np.ones(x.shape, bool) if self.min is None else x >= np.float32(self.min)
-        if self.max is not None:
-            inside &= x <= np.float32(self.max)
-        return np.multiply(g, inside, out=out)
+        # d/dx = gamma for x > 0, else gamma * alpha * exp(x) = y + gamma * alpha
+        slope = np.where(x > 0, np.float32(self.gamma), y + np.float32(self.gamma * self.alpha))
+        return np.multiply(g, slope, out=out)
+
+
+class Clip(_Elementwise):
+    """min(max(x, low), high), either bound optional (TensorFlow's Maximum/Minimum with a number,
+    PyTorch's clamp). The gradient passes where low < x < high."""
+
+    def __init__(self, low: float | None = None, high: float | None = None, name: str | None = None):
+        super().__init__(name)
+        if low is None and high is None:
+            raise ValueError(f"Clip {self.name!r}: give low, high or both")
+        self.low = None if low is None else float(low)
+        self.high = None if high is None else float(high)
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"Clip {self.name!r}: low {self.low} is above high {self.high}")
+
+    def config(self):
+        return {"low": self.low, "high": self.high}
+
+    def _f(self, x, out):
+        return np.clip(x, self.low, self.high, out=out)
+
+    def _inside(self, x):
+        inside = np.ones(x.shape, bool) if self.low is None else x > self.low
+        return inside if self.high is None else inside & (x < self.high)
+
+    def _df(self, x, y, g, out):
+        return np.multiply(g, self._inside(x), out=out)
+
+
+class ReLU6(Clip):
+    """min(max(x, 0), 6) (MobileNets)."""
+
+    def __init__(self, name: str | None = None):
+        super().__init__(0.0, 6.0, name=name)
+
+    def config(self):
+        return {}
+
+
+class Swish(_Elementwise):
+    """x * sigmoid(beta * x): SiLU with beta 1 (EfficientNet), Keras's swish."""
+
+    def __init__(self, beta: float = 1.0, name: str | None = None):
+        super().__init__(name)
+        self.beta = float(beta)
+
+    def config(self):
+        return {"beta": self.beta}
+
+    def _sigmoid(self, x, out):
+        np.multiply(x, np.float32(0.5 * self.beta), out=out)
+        np.tanh(out, out=out)
+        out += 1
+        out *= 0.5
+        return out
+
+    def _f(self, x, out):
+        return np.multiply(self._sigmoid(x, out), x, out=out)
+
+    def _df(self, x, y, g, out):
+        # d/dx = s + beta * x * s * (1 - s) = s + beta * y * (1 - s), s = sigmoid(beta * x)
+        s = self._sigmoid(x, np.empty_like(out))
+        np.subtract(1, s, out=out)
+        out *= y
+        out *= np.float32(self.beta)
+        out += s
+        out *= g
+        return out
 
 
 class HardSigmoid(_Elementwise):
-    """max(0, min(1, alpha * x + beta)); ONNX's defaults (PyTorch's hardsigmoid is alpha 1/6)."""
+    """max(0, min(1, alpha * x + beta)); by default relu6(x + 3) / 6, as Keras and PyTorch define it
+    (MobileNetV3); ONNX's HardSigmoid defaults to alpha 0.2."""
 
-    def __init__(self, alpha: float = 0.2, beta: float = 0.5, name: str | None = None):
+    def __init__(self, alpha: float = 1 / 6, beta: float = 0.5, name: str | None = None):
         super().__init__(name)
         self.alpha, self.beta = float(alpha), float(beta)
 
@@ -155,33 +229,14 @@ class HardSwish(_Elementwise):
         np.add(x, np.float32(3), out=out)
         np.clip(out, 0, 6, out=out)
         out *= x
-        out *= np.float32(1 / 6)
+        out /= np.float32(6)
         return out
 
     def _df(self, x, y, g, out):
-        # PyTorch's: 0 up to -3, x / 3 + 0.5 between, 1 from 3 on
-        slope = np.where(x <= -3, np.float32(0), np.where(x < 3, x / np.float32(3) + np.float32(0.5), np.float32(1)))
-        return np.multiply(g, slope, out=out)
-
-
-class SELU(_Elementwise):
-    """gamma * (x if x > 0 else alpha * (exp(x) - 1)); the self-normalising constants by default."""
-
-    def __init__(self, alpha: float = 1.67326319217681884765625, gamma: float = 1.05070102214813232421875,
-                 name: str | None = None):
-        super().__init__(name)
-        self.alpha, self.gamma = float(alpha), float(gamma)
-
-    def config(self):
-        return {"alpha": self.alpha, "gamma": self.gamma}
-
-    def _f(self, x, out):
-        np.expm1(np.minimum(x, 0), out=out)
-        out *= np.float32(self.alpha)
-        np.copyto(out, x, where=x > 0)
-        out *= np.float32(self.gamma)
+        # relu6(x + 3) / 6 + x / 6 inside (-3, 3)
+        np.add(x, np.float32(3), out=out)
+        np.clip(out, 0, 6, out=out)
+        out += np.where((x > -3) & (x < 3), x, np.float32(0))
+        out /= np.float32(6)
+        out *= g
         return out
-
-    def _df(self, x, y, g, out):
-        # d/dx = gamma for x > 0, else gamma * alpha * exp(x) = y + gamma * alpha
-        return np.multiply(g, np.where(x > 0, np.float32(self.gamma), y + np.float32(self.gamma * self.alpha)), out=out)

@@ -54,6 +54,8 @@ class _Shape:
 
 
 class Conv2d(Module):
+    shared_scratch = ("wmat", "wmat_key")  # the evaluate-mode weight matrix (see _weight_matrix)
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, name: str | None = None):
         super().__init__(name)

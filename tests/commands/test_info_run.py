@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import kindling
 from kindling.runtime import nn
@@ -94,3 +95,36 @@ def test_run_bad_input_shape_is_a_clear_error(lenet, tmp_path):
     assert not (tmp_path / "y.npy").exists()
     r = kindling_cli("info", tmp_path / "wrong.npy")
     assert r.returncode == 1 and "not a kindling model" in r.stderr
+
+
+def test_run_classifies_images_and_folders_as_the_predictor_does(tmp_path):
+    from caffe_nets import FIXTURES, LENET
+    from kindling.converters import caffe
+    from kindling.runtime.predict import Predictor
+    model = caffe.convert(LENET / "lenet.prototxt", LENET / "lenet_iter_10000.caffemodel",
+                          labels=[f"d{i}" for i in range(10)],
+                          preprocessing={"scale": 1 / 255, "channel_order": "gray", "input_size": [28, 28]})
+    path = kindling.save(model, tmp_path / "lenet.kdl")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (30 + i, 28), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    cat = FIXTURES / "images" / "cat.jpg"
+    r = kindling_cli("run", path, "--input", cat, folder, "--top-k", "2", "--output", tmp_path / "y.npy")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    files = [cat, *sorted(folder.glob("*.png"))]
+    expected = Predictor.load(path).classify(files, top_k=2)
+    for f, c in zip(files, expected):
+        line = next(x for x in lines if x.startswith(f"{f}: "))
+        assert line == f"{f}: " + ", ".join(f"{lab} {s:.4f}" for lab, s in zip(c.labels, c.scores))
+    assert np.load(tmp_path / "y.npy").shape == (4, 10)
+    r = kindling_cli("run", path, "--input", tmp_path / "lenet.kdl")
+    assert r.returncode == 1 and "a kindling model, not an input: expected a tensor (.npy, .npz) or images" in r.stderr
+    (tmp_path / "half.jpg").write_bytes(cat.read_bytes()[:4000])
+    r = kindling_cli("run", path, "--input", tmp_path / "half.jpg")
+    assert r.returncode == 1 and "half.jpg: JPEG data cannot be decoded" in r.stderr and "Traceback" not in r.stderr
+    r = kindling_cli("run", path, "--input", tmp_path / "missing.png")
+    assert r.returncode == 1 and "missing.png: no such file" in r.stderr

@@ -25,6 +25,21 @@ def test_generated_code_is_current(tmp_path, proto):
     assert committed == fresh, f"protos/{proto} changed: run `python protos/build.py` and commit the result"
 
 
+@pytest.mark.parametrize("proto", sorted(p.name for p in PROTOS.glob("*.proto") if "service " in p.read_text()))
+def test_generated_service_code_is_current(tmp_path, proto):
+    """The *_pb2_grpc.py beside a schema with a service, as protos/build.py writes it (the grpcio-tools
+    version stamped in it aside). In a process of its own: protoc's C++ protobuf and the one inside
+    TensorFlow (imported by other tests) crash when they share a process."""
+    for p in (PROTOS / proto, PROTOS / "build.py"):
+        (tmp_path / p.name).write_text(p.read_text())
+    subprocess.run([sys.executable, str(tmp_path / "build.py")], check=True, capture_output=True)
+    name = proto[:-len(".proto")] + "_pb2_grpc.py"
+
+    def code(path):
+        return [line for line in path.read_text().splitlines() if not line.startswith("GRPC_GENERATED_VERSION")]
+    assert code(tmp_path / name) == code(PROTOS / name), f"protos/{name} is stale: run `python protos/build.py`"
+
+
 def _drop_json_names(file_proto):
     def walk(messages):
         for m in messages:

@@ -59,3 +59,10 @@ def test_probe_leaves_no_buffers_and_no_statistics_moved():
     before = {k: v.copy() for k, v in bn.buffers.items()}
     assert probe(bn, [(2, 3, 4, 4)]) == (2, 3, 4, 4)
     assert all(np.array_equal(before[k], bn.buffers[k]) for k in before) and not bn._scratch and bn.training
+    assert bn.output is None  # an output would keep the probe's buffer alive (a converter probes every layer)
+
+
+def test_probe_of_a_container_leaves_no_outputs_in_its_layers():
+    seq = nn.Sequential(nn.ReLU(name="r"), nn.Scale([3], name="s"), name="seq")
+    assert probe(seq, [(1, 3, 8, 8)]) == (1, 3, 8, 8)
+    assert all(m.output is None and not m._scratch for m in seq.modules())

@@ -36,7 +36,7 @@ def test_convert_then_export_from_the_command_line(torch, tmp_path):
 
 def test_export_errors_name_the_problem_and_leave_nothing(tmp_path):
     from kindling.runtime import nn
-    model = nn.Sequential(nn.Pad([1, 1], "wrap"))
+    model = nn.Sequential(nn.Pad([0, 0, 0, 0, 1, 1], mode="wrap"))
     kdl = kindling.save(model, tmp_path / "pad.kdl", metadata={"input_shape": [-1, 3, 5]})
     out = tmp_path / "pad.onnx"
     r = cli("export", "onnx", kdl, "-o", out, "--opset", "17")

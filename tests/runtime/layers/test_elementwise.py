@@ -13,6 +13,14 @@ ACTIVATIONS = {
     "elu": (lambda: nn.ELU(0.7), lambda t: t.nn.ELU(0.7)),
     "sigmoid": (lambda: nn.Sigmoid(), lambda t: t.nn.Sigmoid()),
     "tanh": (lambda: nn.Tanh(), lambda t: t.nn.Tanh()),
+    "selu": (lambda: nn.SELU(), lambda t: t.nn.SELU()),
+    "relu6": (lambda: nn.ReLU6(), lambda t: t.nn.ReLU6()),
+    "clip": (lambda: nn.Clip(-0.5, 2.0), lambda t: t.nn.Hardtanh(-0.5, 2.0)),
+    "clip_low": (lambda: nn.Clip(low=-0.5), lambda t: t.nn.Hardtanh(-0.5, float("inf"))),
+    "clip_high": (lambda: nn.Clip(high=0.5), lambda t: t.nn.Hardtanh(-float("inf"), 0.5)),
+    "swish": (lambda: nn.Swish(), lambda t: t.nn.SiLU()),
+    "hard_sigmoid": (lambda: nn.HardSigmoid(), lambda t: t.nn.Hardsigmoid()),
+    "hard_swish": (lambda: nn.HardSwish(), lambda t: t.nn.Hardswish()),
     "softmax_axis1": (lambda: nn.Softmax(1), lambda t: t.nn.Softmax(1)),
     "log_softmax_axis1": (lambda: nn.LogSoftmax(1), lambda t: t.nn.LogSoftmax(1)),
     "softmax_last_axis": (lambda: nn.Softmax(-1), lambda t: t.nn.Softmax(-1)),
@@ -27,13 +35,26 @@ def test_activation_matches_torch(torch, kind, shape):
     check_module(torch, make(), tmake(torch), x)
 
 
-@pytest.mark.parametrize("kind", ["relu", "elu", "sigmoid", "log_softmax_axis1"])
+@pytest.mark.parametrize("kind", ["relu", "elu", "sigmoid", "log_softmax_axis1", "relu6", "swish", "hard_swish"])
 def test_activation_on_nhwc_view_keeps_memory_order(torch, kind):
     make, tmake = ACTIVATIONS[kind]
     x = nhwc_view(np.random.default_rng(1).standard_normal((2, 3, 4, 5)).astype(np.float32))
     y, _ = check_module(torch, make(), tmake(torch), x)
     if kind != "log_softmax_axis1":
         assert y.transpose(0, 2, 3, 1).flags.c_contiguous, "elementwise output should stay NHWC in memory"
+
+
+def test_swish_with_beta_matches_torch(torch):
+    from helpers import check_function
+    x = np.random.default_rng(2).standard_normal((2, 3, 4, 5)).astype(np.float32) * 3
+    check_function(torch, nn.Swish(1.7), lambda t: t * torch.sigmoid(1.7 * t), x)
+
+
+def test_clip_needs_a_bound_in_order():
+    with pytest.raises(ValueError, match="give low, high or both"):
+        nn.Clip(name="c")
+    with pytest.raises(ValueError, match="low 2.0 is above high 1.0"):
+        nn.Clip(2, 1, name="c")
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -89,12 +89,12 @@ def test_max_min_joins_broadcast_and_tie_to_first(torch):
 # ---- activations ---------------------------------------------------------------------------------
 ACTIVATIONS = {
     "clip": (lambda: nn.Clip(-1.0, 2.0), lambda t, x: x.clamp(-1.0, 2.0)),
-    "clip_min_only": (lambda: nn.Clip(min=0.5), lambda t, x: x.clamp(min=0.5)),
-    "clip_min_above_max": (lambda: nn.Clip(1.0, -1.0), lambda t, x: x.clamp(1.0, -1.0)),
-    "hardsigmoid_torch": (lambda: nn.HardSigmoid(1 / 6, 0.5), lambda t, x: t.nn.functional.hardsigmoid(x)),
-    "hardsigmoid_onnx": (lambda: nn.HardSigmoid(), lambda t, x: (0.2 * x + 0.5).clamp(0, 1)),
+    "clip_low_only": (lambda: nn.Clip(low=0.5), lambda t, x: x.clamp(min=0.5)),
+    "hardsigmoid_torch": (lambda: nn.HardSigmoid(), lambda t, x: t.nn.functional.hardsigmoid(x)),
+    "hardsigmoid_onnx": (lambda: nn.HardSigmoid(0.2, 0.5), lambda t, x: (0.2 * x + 0.5).clamp(0, 1)),
     "hardswish": (lambda: nn.HardSwish(), lambda t, x: t.nn.functional.hardswish(x)),
     "selu": (lambda: nn.SELU(), lambda t, x: t.nn.functional.selu(x)),
+    "selu_onnx_attributes": (lambda: nn.SELU(2.0, 3.0), lambda t, x: 3.0 * t.where(x > 0, x, 2.0 * t.expm1(x))),
 }
 
 
@@ -107,19 +107,20 @@ def test_new_activations_match_torch(torch, kind):
 
 
 # ---- Pad, InstanceNorm -------------------------------------------------------------------------------
-PADS = {
-    "constant": ([0, 0, 1, 2, 0, 0, 3, 0], "constant", 1.5, lambda t, x: t.nn.functional.pad(x, (2, 0, 1, 3), value=1.5)),
-    "reflect": ([1, 2, 2, 1], "reflect", 0.0, lambda t, x: t.nn.functional.pad(x, (2, 1, 1, 2), mode="reflect")),
-    "edge": ([2, 0, 1, 3], "edge", 0.0, lambda t, x: t.nn.functional.pad(x, (0, 3, 2, 1), mode="replicate")),
-    "wrap": ([1, 1, 2, 2], "wrap", 0.0, lambda t, x: t.nn.functional.pad(x, (1, 2, 1, 2), mode="circular")),
-    "crop": ([-1, 1, 0, -2], "constant", 0.0, lambda t, x: t.nn.functional.pad(x, (1, -2, -1, 0))),
+PADS = {  # nn.Pad's (before, after) per axis -> F.pad's amounts, last axis first
+    "constant": ([0, 0, 0, 0, 1, 3, 2, 0], "constant", 1.5, lambda t, x: t.nn.functional.pad(x, (2, 0, 1, 3), value=1.5)),
+    "reflect": ([0, 0, 0, 0, 1, 2, 2, 1], "reflect", 0.0, lambda t, x: t.nn.functional.pad(x, (2, 1, 1, 2), mode="reflect")),
+    "edge": ([0, 0, 0, 0, 2, 1, 0, 3], "edge", 0.0, lambda t, x: t.nn.functional.pad(x, (0, 3, 2, 1), mode="replicate")),
+    "wrap": ([0, 0, 0, 0, 1, 2, 1, 2], "wrap", 0.0, lambda t, x: t.nn.functional.pad(x, (1, 2, 1, 2), mode="circular")),
+    "edge_and_crop": ([0, 0, 0, 0, -1, 0, 1, -2], "edge", 0.0,
+                      lambda t, x: t.nn.functional.pad(x[:, :, 1:, :-2], (1, 0, 0, 0), mode="replicate")),
 }
 
 
 @pytest.mark.parametrize("kind", PADS)
-def test_pad_matches_torch(torch, kind):
+def test_pad_modes_match_torch(torch, kind):
     pads, mode, value, fn = PADS[kind]
-    m = nn.Pad(pads, mode, value)
+    m = nn.Pad(pads, value, mode)
     x = _x(2, 3, 5, 6)
     y, _ = check_function(torch, m, lambda t: fn(torch, t), x)
     from kindling.runtime.shapes import probe
@@ -128,7 +129,7 @@ def test_pad_matches_torch(torch, kind):
 
 def test_pad_refuses_reflecting_past_the_edge():
     with pytest.raises(ValueError, match="reflect padding of 3"):
-        nn.Pad([3, 0], "reflect").forward(_x(1, 3))
+        nn.Pad([0, 0, 3, 0], mode="reflect").forward(_x(1, 3))
 
 
 def test_instance_norm_matches_torch(torch):
@@ -225,7 +226,7 @@ def test_gather_refuses_indices_out_of_range():
 def test_new_layers_save_and_load(tmp_path):
     g = nn.Graph(inputs=["x"], outputs=["out"])
     g.add(nn.BinaryOp("sub", constant=_x(1, 3, 1, 1), name="center"), ["x"])
-    g.add(nn.Pad([1, 1, 1, 1], "reflect", name="pad"), ["center"])
+    g.add(nn.Pad([0, 0, 0, 0, 1, 1, 1, 1], mode="reflect", name="pad"), ["center"])
     g.add(nn.InstanceNorm(3, name="inorm"), ["pad"])
     g.add(nn.Resize(scales=[2.0, 2.0], axes=[2, 3], mode="linear", name="up"), ["inorm"])
     g.add(nn.StridedSlice([1], [-1], [3], name="crop"), ["up"])

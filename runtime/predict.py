@@ -1,0 +1,230 @@
+"""One batched-predict path: `kindling run`, the gRPC server and Spark scoring all call it.
+
+    predictor = Predictor.load("ckpt/model.1200")          # weights memory-mapped, read-only
+    predictor.classify(["cat.jpg", png_bytes], top_k=5)     # -> [Classification(indices, labels, scores)]
+    predictor.predict({"data": x})                          # -> {"prob": y}, float32 arrays
+    worker_copy = predictor.replica()                       # same weights, its own buffers
+
+Images (paths, encoded bytes, PIL images) are preprocessed by the snapshot's recorded pipeline
+(``Pipeline.from_metadata``); float arrays are taken as already preprocessed. The model runs in
+evaluate mode on batches of at most ``batch_size``, and every output is copied out of the
+module's reused buffers before the next batch overwrites them.
+
+Modules reuse their buffers, so one Predictor must not run on two threads at once: give each
+thread a ``replica()``. Replicas share the weight arrays (memory-mapped from the file when loaded
+with ``Predictor.load``) and the weight layouts derived from them in evaluate mode (a
+convolution's GEMM matrix), and own only their activations.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .data.transforms import Pipeline
+from .module import Module
+
+IMAGE_TYPES = (str, Path, bytes, bytearray, memoryview, Image.Image)
+
+
+class InputError(ValueError):
+    """Inputs that do not fit the model: wrong names, shape, dtype, or not an image or a tensor."""
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One image's top-k, best first: class indices, their labels ("" when the model has none)
+    and scores (probabilities when the model ends in a softmax or log-softmax, else its outputs)."""
+    indices: list[int]
+    labels: list[str]
+    scores: list[float]
+
+
+def image_preprocessing(metadata: dict) -> dict | None:
+    """The snapshot's preprocessing record, completed from its input shape (N, C, H, W): the size
+    to crop to, and gray for one channel. None when the model does not take images."""
+    pre = dict(metadata.get("preprocessing") or {})
+    shape = metadata.get("input_shape")
+    if shape and len(shape) == 4:
+        if "input_size" not in pre and all(d > 0 for d in shape[2:]):
+            pre["input_size"] = list(shape[2:])
+        if "channel_order" not in pre and shape[1] == 1:
+            pre["channel_order"] = "gray"
+    elif not pre:
+        return None
+    return pre if pre.get("input_size") else None
+
+
+def score_kind(model: Module) -> str:
+    """How the last layer's outputs become scores: "log_softmax" (exponentiated), "softmax" or "raw"."""
+    last = type(list(model.modules())[-1]).__name__
+    return {"LogSoftmax": "log_softmax", "Softmax": "softmax"}.get(last, "raw")
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values) of each row's k largest scores, best first; ties keep the lower index."""
+    scores = np.asarray(scores).reshape(len(scores), -1)
+    k = max(1, min(int(k), scores.shape[1]))
+    if k < scores.shape[1]:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        part.sort(axis=1)  # index order first, so the stable sort below breaks ties by index
+    else:
+        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+def replicate(model: Module) -> Module:
+    """The same model rebuilt around the same parameter and buffer arrays (and each module's
+    ``shared_scratch``: weight layouts derived in evaluate mode), with its own outputs and
+    scratch buffers: safe to run on another thread at the same time as ``model``."""
+    from .format import rebuild
+    originals = {m.name: m for m in model.modules()}
+
+    def fill(m: Module) -> None:
+        src = originals[m.name]
+        m.params.update(src.params)
+        m.buffers.update(src.buffers)
+        m._scratch.update({k: src._scratch[k] for k in m.shared_scratch if k in src._scratch})
+        m.training = src.training
+
+    twin = rebuild(model, fill)
+    twin.metadata = dict(getattr(model, "metadata", None) or {})
+    return twin
+
+
+class Predictor:
+    """Batched inference with a model's own preprocessing, labels and scores (see the module doc)."""
+
+    def __init__(self, model: Module, *, batch_size: int = 32, max_pixels: int | None = None):
+        if batch_size <= 0:
+            raise ValueError(f"Predictor: batch_size must be positive, got {batch_size}")
+        self.model = model.evaluate()
+        self.metadata: dict = dict(getattr(model, "metadata", None) or {})
+        self.batch_size = int(batch_size)
+        self.max_pixels = max_pixels
+        meta = self.metadata
+        self.input_names: list[str] = list(meta.get("input_names") or ["input"])
+        self.output_names: list[str] | None = list(meta["output_names"]) if meta.get("output_names") else None
+        self.input_shape: list[int] | None = list(meta["input_shape"]) if meta.get("input_shape") else None
+        self.labels: list[str] = list(meta.get("labels") or [])
+        self.preprocessing = image_preprocessing(meta) if len(self.input_names) == 1 else None
+        self.pipeline = (Pipeline.from_metadata(self.preprocessing, max_pixels=max_pixels)
+                         if self.preprocessing else None)
+        self.scores_from = score_kind(model)
+
+    @classmethod
+    def load(cls, path, **kwargs) -> "Predictor":
+        """From a .kdl file, memory-mapped: every checksum verified, weights read-only and shared
+        by the page cache with every other process serving the same file."""
+        from .format import load
+        return cls(load(path, mmap=True), **kwargs)
+
+    def replica(self) -> "Predictor":
+        twin = copy.copy(self)
+        twin.model = replicate(self.model)
+        return twin
+
+    # ---- inputs ----------------------------------------------------------------------------------
+    def sample_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """The recorded input shape with ``batch`` first; free image dimensions (-1) take the
+        preprocessing's size, other free ones 1."""
+        if not self.input_shape:
+            raise InputError("the model records no input shape")
+        dims = [d if d > 0 else 1 for d in self.input_shape[1:]]
+        if self.preprocessing and len(dims) == 3:
+            dims[1:] = [d if d > 0 else s for d, s in zip(self.input_shape[2:], self.preprocessing["input_size"])]
+        return (batch, *dims)
+
+    def check(self, x: np.ndarray, name: str | None = None) -> np.ndarray:
+        """A batch for one input as float32, its shape checked against the recorded one."""
+        name = name or self.input_names[0]
+        a = np.asarray(x)
+        if a.dtype.kind not in "fiu":
+            raise InputError(f"input {name!r}: dtype {a.dtype} is not numeric (expected float32)")
+        expected = self.input_shape if len(self.input_names) == 1 else None
+        if expected and (a.ndim != len(expected) or any(e > 0 and e != d for e, d in zip(expected[1:], a.shape[1:]))):
+            raise InputError(f"input {name!r}: shape {list(a.shape)} does not fit the model's {expected} "
+                             f"(first axis is the batch)")
+        return np.asarray(a, np.float32)
+
+    def preprocess(self, items, names: list[str] | None = None) -> np.ndarray:
+        """Images (paths, encoded bytes, PIL images) through the recorded pipeline, and float
+        arrays (C, H, W) taken as already preprocessed, stacked into one (N, C, H, W) batch.
+        An image that fails raises its error prefixed by its name (default "image <i>")."""
+        rows = []
+        for i, item in enumerate(items):
+            if isinstance(item, IMAGE_TYPES):
+                if self.pipeline is None:
+                    raise InputError("the model records no image preprocessing (no input size): give tensors")
+                try:
+                    rows.append(self.pipeline(item))
+                except (ValueError, OSError) as e:
+                    e.args = (f"{names[i] if names else f'image {i}'}: {e}",)  # keeps the error's type
+                    raise
+            else:
+                rows.append(self.check(np.asarray(item)[None])[0])
+        if not rows:
+            raise InputError("no images given")
+        return self.check(np.stack(rows))
+
+    # ---- the forward loop ------------------------------------------------------------------------
+    def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Every model output for these inputs (one array per model input, same first axis), in
+        batches of ``batch_size``; outputs copied out of the model's buffers."""
+        n = len(inputs[0])
+        if any(len(x) != n for x in inputs):
+            raise InputError(f"inputs differ in batch size: {[list(np.shape(x)) for x in inputs]}")
+        chunks: list[list[np.ndarray]] = []
+        for lo in range(0, max(n, 1), self.batch_size):
+            batch = [x[lo:lo + self.batch_size] for x in inputs]
+            y = self.model.forward(batch[0] if len(batch) == 1 else batch)
+            ys = y if isinstance(y, (list, tuple)) else [y]
+            chunks.append([np.array(o, np.float32, copy=True) for o in ys])  # outputs are reused buffers
+        if len(chunks) == 1:
+            return chunks[0]
+        return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+    def output_names_for(self, count: int) -> list[str]:
+        if self.output_names and len(self.output_names) == count:
+            return list(self.output_names)
+        return [f"output{i}" for i in range(count)] if count > 1 else ["output"]
+
+    def predict(self, inputs) -> dict[str, np.ndarray]:
+        """Named outputs for an array (a one-input model) or {input name: array}."""
+        if isinstance(inputs, dict):
+            unknown = sorted(set(inputs) - set(self.input_names))
+            missing = [k for k in self.input_names if k not in inputs]
+            if unknown or missing:
+                raise InputError(f"the model's inputs are {self.input_names}; "
+                                 + "; ".join(p for p in (f"missing {missing}" if missing else "",
+                                                         f"unknown {unknown}" if unknown else "") if p))
+            xs = [self.check(inputs[k], k) for k in self.input_names]
+        elif len(self.input_names) == 1:
+            xs = [self.check(inputs)]
+        else:
+            raise InputError(f"the model has {len(self.input_names)} inputs {self.input_names}: give them by name")
+        outs = self.forward(xs)
+        return dict(zip(self.output_names_for(len(outs)), outs))
+
+    # ---- classification --------------------------------------------------------------------------
+    def scores(self, output: np.ndarray) -> np.ndarray:
+        """(N, classes) scores from the first output."""
+        s = np.asarray(output, np.float32).reshape(len(output), -1)
+        return np.exp(s) if self.scores_from == "log_softmax" else s
+
+    def top_k(self, output: np.ndarray, k: int = 5) -> list[Classification]:
+        idx, vals = top_k(self.scores(output), k)
+        label = (lambda i: self.labels[i] if i < len(self.labels) else "")
+        return [Classification([int(i) for i in row], [label(int(i)) for i in row], [float(v) for v in vs])
+                for row, vs in zip(idx, vals)]
+
+    def classify(self, items, top_k: int = 5) -> list[Classification]:
+        """Top-k classes for each image (or preprocessed (C, H, W) float array)."""
+        if top_k <= 0:
+            raise InputError(f"top_k must be positive, got {top_k}")
+        return self.top_k(self.forward([self.preprocess(items)])[0], top_k)
