@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
+from _cpu import CpuMeter  # noqa: E402
 
 from kindling.runtime import blas, nn  # noqa: E402
 from kindling.runtime.optim import SGD  # noqa: E402
@@ -98,15 +99,6 @@ def _onnxruntime_step(model, mode, x):
     return lambda: sess.run(None, {name: x})
 
 
-def _cpu_busy() -> tuple[float, float]:
-    """(seconds of CPU all processes used, seconds this process used) so far (/proc/stat, os.times)."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    own = os.times()
-    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"), own.user + own.system
-
-
 def measure(name, mode, repeats, torch):
     builder, shape, batch, _ = WORKLOADS[name]
     rng = np.random.default_rng(0)
@@ -127,13 +119,12 @@ def measure(name, mode, repeats, torch):
     times = {who: [] for who, _ in steps}
     others = []  # cores other processes kept busy during each repetition
     for _ in range(repeats):
-        busy0, own0, wall0 = *_cpu_busy(), time.perf_counter()
-        for who, f in steps:
-            start = time.perf_counter()
-            f()
-            times[who].append(time.perf_counter() - start)
-        busy1, own1 = _cpu_busy()
-        others.append(max(0.0, (busy1 - busy0) - (own1 - own0)) / (time.perf_counter() - wall0))
+        with CpuMeter() as meter:
+            for who, f in steps:
+                start = time.perf_counter()
+                f()
+                times[who].append(time.perf_counter() - start)
+        others.append(meter.others)
     krps = batch / statistics.median(times["kindling"])
     trps = batch / statistics.median(times["torch"])
     out = {"kindling_rps": round(krps, 1), "torch_rps": round(trps, 1), "ratio": round(krps / trps, 3),
