@@ -78,14 +78,16 @@ def _wire_error(path, node: Node, terms: Terms, problem: str) -> ConversionError
 
 def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Translator, path, *,
              name: str = "net", constants=frozenset(), terms: Terms = Terms(),
-             outputs: list[str] | None = None) -> "Assembly":
+             outputs: list[str] | None = None, batch: int | None = 1) -> "Assembly":
     """Returns the model, its output tensor names, and which node each module output computes.
-    ``inputs`` maps each graph input to its shape (the batch axis is probed at 1); ``constants`` are tensor names a translator folds into its module
-    (weights, shapes): they are not wired. The outputs are ``outputs`` when given, else the
-    tensors written and not read afterwards, in the order last written (Caffe's rule for a net's
-    outputs)."""
+    ``inputs`` maps each graph input to its shape (the batch axis is probed at ``batch``; None
+    probes the shapes exactly as given, for a format's conformance suite); ``constants`` are tensor
+    names a translator folds into its module (weights, shapes): they are not wired. The outputs are
+    ``outputs`` when given, else the tensors written and not read afterwards, in the order last
+    written (Caffe's rule for a net's outputs)."""
     constants = set(constants)
-    refs: dict[str, tuple[str, tuple]] = {t: (t, tuple([1, *shape[1:]])) for t, shape in inputs.items()}
+    refs: dict[str, tuple[str, tuple]] = {
+        t: (t, tuple(shape if batch is None else [batch, *shape[1:]])) for t, shape in inputs.items()}
     producers: dict[str, tuple[Node, int]] = {}
     graph = nn.Graph(inputs=list(inputs), outputs=list(inputs)[:1], name=name)
     available: dict[str, None] = {}
@@ -150,8 +152,9 @@ class Assembly:
 def simplify(graph: nn.Graph) -> nn.Module:
     """A Sequential when every node reads the previous one (a plain chain), else the Graph."""
     order = graph.order()
-    if len(graph.input_names) != 1 or len(graph.output_names) != 1 or graph.output_names[0] != order[-1].name:
-        return graph
+    if (not order or len(graph.input_names) != 1 or len(graph.output_names) != 1
+            or graph.output_names[0] != order[-1].name):
+        return graph  # (no module at all: an ONNX graph of Identity nodes)
     prev = graph.input_names[0]
     for m in order:
         if graph.node_inputs[m.name] != [prev] or m.multi_input or m.num_outputs > 1:

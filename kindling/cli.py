@@ -12,6 +12,7 @@ COMMANDS = {
     "info": "info",
     "run": "run",
     "convert": "convert",
+    "export": "export",
     "train": "train",
     "demo": "demo",
     "serve": "serve",

@@ -38,6 +38,7 @@ LAYERS: dict[str, str] = {
     "BatchNorm2d": "batchnorm",
     "LocalResponseNorm": "lrn",
     "Scale": "scale",
+    "InstanceNorm": "instancenorm",
     # Caffe's extra layers
     "Power": "pointwise",
     "AbsVal": "pointwise",
@@ -57,7 +58,14 @@ LAYERS: dict[str, str] = {
     "Threshold": "pointwise",
     "Reduction": "reduce",
     "ArgMax": "reduce",
+    "ReduceAxes": "reduce",
     "Tile": "rearrange",
+    # ONNX's extra layers
+    "BinaryOp": "binary",
+    "Constant": "binary",
+    "Resize": "resize",
+    "StridedSlice": "index",
+    "Gather": "index",
     # shape
     "Flatten": "shape",
     "Reshape": "shape",
@@ -69,6 +77,7 @@ LAYERS: dict[str, str] = {
     "Add": "merge",
     "Mul": "merge",
     "Max": "merge",
+    "Min": "merge",
     "Graph": "graph",
     # criterions
     "ClassNLLCriterion": "criterions",

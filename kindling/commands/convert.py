@@ -16,10 +16,10 @@ from importlib import import_module
 
 import numpy as np
 
-HELP = "convert a model from another framework (caffe, tf, torch) into kindling's native format"
+HELP = "convert a model from another framework (caffe, tf, torch, onnx) into kindling's native format"
 
 # framework -> module under kindling/commands/ with its flags and its convert()
-FRAMEWORKS = {"caffe": "convert_caffe", "tf": "convert_tf", "torch": "convert_torch"}
+FRAMEWORKS = {"caffe": "convert_caffe", "tf": "convert_tf", "torch": "convert_torch", "onnx": "convert_onnx"}
 
 
 def _shape(text: str) -> tuple[str, list[int]]:
