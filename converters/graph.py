@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from kindling.runtime import nn
+from kindling.runtime.errors import KindlingError
 from kindling.runtime.shapes import ShapeError, probe
 
 ALIAS = "alias"  # a translator's answer: the node's outputs are its first input (Split, Identity)
 
 
-class ConversionError(ValueError):
+class ConversionError(KindlingError):
     """A model file that cannot be converted; the message names the file and, where it applies,
     the node (layer, op)."""
 

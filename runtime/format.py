@@ -26,6 +26,7 @@ import numpy as np
 from kindling.protos import kindling_pb2 as pb
 
 from . import init
+from .errors import KindlingError
 from .module import Module
 
 MAGIC = b"\x93KNDL"
@@ -42,7 +43,7 @@ DTYPES = {  # numpy dtype -> proto enum, little-endian
 NUMPY_DTYPES = {v: k for k, v in DTYPES.items()}
 
 
-class FormatError(ValueError):
+class FormatError(KindlingError):
     """A model file that cannot be read or written; the message starts with the file's path."""
 
     def __init__(self, path, problem: str):

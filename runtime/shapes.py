@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import KindlingError
 from .layers.graph import Graph
 from .layers.sequential import Sequential
 from .module import Module
@@ -18,7 +19,7 @@ from .module import Module
 Shape = tuple  # of ints; a module with several outputs has a list of them
 
 
-class ShapeError(ValueError):
+class ShapeError(KindlingError):
     """A module that does not fit its input shapes; ``detail`` is the module's own complaint."""
 
     def __init__(self, module: Module, shapes, detail: str):

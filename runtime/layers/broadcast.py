@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import init
 from ..module import Module
 from .merge import _unbroadcast
 
@@ -19,7 +20,7 @@ class Bias(Module):
         super().__init__(name)
         self.shape = [int(shape)] if np.isscalar(shape) else [int(s) for s in shape]
         self.axis = int(axis)
-        self.params["bias"] = np.zeros(self.shape, np.float32)
+        self.params["bias"] = init.constant(self.shape, 0.0)
 
     def config(self):
         return {"shape": list(self.shape), "axis": self.axis}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import init
 from ..module import Module
 
 
@@ -12,9 +13,9 @@ class Scale(Module):
         super().__init__(name)
         self.shape = [int(shape)] if np.isscalar(shape) else [int(s) for s in shape]
         self.has_bias, self.axis = bool(bias), int(axis)
-        self.params["weight"] = np.ones(self.shape, np.float32)
+        self.params["weight"] = init.constant(self.shape, 1.0)
         if bias:
-            self.params["bias"] = np.zeros(self.shape, np.float32)
+            self.params["bias"] = init.constant(self.shape, 0.0)
 
     def config(self):
         return {"shape": list(self.shape), "bias": self.has_bias, "axis": self.axis}
