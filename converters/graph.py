@@ -11,12 +11,13 @@ the pointer and the graph stays acyclic. Each new module is run through the shap
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from kindling.runtime import nn
-from kindling.runtime.errors import KindlingError
+from kindling.runtime import memory, nn
+from kindling.runtime.errors import KindlingError, TooLarge
 from kindling.runtime.shapes import ShapeError, probe
 
 ALIAS = "alias"  # a translator's answer: the node's outputs are its first input (Split, Identity)
@@ -79,8 +80,12 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
     batch axis is probed at 1); ``constants`` are tensor names a translator folds into its module
     (weights, shapes): they are not wired. The outputs are the tensors written and not read
     afterwards, in the order last written (Caffe's rule for a net's outputs)."""
-    refs: dict[str, tuple[str, tuple]] = {t: (t, tuple([1, *shape[1:]])) for t, shape in inputs.items()}
+    refs: dict[str, tuple[str, tuple]] = {t: (t, _input_shape(t, shape, path, terms)) for t, shape in inputs.items()}
     producers: dict[str, tuple[Node, int]] = {}
+    # the container is named after the net unless a node has that name (module names are unique)
+    taken = {n.name for n in nodes} | set(inputs)
+    name = next(c for c in (name, f"{name}_net", *(f"{name}_net{i}" for i in range(2, len(taken) + 3)))
+                if c not in taken)
     graph = nn.Graph(inputs=list(inputs), outputs=list(inputs)[:1], name=name)
     available: dict[str, None] = {}
     for node in nodes:
@@ -92,7 +97,7 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
         for t in wired:
             available.pop(t, None)
         shapes = [refs[t][1] for t in wired]
-        made = translate(node, shapes)
+        made = _translated(translate, node, shapes, path, terms)
         if made is ALIAS:
             for top in node.outputs:
                 refs[top] = refs[wired[0]]
@@ -103,7 +108,10 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
         for m in made if isinstance(made, list) else [made]:
             if not m.multi_input and len(prev) != 1:
                 raise _wire_error(path, node, terms, f" takes one {terms.input}, got {len(prev)}")
-            graph.add(m, prev if m.multi_input else prev[:1])
+            try:
+                graph.add(m, prev if m.multi_input else prev[:1])
+            except ValueError as e:  # a module name used twice
+                raise _wire_error(path, node, terms, f": {e}") from e
             try:
                 out_shape = probe(m, shapes)
             except ShapeError as e:
@@ -125,6 +133,31 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
                           f"{terms.node})")
     graph.set_outputs([refs[t][0] for t in outputs])
     return Assembly(simplify(graph), outputs, producers)
+
+
+def _input_shape(name: str, shape, path, terms: Terms) -> tuple:
+    """The input's shape at batch 1, checked: positive dimensions, a size this machine can hold."""
+    dims = [int(d) for d in shape]
+    if len(dims) < 1 or any(d < 1 for d in dims[1:]):
+        raise terms.error(f"{path}: input {name!r} has shape {dims}: every dimension after the batch "
+                          f"must be positive")
+    one = (1, *dims[1:])
+    try:
+        memory.check(4 * math.prod(one), f"one sample of input {name!r} {list(one)}")
+    except TooLarge as e:
+        raise terms.error(f"{path}: {e}") from e
+    return one
+
+
+def _translated(translate: Translator, node: Node, shapes, path, terms: Terms):
+    """The translator's modules; what it or a module's constructor refuses becomes one error
+    naming the file and the node (a translator's own error names the node already)."""
+    try:
+        return translate(node, shapes)
+    except ConversionError as e:
+        raise (e if str(e).startswith(f"{path}:") else terms.error(f"{path}: {e}")) from e
+    except (ValueError, ArithmeticError) as e:  # a module refusing a setting; a value out of range
+        raise _wire_error(path, node, terms, f": {e}") from e
 
 
 @dataclass

@@ -9,9 +9,12 @@ Containers are walked as they run, so every module inside them gets its shape to
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .errors import KindlingError
+from . import memory
+from .errors import KindlingError, TooLarge
 from .layers.graph import Graph
 from .layers.sequential import Sequential
 from .module import Module
@@ -37,6 +40,23 @@ def shape_of(y) -> Shape | list[Shape]:
     return [tuple(np.shape(o)) for o in y] if isinstance(y, (list, tuple)) else tuple(np.shape(y))
 
 
+def _as_list(shape) -> list[Shape]:
+    return shape if isinstance(shape, list) else [shape]
+
+
+def _fits(module: Module, shapes, out) -> Shape | list[Shape]:
+    """``out`` when every output fits the memory this process has: a layer whose output at this
+    batch cannot (a stride of 0 turned 65536, an upsampling by 2^20) fails here, named."""
+    for s in _as_list(out):
+        if any(d < 0 for d in s):
+            raise ShapeError(module, shapes, f"its output shape {tuple(s)} has a negative dimension")
+        try:
+            memory.check(4 * math.prod(s), f"its output {tuple(s)} (float32)")
+        except TooLarge as e:
+            raise ShapeError(module, shapes, str(e)) from e
+    return out
+
+
 def probe(module: Module, shapes: list) -> Shape | list[Shape]:
     """The output shape (or shapes) of ``module`` for inputs of ``shapes`` (batch axis included)."""
     shapes = [tuple(int(d) for d in s) for s in shapes]
@@ -44,7 +64,7 @@ def probe(module: Module, shapes: list) -> Shape | list[Shape]:
         if len(shapes) == 1:
             known = module.output_shape(shapes[0])
             if known is not None:
-                return [tuple(s) for s in known] if isinstance(known, list) else tuple(known)
+                return _fits(module, shapes, [tuple(s) for s in known] if isinstance(known, list) else tuple(known))
         training = module.training
         module.train(False)  # a probe must not move BatchNorm's running statistics
         try:
@@ -53,15 +73,16 @@ def probe(module: Module, shapes: list) -> Shape | list[Shape]:
                 y = module.forward(xs if module.multi_input else xs[0])
         finally:
             module.train(training)
+    except ShapeError:
+        raise
     except (ValueError, IndexError) as e:
         raise ShapeError(module, shapes, str(e)) from e
-    for m in module.modules():
-        m._scratch.clear()  # buffers sized for a probe are not kept
-    return shape_of(y)
-
-
-def _as_list(shape) -> list[Shape]:
-    return shape if isinstance(shape, list) else [shape]
+    except MemoryError as e:  # an output that _fits could not see coming (multi-input layers)
+        raise ShapeError(module, shapes, f"its output does not fit in memory ({e})") from e
+    finally:
+        for m in module.modules():
+            m._scratch.clear()  # buffers sized for a probe are not kept
+    return _fits(module, shapes, shape_of(y))
 
 
 def _sequential(seq: Sequential, shapes, out) -> Shape | list[Shape]:

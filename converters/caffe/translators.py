@@ -16,6 +16,8 @@ Your own layer types come in as an argument, not a global registry::
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from kindling.protos import caffe_pb2
@@ -47,7 +49,7 @@ def _hw(layer, p, name: str, default: int) -> tuple[int, int]:
 def _blob(layer: CaffeLayer, i: int, shape, what: str) -> np.ndarray:
     """Blob i reshaped to ``shape``; an error names the layer and both shapes when it does not fit."""
     b = layer.blobs[i]
-    if b.size != int(np.prod(shape)):
+    if b.size != math.prod(shape):  # Python ints: a hostile shape's product must not wrap
         _fail(layer, f"{what} blob has shape {list(b.shape)} ({b.size} values) but the layer needs {list(shape)}")
     return np.ascontiguousarray(b.reshape(shape), dtype=np.float32)
 

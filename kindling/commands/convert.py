@@ -4,7 +4,8 @@ The flags every framework shares (output, labels, preprocessing, input shapes, t
 are defined once here, in a parent parser; each framework adds its own in a module of its own
 (``convert_<framework>.py``) that exposes HELP, ``add_arguments(parser)`` and
 ``convert(args, *, inputs, labels, preprocessing) -> Module``. After converting, every framework
-goes through the same check, atomic save and summary.
+goes through the same checks and summary, all before the atomic save: a command that fails
+writes nothing.
 """
 from __future__ import annotations
 
@@ -137,7 +138,9 @@ def _verified(model, args) -> bool:
     return True
 
 
-def _summary(model, args, seconds: float) -> str:
+def _description(model, args) -> str:
+    """What the summary says about the model, worked out BEFORE the save (tracing the output shape
+    may find a layer too large for this machine: then nothing is written)."""
     from kindling.runtime.shapes import trace
     params = sum(int(np.prod(p.shape)) for _, p, _ in model.named_parameters())
     shape = model.metadata.get("input_shape")
@@ -146,8 +149,7 @@ def _summary(model, args, seconds: float) -> str:
         out_shape = f", output shape {_listed(trace(model, [[1, *shape[1:]]])[model.name])}"
     source = ", ".join(f["path"] for f in model.metadata.get("source", {}).get("files", []))
     return (f"converted {source or args.framework} -> {args.output}: {sum(1 for _ in model.modules()) - 1} layers "
-            f"({type(model).__name__}), {params:,} parameters{out_shape}, in {seconds:.2f} s, "
-            f"peak memory {_peak_rss_mb():.0f} MB")
+            f"({type(model).__name__}), {params:,} parameters{out_shape}")
 
 
 def _listed(shape):
@@ -165,8 +167,9 @@ def run(args) -> int:
         return 1
     if args.verify and not _verified(model, args):
         return 1
+    description = _description(model, args)
     kindling.save(model, args.output)
     for note in getattr(model, "notes", []):
         print(f"note: {note}")
-    print(_summary(model, args, time.perf_counter() - start))
+    print(f"{description}, in {time.perf_counter() - start:.2f} s, peak memory {_peak_rss_mb():.0f} MB")
     return 0

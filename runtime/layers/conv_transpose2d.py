@@ -11,7 +11,7 @@ import numpy as np
 from .. import blas
 from ..init import kaiming_uniform
 from ..module import Module
-from .conv2d import pair
+from .conv2d import _Shape, pair
 
 
 class ConvTranspose2d(Module):
@@ -41,6 +41,10 @@ class ConvTranspose2d(Module):
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
                 "output_padding": list(self.output_padding), "groups": self.groups, "bias": self.has_bias,
                 "dilation": list(self.dilation)}
+
+    def output_shape(self, shape) -> tuple:
+        n, _, _, _, out = self._geometry(_Shape(shape))
+        return (n, self.out_channels, *out)
 
     def _geometry(self, x):
         if x.ndim != 4 or x.shape[1] != self.in_channels:

@@ -126,9 +126,16 @@ class Upsample(Module):
     def __init__(self, scale: int = 2, name: str | None = None):
         super().__init__(name)
         self.scale = int(scale)
+        if self.scale < 1:
+            raise ValueError(f"Upsample {self.name!r}: scale must be positive, got {self.scale}")
 
     def config(self):
         return {"scale": self.scale}
+
+    def output_shape(self, shape) -> tuple:
+        if len(shape) != 4:
+            raise ValueError(f"Upsample {self.name!r} expects (N, C, H, W), got {tuple(shape)}")
+        return (*shape[:2], shape[2] * self.scale, shape[3] * self.scale)
 
     def forward(self, x):
         s = self.scale
@@ -158,6 +165,10 @@ class Tile(Module):
         if not -ndim <= self.axis < ndim:
             raise ValueError(f"Tile {self.name!r}: axis {self.axis} is out of range for an input with {ndim} axes")
         return self.axis % ndim
+
+    def output_shape(self, shape) -> tuple:
+        a = self._axis(len(shape))
+        return (*shape[:a], shape[a] * self.tiles, *shape[a + 1:])
 
     def forward(self, x):
         x = np.asarray(x, np.float32)
