@@ -88,6 +88,8 @@ def probe(module: Module, shapes: list) -> Shape | list[Shape]:
 def _sequential(seq: Sequential, shapes, out) -> Shape | list[Shape]:
     shape: Shape | list[Shape] = shapes[0] if len(shapes) == 1 else list(shapes)
     for child in seq.children():
+        if isinstance(shape, list) and not child.multi_input:
+            raise ShapeError(child, shape, f"takes one input, and the module before it gives {len(shape)}")
         shape = _walk(child, _as_list(shape) if child.multi_input else [shape], out)
     return shape
 
