@@ -87,8 +87,9 @@ def _preprocessing(args) -> dict | None:
 
 
 def _check(model, inputs: str, expected: str) -> bool:
-    x = np.load(inputs, allow_pickle=False).astype(np.float32)
-    want = np.load(expected, allow_pickle=False)
+    from kindling.runtime.npy import read_npy
+    x = read_npy(inputs).astype(np.float32)
+    want = read_npy(expected)
     y = np.asarray(model.evaluate().forward(x))
     if y.shape != want.shape:
         print(f"check: output shape {y.shape} differs from expected {want.shape}", file=sys.stderr)
@@ -121,8 +122,8 @@ def _verified(model, args) -> bool:
     reference = _reference(args, model)
     inputs = None
     if args.verify_input:
-        with np.load(args.verify_input, allow_pickle=False) as z:
-            inputs = {k: np.asarray(z[k], np.float32) for k in z.files}
+        from kindling.runtime.npy import read_npz
+        inputs = {k: np.asarray(v, np.float32) for k, v in read_npz(args.verify_input).items()}
     elif getattr(reference, "inputs", None) is None:
         inputs = random_inputs(model)
     report = verify(model, reference, inputs, atol=args.tolerance, rtol=args.tolerance)

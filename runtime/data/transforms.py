@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..errors import DataError
+
 
 class Step:
     random = False
@@ -53,6 +55,10 @@ def _eight_bit(img):
     return Image.fromarray((np.clip(np.asarray(img), 0, 65535).astype(np.uint16) >> 8).astype(np.uint8), "L")
 
 
+def _named(source) -> str:
+    return f"an image of {len(source):,} bytes" if isinstance(source, (bytes, bytearray)) else str(source)
+
+
 class Decode(Step):
     """A file path or encoded bytes -> a PIL image (RGB, or L when ``gray``): upright by EXIF,
     16-bit scaled to 8, an animation's first frame, transparency dropped (as torchvision does).
@@ -70,9 +76,18 @@ class Decode(Step):
         if isinstance(source, Image.Image):
             return self._finish(source)
         try:
-            opened = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
+            return self._decode(source)
         except Image.DecompressionBombError as e:
-            raise ValueError(f"{e} Raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) if you trust the file") from e
+            raise DataError(f"{_named(source)}: {e} Raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) if you "
+                            f"trust the file") from e
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Pillow's plugins raise OSError, SyntaxError, struct.error,
+            # ValueError, EOFError, IndexError... for damaged files: one error naming the file for all of them
+            raise DataError(f"{_named(source)}: cannot decode the image: {type(e).__name__}: {e}") from e
+
+    def _decode(self, source):
+        opened = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
         # closed at once: a multi-frame file (GIF, TIFF) would otherwise hold its handle until GC
         with opened as img:
             if self.at_least and img.format == "JPEG":

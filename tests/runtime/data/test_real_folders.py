@@ -300,3 +300,20 @@ def test_labels_match_folders_whatever_their_unicode_form(tmp_path):
     assert saved == [composed, "tea"]
     data = ImageFolder(tmp_path, Pipeline(), labels=[composed, "tea"])  # labels a snapshot stored on Linux
     assert sorted(data.label(i) for i in range(len(data))) == [0, 1]
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0" + bytes(40), b"\x89PNG\r\n\x1a\n" + bytes(30), b"GIF89a\xff",
+                                     b"BM" + bytes(60), b"II*\x00" + bytes(20)],
+                         ids=["empty", "jpeg-header", "png-header", "gif", "bmp", "tiff"])
+def test_a_damaged_image_is_one_data_error_naming_it(tmp_path, content):
+    """Pillow raises OSError, SyntaxError, struct.error, ValueError... for damaged files; the
+    pipeline raises one DataError that names the file (the loader then skips it, serving answers
+    with it)."""
+    from kindling.runtime.data import Decode
+    from kindling.runtime.errors import DataError
+    path = tmp_path / "img.jpg"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=rf"^{path}: cannot decode the image: "):
+        Pipeline.from_metadata({"input_size": [8, 8]})(path)
+    with pytest.raises(DataError, match=rf"^an image of {len(content)} bytes: cannot decode the image"):
+        Decode()(content)
