@@ -142,13 +142,17 @@ def _verified(model, args) -> bool:
 def _description(model, args) -> str:
     """What the summary says about the model, worked out BEFORE the save (tracing the output shape
     may find a layer too large for this machine: then nothing is written)."""
-    from kindling.runtime.shapes import trace
+    from kindling.runtime import shapes
+    from kindling.runtime.errors import KindlingError
     params = sum(int(np.prod(p.shape)) for _, p, _ in model.named_parameters())
     shape = model.metadata.get("input_shape")
+    source = ", ".join(f["path"] for f in model.metadata.get("source", {}).get("files", []))
     out_shape = ""
     if shape:
-        out_shape = f", output shape {_listed(trace(model, [[1, *shape[1:]]])[model.name])}"
-    source = ", ".join(f["path"] for f in model.metadata.get("source", {}).get("files", []))
+        try:
+            out_shape = f", output shape {_listed(shapes.trace(model, [[1, *shape[1:]]])[model.name])}"
+        except KindlingError as e:
+            raise KindlingError(f"{source or args.framework}: tracing the converted model: {e}") from e
     return (f"converted {source or args.framework} -> {args.output}: {sum(1 for _ in model.modules()) - 1} layers "
             f"({type(model).__name__}), {params:,} parameters{out_shape}")
 

@@ -197,3 +197,20 @@ def test_the_cli_names_an_unexpected_error_as_internal_in_one_line(monkeypatch, 
     assert cli.main(["info", "--backend"]) == 1
     err = capsys.readouterr().err
     assert err == "kindling info: error: internal error (TypeError: a bug); KINDLING_DEBUG=1 shows where\n"
+
+
+def test_a_summary_that_fails_leaves_no_file(tmp_path, monkeypatch, capsys):
+    """The summary traces every layer's output shape; it used to run after the save, so a trace
+    asking for 800 GiB failed with the .kdl already written. Now every check runs before it."""
+    from kindling import cli
+    from kindling.runtime import shapes
+    from kindling.runtime.errors import TooLarge
+
+    def too_large(model, input_shapes):
+        raise TooLarge("its output (1, 65536, 65536, 65536) needs 1,125,899.9 GB of memory")
+    monkeypatch.setattr(shapes, "trace", too_large)
+    out = tmp_path / "out.kdl"
+    assert cli.main(["convert", "caffe", "--prototxt", str(LENET / "lenet.prototxt"), "-o", str(out)]) == 1
+    assert capsys.readouterr().err == ("kindling convert: error: lenet.prototxt: tracing the converted model: its output "
+                                       "(1, 65536, 65536, 65536) needs 1,125,899.9 GB of memory\n")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
