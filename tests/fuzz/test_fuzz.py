@@ -1,0 +1,27 @@
+"""A short fuzz campaign in the normal suite: a few hundred inputs per target, every one run as the
+long campaign runs it (forked worker, memory and time limits); any bad outcome fails with the
+input's number (replay it with python -m tests.fuzz --replay)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fuzz.targets import TARGETS
+
+ROOT = Path(__file__).resolve().parents[2]
+INPUTS = int(os.environ.get("KINDLING_FUZZ_INPUTS", "300"))
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_short_campaign_has_no_bad_outcome(target, tmp_path):
+    report = tmp_path / "report.json"
+    r = subprocess.run([sys.executable, "-m", "tests.fuzz", "--inputs", str(INPUTS), "--targets", target,
+                        "--seed", "7", "--json", str(report), "--findings", str(tmp_path / "findings")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    counts = json.loads(report.read_text())[target] if report.exists() else {}
+    assert r.returncode == 0 and counts.get("bad") == 0, f"{r.stdout}\n{r.stderr[-3000:]}"
+    assert counts["ok"] + counts["clean"] == INPUTS and counts["ok"] > 0 and counts["clean"] > 0, counts
