@@ -244,6 +244,11 @@ def _le(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _raw(a: np.ndarray) -> memoryview:
+    """The array's bytes without a copy (a tensor with a zero in its shape has none)."""
+    return memoryview(a).cast("B") if a.size else memoryview(b"")
+
+
 def _pad(n: int) -> int:
     return -n % ALIGN
 
@@ -267,7 +272,7 @@ def save(model: Module, path, metadata: dict | None = None) -> Path:
             raise FormatError(path, f"cannot save tensor {key}: dtype {a.dtype} is not supported")
         dtype = DTYPES.get(a.dtype.newbyteorder("<"), DTYPES.get(a.dtype))
         header.tensors.add(key=key, dtype=dtype, shape=list(a.shape), offset=offset, nbytes=a.nbytes,
-                           sha256=hashlib.sha256(memoryview(a).cast("B")).digest())
+                           sha256=hashlib.sha256(_raw(a)).digest())
         entries.append(a)
         offset += a.nbytes + _pad(a.nbytes)
     header.data_size = offset
@@ -281,7 +286,7 @@ def save(model: Module, path, metadata: dict | None = None) -> Path:
             f.write(blob)
             f.write(b"\0" * _pad(len(prefix) + len(blob)))
             for a in entries:
-                f.write(memoryview(a).cast("B"))
+                f.write(_raw(a))
                 f.write(b"\0" * _pad(a.nbytes))
             f.flush()
             os.fsync(f.fileno())

@@ -101,6 +101,8 @@ def convolution(layer: CaffeLayer, shapes):
 def deconvolution(layer: CaffeLayer, shapes):
     p = layer.param.convolution_param
     cin = _channels(layer, shapes)
+    if not p.num_output:
+        _fail(layer, "convolution_param.num_output is missing")
     with _deferred(layer):
         m = nn.ConvTranspose2d(cin, p.num_output, _hw(layer, p, "kernel", 0), _hw(layer, p, "stride", 1),
                                _hw(layer, p, "pad", 0), 0, p.group, p.bias_term, _hw(layer, p, "dilation", 1),

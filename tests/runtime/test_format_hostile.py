@@ -114,3 +114,10 @@ def test_a_loaded_model_still_runs(tmp_path):
     back = kindling.load(kindling.save(model.evaluate(), tmp_path / "m.kdl"))
     np.testing.assert_array_equal(back.evaluate().forward(x), model.forward(x))
     assert all(a.flags.writeable for _, a, _ in back.named_parameters())
+
+
+def test_a_tensor_with_a_zero_in_its_shape_saves_and_loads(tmp_path):
+    """Found by tests/fuzz: save took a memoryview cast of an empty tensor (a TypeError)."""
+    model = nn.Sequential(nn.Scale([0], name="empty"), name="net")
+    back = kindling.load(kindling.save(model, tmp_path / "m.kdl"))
+    assert back.find("empty").params["weight"].shape == (0,)

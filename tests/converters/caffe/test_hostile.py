@@ -214,3 +214,17 @@ def test_a_summary_that_fails_leaves_no_file(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == ("kindling convert: error: lenet.prototxt: tracing the converted model: its output "
                                        "(1, 65536, 65536, 65536) needs 1,125,899.9 GB of memory\n")
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_a_deconvolution_without_num_output_is_named(tmp_path):
+    """Found by tests/fuzz: ConvTranspose2d took 0 output channels and kernel 0, and the save failed
+    on the empty weight."""
+    p = _proto(tmp_path, 'layer { name: "up" type: "Deconvolution" bottom: "data" top: "up" }')
+    with pytest.raises(caffe.CaffeError, match=rf"^{p}: layer 'up' \(Deconvolution\): convolution_param.num_output"):
+        caffe.convert(p)
+    from kindling.runtime import nn
+    for bad in (dict(out_channels=0, kernel_size=2), dict(out_channels=2, kernel_size=0)):
+        with pytest.raises(ValueError, match="must be positive"):
+            nn.ConvTranspose2d(in_channels=3, **bad)
+        with pytest.raises(ValueError, match="must be positive"):
+            nn.Conv2d(in_channels=3, **bad)

@@ -31,3 +31,36 @@ def target(data: bytes, tmp) -> None:
     weights.write_bytes(model)
     run_command(["convert", "caffe", "--prototxt", str(proto), "--caffemodel", str(weights),
                  "-o", str(tmp / "out" / "model.kdl")])
+
+
+def structured(rng, data: bytes) -> bytes:
+    """The caffemodel parsed and one blob changed: its shape (edge-of-range, negative, legacy
+    dims), its data cut or doubled, or a layer renamed."""
+    from kindling.protos import caffe_pb2
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(data[1:])
+    except Exception:  # noqa: BLE001 - mutated beyond parsing: leave it
+        return data
+    layers = [la for la in (net.layer or net.layers) if la.blobs]
+    if not layers:
+        return data
+    layer = rng.choice(layers)
+    blob = rng.choice(layer.blobs)
+    choice = rng.randrange(5)
+    if choice == 0:
+        del blob.shape.dim[:]
+        blob.shape.dim.extend(rng.choice([0, 1, -1, 3, 2**31, 2**32, 2**62]) for _ in range(rng.randrange(5)))
+    elif choice == 1:
+        blob.ClearField("shape")
+        blob.num, blob.channels, blob.height, blob.width = (rng.choice([0, 1, 3, 2**31 - 1, -1]) for _ in range(4))
+    elif choice == 2:
+        values = list(blob.data)
+        del blob.data[:]
+        blob.data.extend(values[:rng.randrange(len(values) + 1)] if rng.random() < 0.5 else values * 2)
+    elif choice == 3:
+        blob.double_data.extend(float(v) for v in blob.data)
+        del blob.data[:]
+    else:
+        layer.name = rng.choice(["", "data", layers[0].name, "x" * 200])
+    return data[:1] + net.SerializeToString()

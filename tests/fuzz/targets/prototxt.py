@@ -30,3 +30,78 @@ def target(data: bytes, tmp) -> None:
     proto = tmp / "net.prototxt"
     proto.write_bytes(data)
     run_command(["convert", "caffe", "--prototxt", str(proto), "-o", str(tmp / "out" / "model.kdl")])
+
+
+VALUES = {"int": [0, 1, -1, 2, 3, 7, 65536, 2**31 - 1, -2**31], "uint": [0, 1, 2, 3, 7, 65536, 2**31, 2**32 - 1],
+          "int64": [0, 1, -1, 2, 2**31, 2**40, 2**62, -2**63], "float": [0.0, -1.0, 1e-45, 1e38, float("inf"),
+                                                                          float("nan"), 0.5, 2.0]}
+_KIND = {1: "float", 2: "float", 3: "int64", 4: "uint", 5: "int", 13: "uint", 17: "int", 18: "int64"}
+
+
+def _settable(msg, depth=0):
+    """(message, field) pairs of scalar fields within the message, set or not."""
+    out = []
+    for f in msg.DESCRIPTOR.fields:
+        if f.message_type is not None:
+            if depth < 3 and not f.is_repeated and (msg.HasField(f.name) or f.name.endswith("_param")):
+                out += _settable(getattr(msg, f.name), depth + 1) if msg.HasField(f.name) else [(msg, f)]
+        else:
+            out.append((msg, f))
+    return out
+
+
+def structured(rng, data: bytes) -> bytes:
+    """A net that parses, with one field of one layer changed as a careless or hostile hand
+    would: a number at the edge of its range, a type swapped, a bottom or top lost or renamed, a
+    layer repeated."""
+    from google.protobuf import text_format
+    net = caffe_pb2.NetParameter()
+    try:
+        text_format.Parse(data.decode("utf-8", "replace"), net, allow_unknown_field=True)
+    except Exception:  # noqa: BLE001 - not text any more: leave it
+        return data
+    layers = net.layer or net.layers
+    if not layers:
+        return data
+    layer = rng.choice(layers)
+    choice = rng.randrange(6)
+    if choice <= 2:
+        msg, f = rng.choice(_settable(layer))
+        if f.message_type is not None:
+            getattr(msg, f.name).SetInParent()
+        elif f.type == f.TYPE_BOOL:
+            _set(msg, f, rng.random() < 0.5)
+        elif f.type == f.TYPE_ENUM:
+            _set(msg, f, rng.choice([v.number for v in f.enum_type.values]))
+        elif f.type == f.TYPE_STRING:
+            _set(msg, f, rng.choice(["", "data", layer.name, "x" * 100]))
+        elif f.type in _KIND:
+            _set(msg, f, rng.choice(VALUES[_KIND[f.type]]))
+    elif choice == 3 and net.layer:
+        layer.type = rng.choice(sorted(TYPES))
+    elif choice == 4:
+        field = rng.choice([layer.bottom, layer.top])
+        if field and rng.random() < 0.5:
+            del field[rng.randrange(len(field))]
+        else:
+            field.append(rng.choice(["data", layer.name, "missing", *(la.name for la in layers)]))
+    else:
+        layers.add().CopyFrom(layer)
+    return text_format.MessageToString(net).encode()
+
+
+def _set(msg, f, value):
+    try:
+        if f.is_repeated:
+            getattr(msg, f.name).append(value)
+        else:
+            setattr(msg, f.name, value)
+    except (ValueError, TypeError):  # out of the field's range: the text format could not say it either
+        pass
+
+
+TYPES = {"Convolution", "Deconvolution", "InnerProduct", "Pooling", "ReLU", "PReLU", "LRN", "Concat", "Eltwise",
+         "BatchNorm", "BN", "Scale", "Bias", "Flatten", "Reshape", "Slice", "Crop", "Permute", "Normalize",
+         "ShuffleChannel", "Axpy", "Upsample", "Exp", "Log", "Threshold", "MVN", "Reduction", "Tile", "ArgMax",
+         "Split", "Softmax", "Power", "Dropout", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "ConvolutionDepthwise",
+         "Input", "DummyData", "Python", "Data", "SoftmaxWithLoss"}
