@@ -75,8 +75,8 @@ def probe(module: Module, shapes: list) -> Shape | list[Shape]:
             module.train(training)
     except ShapeError:
         raise
-    except (ValueError, IndexError) as e:
-        raise ShapeError(module, shapes, str(e)) from e
+    except (ValueError, IndexError, ArithmeticError) as e:  # ZeroDivisionError: a 0-d input, a 0 size
+        raise ShapeError(module, shapes, f"{e}" if isinstance(e, ValueError) else f"{type(e).__name__}: {e}") from e
     except MemoryError as e:  # an output that _fits could not see coming (multi-input layers)
         raise ShapeError(module, shapes, f"its output does not fit in memory ({e})") from e
     finally:

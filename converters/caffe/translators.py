@@ -279,6 +279,8 @@ def reshape(layer, shapes):
 
 def slice_(layer, shapes):
     p = layer.param.slice_param
+    if len(layer.tops) == 1 and not p.slice_point:  # Caffe copies the bottom to the one top
+        return nn.Identity(name=layer.name)
     axis = p.axis if p.HasField("axis") or not p.HasField("slice_dim") else p.slice_dim
     return nn.Slice(axis, list(p.slice_point), num_outputs=len(layer.tops), name=layer.name)
 

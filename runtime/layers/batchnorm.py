@@ -15,6 +15,8 @@ class BatchNorm2d(Module):
                  name: str | None = None):
         super().__init__(name)
         self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), float(momentum), affine
+        if self.num_features < 1:
+            raise ValueError(f"BatchNorm2d {self.name!r}: num_features must be positive, got {self.num_features}")
         if affine:
             self.params["weight"] = init.constant(self.num_features, 1.0)
             self.params["bias"] = init.constant(self.num_features, 0.0)

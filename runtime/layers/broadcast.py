@@ -11,6 +11,8 @@ from .merge import _unbroadcast
 
 def _aligned(t: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     """``t`` reshaped to broadcast against an ``ndim``-d tensor from ``axis`` on."""
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for an input with {ndim} axes")
     axis = axis % ndim
     return t.reshape((1,) * axis + t.shape + (1,) * (ndim - axis - t.ndim))
 

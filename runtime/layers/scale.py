@@ -21,6 +21,8 @@ class Scale(Module):
         return {"shape": list(self.shape), "bias": self.has_bias, "axis": self.axis}
 
     def _view(self, x: np.ndarray):
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError(f"Scale {self.name!r}: axis {self.axis} is out of range for an input with {x.ndim} axes")
         axis = self.axis % x.ndim
         if tuple(x.shape[axis:axis + len(self.shape)]) != tuple(self.shape):
             raise ValueError(f"Scale {self.name!r}: weight shape {self.shape} does not match input dims from axis "

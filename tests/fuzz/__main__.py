@@ -39,9 +39,13 @@ def main(argv=None) -> int:
         p.error(f"unknown targets {unknown}; known: {', '.join(TARGETS)}")
     if args.replay:
         import tempfile
+        data = Path(args.replay).read_bytes()
         with tempfile.TemporaryDirectory() as d:
-            r = classify(load(names[0]).target, Path(args.replay).read_bytes(), Path(d))
+            r = classify(load(names[0]).target, data, Path(d))
         print(f"{r.outcome} {r.kind}\n{r.detail}")
+        if r.kind == "exception":  # again, with the whole traceback
+            with tempfile.TemporaryDirectory() as d:
+                load(names[0]).target(data, Path(d))
         return 0 if r.outcome != "bad" else 1
     report = {}
     for name in names:

@@ -228,3 +228,24 @@ def test_a_deconvolution_without_num_output_is_named(tmp_path):
             nn.ConvTranspose2d(in_channels=3, **bad)
         with pytest.raises(ValueError, match="must be positive"):
             nn.Conv2d(in_channels=3, **bad)
+
+
+def test_degenerate_settings_found_by_fuzzing_are_named(tmp_path):
+    """A one-top Slice (a copy in Caffe), a Crop of a 0-d blob, group 0, 0 channels."""
+    from kindling.runtime import nn
+    p = _proto(tmp_path, 'layer { name: "s" type: "Slice" bottom: "data" top: "s" }')
+    model = caffe.convert(p)  # used to give a one-item list, which the next module could not take
+    x = np.random.default_rng(0).normal(size=(1, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(model.forward(x), x)
+    p = _proto(tmp_path, 'layer { name: "r" type: "Reduction" bottom: "data" top: "r" reduction_param { axis: 0 } }'
+                         'layer { name: "c" type: "Crop" bottom: "r" bottom: "data" top: "c" }')
+    with pytest.raises(caffe.CaffeError, match=rf"{p}: layer 'c' \(Crop\) does not fit .*axis 2 is out of range "
+                                               r"for an input with 0 axes"):  # was a ZeroDivisionError
+        caffe.convert(p)
+    p = _proto(tmp_path, 'layer { name: "sh" type: "ShuffleChannel" bottom: "data" top: "sh" '
+                         'shuffle_channel_param { group: 0 } }')
+    with pytest.raises(caffe.CaffeError, match=rf"{p}: layer 'sh' \(ShuffleChannel\): .*group must be positive"):
+        caffe.convert(p)
+    for make in (lambda: nn.BatchNorm2d(0), lambda: nn.Slice(1, num_outputs=1)):
+        with pytest.raises(ValueError, match="must be positive|at least 2 outputs"):
+            make()
