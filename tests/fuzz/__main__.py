@@ -31,6 +31,7 @@ def main(argv=None) -> int:
                    help="address space a worker may add to what it has at start (default 2048)")
     p.add_argument("--findings", default="fuzz-findings", help="folder for bad inputs (default ./fuzz-findings)")
     p.add_argument("--json", help="also write the counts to this file")
+    p.add_argument("--progress", type=int, default=0, metavar="N", help="print the counts so far every N inputs")
     p.add_argument("--replay", help="run this one file through the target in this process, with a traceback")
     args = p.parse_args(argv)
     names = [n for n in args.targets.split(",") if n]
@@ -68,6 +69,11 @@ def run_target(name: str, args) -> dict:
             data = generate(args.seed, name, i, seeds, getattr(mod, "TOKENS", ()), getattr(mod, "NESTING", ()),
                             structured=getattr(mod, "structured", None))
             result = campaign.run(data)
+            done = i + 1 - args.start
+            if args.progress and done % args.progress == 0 and done < args.inputs:
+                c = campaign.counts
+                print(f"{name:>12}: {done} inputs in {time.perf_counter() - start:.0f} s: ok {c['ok']}, "
+                      f"clean error {c['clean']}, bad {c['bad']} (so far)", flush=True)
             if result.outcome == "bad":
                 findings.mkdir(parents=True, exist_ok=True)
                 stem = findings / f"{name}-{args.seed}-{i}"
