@@ -47,6 +47,10 @@ def write_labels(path, labels) -> Path:
     if bad:
         raise DataError(f"{path}: labels cannot be blank, hold line breaks or start or end with spaces: {bad[:3]}")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file behind
+        raise
     return path
