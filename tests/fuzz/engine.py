@@ -46,8 +46,10 @@ class Result:
 
 
 def _names(tmp: Path) -> list[str]:
-    """Every input the target made (files and folders), out/ aside."""
-    return [p.name for p in tmp.rglob("*") if "out" not in p.relative_to(tmp).parts[:1]]
+    """How a message may name an input the target made: its path, or a file's name (out/ aside;
+    a folder's bare name, "images", could be any word)."""
+    inputs = [p for p in tmp.rglob("*") if "out" not in p.relative_to(tmp).parts[:1]]
+    return [str(p) for p in inputs] + [p.name for p in inputs if p.is_file()]
 
 
 def _temp_files(tmp: Path) -> list[str]:
