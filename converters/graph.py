@@ -82,11 +82,8 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
     afterwards, in the order last written (Caffe's rule for a net's outputs)."""
     refs: dict[str, tuple[str, tuple]] = {t: (t, _input_shape(t, shape, path, terms)) for t, shape in inputs.items()}
     producers: dict[str, tuple[Node, int]] = {}
-    # the container is named after the net unless a node has that name (module names are unique)
-    taken = {n.name for n in nodes} | set(inputs)
-    name = next(c for c in (name, f"{name}_net", *(f"{name}_net{i}" for i in range(2, len(taken) + 3)))
-                if c not in taken)
-    graph = nn.Graph(inputs=list(inputs), outputs=list(inputs)[:1], name=name)
+    graph = nn.Graph(inputs=list(inputs), outputs=list(inputs)[:1],
+                     name=_free_name(name, {n.name for n in nodes} | set(inputs)))
     available: dict[str, None] = {}
     for node in nodes:
         wired = [t for t in node.inputs if t not in constants]
@@ -135,6 +132,15 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
     return Assembly(simplify(graph), outputs, producers)
 
 
+def _free_name(name: str, taken: set[str]) -> str:
+    """The container's name: the net's, or name_net, name_net2, ... when a node has it (module
+    names are unique in a model; Caffe lets a net and a layer share one)."""
+    candidate, i = name, 1
+    while candidate in taken:
+        candidate, i = f"{name}_net{i if i > 1 else ''}", i + 1
+    return candidate
+
+
 def _input_shape(name: str, shape, path, terms: Terms) -> tuple:
     """The input's shape at batch 1, checked: positive dimensions, a size this machine can hold."""
     dims = [int(d) for d in shape]
@@ -155,7 +161,9 @@ def _translated(translate: Translator, node: Node, shapes, path, terms: Terms):
     try:
         return translate(node, shapes)
     except ConversionError as e:
-        raise (e if str(e).startswith(f"{path}:") else terms.error(f"{path}: {e}")) from e
+        if str(e).startswith(f"{path}:"):
+            raise
+        raise terms.error(f"{path}: {e}") from e
     except (ValueError, ArithmeticError) as e:  # a module refusing a setting; a value out of range
         raise _wire_error(path, node, terms, f": {e}") from e
 
