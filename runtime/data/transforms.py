@@ -87,7 +87,11 @@ class Decode(Step):
             raise DataError(f"{_named(source)}: cannot decode the image: {type(e).__name__}: {e}") from e
 
     def _decode(self, source):
-        opened = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
+        # A file is read whole first: Pillow reads a chunk at the length the file declares, and from
+        # a file object a declared 2 GB is allocated before the read finds 300 bytes (from memory,
+        # a read stops at what there is). An image file is small next to its decoded pixels.
+        data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+        opened = Image.open(io.BytesIO(data))
         # closed at once: a multi-frame file (GIF, TIFF) would otherwise hold its handle until GC
         with opened as img:
             if self.at_least and img.format == "JPEG":
