@@ -8,6 +8,8 @@ import os
 # one thread per worker: the fuzz runs beside other work, and fork() wants no pool threads
 for _var in ("KINDLING_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# no BLAS calibration in every worker (kindling info describes the backend): loaders do not care
+os.environ.setdefault("KINDLING_BLAS", "openblas")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
