@@ -271,6 +271,9 @@ def reshape(layer, shapes):
     in_shape = shapes[0]
     axis = p.axis if p.axis >= 0 else len(in_shape) + 1 + p.axis
     end = len(in_shape) if p.num_axes == -1 else axis + p.num_axes
+    if not 0 <= axis <= end <= len(in_shape):  # Caffe's checks on axis and num_axes
+        _fail(layer, f"reshape_param axis {p.axis} and num_axes {p.num_axes} do not fit a "
+                     f"{len(in_shape)}-d input")
     spec = list(p.shape.dim)
     # Leading dims are kept as 0 (copy), so a 0 in the spec still copies the input dim at its position.
     target = [0] * axis + spec + [int(d) for d in in_shape[end:]]

@@ -249,3 +249,17 @@ def test_degenerate_settings_found_by_fuzzing_are_named(tmp_path):
     for make in (lambda: nn.BatchNorm2d(0), lambda: nn.Slice(1, num_outputs=1)):
         with pytest.raises(ValueError, match="must be positive|at least 2 outputs"):
             make()
+
+
+def test_a_reshape_axis_out_of_range_is_named_not_allocated(tmp_path):
+    """Found by tests/fuzz (inputs 52697 and 66486 of the 10^5 campaign): reshape_param axis
+    2147483647 built a 2^31-item list of leading zeros, 16 GB, before anything was checked."""
+    for axis, num_axes in ((2147483647, -1), (-7, -1), (1, 9), (2, -2)):
+        p = _proto(tmp_path, f'layer {{ name: "r" type: "Reshape" bottom: "data" top: "r" reshape_param {{ '
+                             f'shape {{ dim: -1 }} axis: {axis} num_axes: {num_axes} }} }}')
+        with pytest.raises(caffe.CaffeError, match=rf"{p}: layer 'r' \(Reshape\): reshape_param axis {axis} and "
+                                                   rf"num_axes {num_axes} do not fit a 4-d input"):
+            caffe.convert(p)
+    p = _proto(tmp_path, 'layer { name: "r" type: "Reshape" bottom: "data" top: "r" reshape_param { '
+                         'shape { dim: -1 } axis: 1 } }')  # Caffe's flatten-after-the-batch form still converts
+    assert caffe.convert(p).forward(np.zeros((1, 3, 6, 6), np.float32)).shape == (1, 108)
