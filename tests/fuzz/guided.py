@@ -53,10 +53,9 @@ def main(argv: list[str]) -> None:
     if not any(corpus.iterdir()):
         for i, seed in enumerate(mod.seeds()):
             (corpus / f"seed-{i}").write_bytes(seed)
-    scratch = Path(tempfile.mkdtemp(prefix="kindling-guided-"))
-
     def one_input(data: bytes) -> None:
-        tmp = Path(tempfile.mkdtemp(dir=scratch))
+        # libFuzzer ends the process with exit(): nothing may be left for an atexit hook to remove
+        tmp = Path(tempfile.mkdtemp(prefix="kindling-guided-"))
         try:
             result = classify(mod.target, data, tmp)
         finally:
