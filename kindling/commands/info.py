@@ -38,14 +38,18 @@ def run(args) -> int:
     import os
 
     import kindling
-    from kindling.runtime.shapes import trace
+    from kindling.runtime.errors import KindlingError
+    from kindling.runtime.shapes import ShapeError, trace
     model = kindling.load(args.model)
     meta = model.metadata
     shape = [int(d) for d in args.input_shape.split(",")] if args.input_shape else meta.get("input_shape")
     shapes = {}
     if shape and len(meta.get("input_names") or [None]) == 1:
         shape = [1 if d <= 0 else d for d in shape]
-        shapes = trace(model, [shape])
+        try:
+            shapes = trace(model, [shape])
+        except ShapeError as e:
+            raise KindlingError(f"{args.model}: tracing the input shape {shape}: {e}") from e
     rows = [("layer", "type", "output shape", "params")]
     total = 0
     for m in model.modules():

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..errors import DataError
+
 log = logging.getLogger("kindling.data")
 
 
@@ -22,7 +24,7 @@ def _load(dataset, i, seed, epoch, strict):
         return np.asarray(x, np.float32), y
     except Exception as e:  # a corrupt image: skipped with a warning naming the file
         if strict:
-            raise ValueError(f"{dataset.source(int(i))}: cannot load: {e}") from e
+            raise DataError(f"{dataset.source(int(i))}: cannot load: {e}") from e
         _warn_once(dataset, int(i), e)
         return None
 

@@ -128,3 +128,21 @@ def test_run_classifies_images_and_folders_as_the_predictor_does(tmp_path):
     assert r.returncode == 1 and "half.jpg: JPEG data cannot be decoded" in r.stderr and "Traceback" not in r.stderr
     r = kindling_cli("run", path, "--input", tmp_path / "missing.png")
     assert r.returncode == 1 and "missing.png: no such file" in r.stderr
+def test_run_reads_inputs_strictly_and_writes_nothing_on_error(lenet, tmp_path):
+    """numpy's reader evaluates the header and allocates what it claims; kindling's names the file."""
+    path, model = lenet
+    bad = tmp_path / "x.npy"
+    bad.write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4',")
+    out = tmp_path / "y.npy"
+    r = kindling_cli("run", path, "--input", bad, "--output", out)
+    assert r.returncode == 1 and r.stderr == f"kindling run: error: {bad}: not a .npy header (expected a {{...}} " \
+                                             f"dictionary)\n", r.stderr
+    x = np.random.default_rng(0).uniform(0, 1, (3, 1, 28, 28)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", data=x)
+    r = kindling_cli("run", path, "--input", tmp_path / "x.npz", "--output", out)
+    assert r.returncode == 1 and "x.npz: no arrays named ['input']" in r.stderr and "'data'" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy", "x.npz"]  # no output, no temp file
+    np.savez(tmp_path / "x.npz", input=x)
+    r = kindling_cli("run", path, "--input", tmp_path / "x.npz", "--output", tmp_path / "y.npz")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["output"], model.forward(x), rtol=1e-5, atol=1e-6)
