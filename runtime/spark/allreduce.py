@@ -1,0 +1,514 @@
+"""``SocketExchange``: the sharded all-reduce of ``exchange.Exchange`` over TCP between the tasks.
+
+Each pair of tasks holds one connection, used in both directions at once; the tasks find each
+other by swapping ``host port nonce`` lines through a rendezvous (``BarrierTaskContext.allGather``
+in Spark). The driver then carries nothing but those lines, whereas ``DriverExchange`` sends
+every task's whole vector, base64-encoded, through the driver to every task.
+
+On the wire (little-endian): after a hello per connection (``_HELLO``: protocol, session digest
+of the rendezvous lines, rank, world), each collective sends every peer one message, a header
+(``_HEADER``: kind, sender, round, n, the slice [lo, hi)), the slice as raw float32, a trailer
+(``_TRAILER``: the round again). Every header and trailer is checked against what this task
+expects, so a peer out of step or a foreign one is an ``ExchangeError``, never summed.
+
+Memory: reduce_scatter receives each peer's piece of this task's shard a chunk at a time into
+one chunk buffer per peer and adds the chunk in rank order (the order ``DriverExchange`` uses,
+so the sums are bit-identical) into one preallocated shard; all_gather receives straight into
+the caller's vector. One thread drives all sockets through a selector, so sending and receiving
+go on together and a full socket buffer cannot deadlock an exchange.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import selectors
+import socket
+import struct
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from .exchange import Exchange, shard_bounds
+
+log = logging.getLogger("kindling.spark")
+
+DEFAULT_TIMEOUT = 300.0   # seconds without progress from a peer; must exceed the tasks' compute skew
+DEFAULT_CHUNK = 4 << 20   # bytes of a peer's piece buffered at a time during reduce_scatter
+
+_PROTOCOL = "kindling-exchange/1"
+_HELLO = struct.Struct("<4sH16sII")          # magic, version, session digest, rank, world
+_HELLO_MAGIC, _VERSION = b"KXHI", 1
+_HEADER = struct.Struct("<4sB3xIQQQQ")      # magic, kind, sender rank, round, n, lo, hi
+_HEADER_MAGIC = b"KXMS"
+_TRAILER = struct.Struct("<4sQ")            # magic, round
+_TRAILER_MAGIC = b"KXND"
+_KINDS = {1: "reduce_scatter", 2: "all_gather"}
+_REDUCE, _GATHER = 1, 2
+_LITTLE = sys.byteorder == "little"
+
+
+class ExchangeError(RuntimeError):
+    """A peer is gone, stalled past the timeout, or sent what the protocol does not allow. A
+    RuntimeError, not a ValueError: the caller's arguments were fine, the collective cannot finish
+    (Spark then retries the barrier stage). The exchange is closed when this is raised."""
+
+
+def _wire(a: np.ndarray) -> np.ndarray:
+    """``a`` as little-endian float32 bytes to send (no copy on little-endian hosts)."""
+    return a if _LITTLE else a.astype("<f4")
+
+
+def _bytes(a: np.ndarray) -> memoryview:
+    return memoryview(a).cast("B")
+
+
+class _Inbound:
+    """One peer's message of one collective: a header, payload segments, a trailer, received in
+    order. ``gate`` (a payload segment index -> bool) holds a segment back until its buffer is free."""
+
+    def __init__(self, expected_header: bytes, payload: list[memoryview], round_: int,
+                 gate: Callable[[int], bool] | None = None):
+        self.expected_header, self.round = expected_header, round_
+        self.segments = [memoryview(bytearray(_HEADER.size)), *payload, memoryview(bytearray(_TRAILER.size))]
+        self.index, self.filled, self.gate = 0, 0, gate
+        self.payload_done = 0   # payload segments complete
+
+    def done(self) -> bool:
+        return self.index == len(self.segments)
+
+    def want(self) -> memoryview | None:
+        """Where the next bytes go, or None when finished or held back by the gate."""
+        if self.done():
+            return None
+        k = self.index - 1
+        if self.gate is not None and 0 <= k < len(self.segments) - 2 and not self.gate(k):
+            return None
+        return self.segments[self.index][self.filled:]
+
+    def got(self, nbytes: int) -> bytes | None:
+        """Accounts for received bytes; returns a finished header or trailer to check."""
+        self.filled += nbytes
+        seg = self.segments[self.index]
+        if self.filled < len(seg):
+            return None
+        finished = self.index
+        self.index, self.filled = self.index + 1, 0
+        while self.index < len(self.segments) - 1 and len(self.segments[self.index]) == 0:
+            self.index += 1  # empty payload segments (an empty slice)
+        if finished in (0, len(self.segments) - 1):
+            return bytes(seg)
+        self.payload_done = finished
+        return None
+
+
+class _Outbound:
+    """One message to one peer: buffers sent in order, as far as the socket takes them."""
+
+    def __init__(self, parts: list[memoryview]):
+        self.parts = [p for p in parts if len(p)]
+        self.index = self.offset = 0
+
+    def done(self) -> bool:
+        return self.index == len(self.parts)
+
+    def send(self, sock: socket.socket) -> int:
+        sent = sock.send(self.parts[self.index][self.offset:])
+        self.offset += sent
+        if self.offset == len(self.parts[self.index]):
+            self.index, self.offset = self.index + 1, 0
+        return sent
+
+
+class SocketExchange(Exchange):
+    """The ``Exchange`` collectives over TCP connections between the tasks (see the module doc).
+    Build it with ``start`` (any rendezvous) or ``from_barrier`` (a Spark barrier task)."""
+
+    def __init__(self, rank: int, world: int, peers: dict[int, tuple[socket.socket, str]], *,
+                 timeout: float = DEFAULT_TIMEOUT, chunk_bytes: int = DEFAULT_CHUNK):
+        super().__init__(rank, world)
+        if timeout <= 0:
+            raise ValueError(f"SocketExchange: timeout must be > 0 seconds, got {timeout}")
+        self.timeout = float(timeout)
+        self._chunk = max(1, int(chunk_bytes) // 4)
+        self._socks = {r: s for r, (s, _) in peers.items()}
+        self._addresses = {r: a for r, (_, a) in peers.items()}
+        for s in self._socks.values():
+            s.setblocking(False)
+        self._selector = selectors.DefaultSelector() if peers else None
+        self._round = 0
+        self._sum = np.empty(0, np.float32)
+        self._buffers = {r: np.empty(0, "<f4") for r in peers}
+        self._broken: str | None = None
+
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def start(cls, rank: int, world: int, all_gather_text: Callable[[str], list[str]], *, host: str,
+              port: int = 0, timeout: float = DEFAULT_TIMEOUT, chunk_bytes: int = DEFAULT_CHUNK) -> "SocketExchange":
+        """Listens on ``host`` (this task's own address: never a wildcard unless you pass one),
+        swaps addresses through ``all_gather_text`` (called once, by every task, when world > 1),
+        and connects every pair of tasks: the higher rank dials the lower one."""
+        Exchange(rank, world)  # checks rank and world
+        if world == 1:
+            return cls(rank, world, {}, timeout=timeout, chunk_bytes=chunk_bytes)
+        deadline = time.monotonic() + timeout
+        listener = _listen(host, port, world)
+        peers: dict[int, tuple[socket.socket, str]] = {}
+        try:
+            nonce = secrets.token_hex(8)
+            mine = f"{_PROTOCOL} {host} {listener.getsockname()[1]} {nonce}"
+            lines = all_gather_text(mine)
+            addresses = _parse_rendezvous(lines, world, rank, mine)
+            session = hashlib.sha256("\n".join(lines).encode()).digest()[:16]
+            hello = _HELLO.pack(_HELLO_MAGIC, _VERSION, session, rank, world)
+            for q in range(rank):
+                peers[q] = (_dial(addresses[q], q, deadline), _text(addresses[q]))
+                _send_all(peers[q][0], hello, q, peers[q][1], deadline)
+            while sum(r > rank for r in peers) < world - 1 - rank:
+                _accept(listener, peers, rank, world, session, hello, addresses, deadline)
+            for q in range(rank):
+                sock, addr = peers[q]
+                _check_hello(_recv_exact(sock, _HELLO.size, q, addr, deadline), session, world, q, addr, expect=q)
+        except BaseException:
+            for sock, _ in peers.values():
+                sock.close()
+            raise
+        finally:
+            listener.close()
+        return cls(rank, world, peers, timeout=timeout, chunk_bytes=chunk_bytes)
+
+    @classmethod
+    def from_barrier(cls, context, *, timeout: float = DEFAULT_TIMEOUT,
+                     chunk_bytes: int = DEFAULT_CHUNK) -> "SocketExchange":
+        """In a Spark barrier task: rank = partitionId, world = the stage's tasks, listening on
+        this executor's address (SPARK_LOCAL_IP when set), rendezvous through allGather."""
+        infos = context.getTaskInfos()
+        rank = context.partitionId()
+        host = os.environ.get("SPARK_LOCAL_IP") or _host_of(infos[rank].address)
+        return cls.start(rank, len(infos), context.allGather, host=host, timeout=timeout, chunk_bytes=chunk_bytes)
+
+    # ---- the collectives -----------------------------------------------------------------------
+    def reduce_scatter(self, flat):
+        vec = np.ascontiguousarray(flat, np.float32).reshape(-1)
+        n = vec.size
+        lo, hi = self.shard(n)
+        if self._sum.size != hi - lo:
+            self._sum = np.empty(hi - lo, np.float32)
+        total = self._sum
+        if self.world == 1:
+            np.add(vec[lo:hi], np.float32(0), out=total)  # 0 + x, as DriverExchange sums from zeros
+            return total
+        self._begin()
+        chunk = self._chunk
+        chunks = -(-(hi - lo) // chunk)
+        summed = [0]  # chunks of the shard added up so far
+        inbound, outbound = {}, {}
+        wire = _wire(vec)
+        for r in self._socks:
+            a, b = shard_bounds(n, self.world, r)
+            outbound[r] = self._message(_REDUCE, n, a, b, wire[a:b])
+            if self._buffers[r].size < min(chunk, hi - lo):
+                self._buffers[r] = np.empty(min(chunk, hi - lo), "<f4")
+            buf = _bytes(self._buffers[r])
+            payload = [buf[:4 * (min(hi - lo, (c + 1) * chunk) - c * chunk)] for c in range(chunks)]
+            inbound[r] = _Inbound(self._header(_REDUCE, r, n, lo, hi), payload, self._round,
+                                  gate=lambda c: c == summed[0])
+
+        def add_ready_chunks():
+            # chunk c of every peer's piece is in its buffer once that peer's payload_done passed it
+            while summed[0] < chunks and all(m.payload_done > summed[0] for m in inbound.values()):
+                c = summed[0]
+                a, b = c * chunk, min(hi - lo, (c + 1) * chunk)
+                out = total[a:b]
+                for r in range(self.world):  # rank order, starting from 0 + x like DriverExchange
+                    piece = vec[lo + a:lo + b] if r == self.rank else self._buffers[r][:b - a]
+                    if r == 0:
+                        np.add(piece, np.float32(0), out=out)
+                    else:
+                        np.add(out, piece, out=out)
+                summed[0] += 1
+
+        self._run(inbound, outbound, add_ready_chunks)
+        add_ready_chunks()
+        return total
+
+    def all_gather(self, flat):
+        if not (isinstance(flat, np.ndarray) and flat.dtype == np.float32 and flat.flags.c_contiguous
+                and flat.flags.writeable):
+            got = f"{flat.dtype} {flat.shape}" if isinstance(flat, np.ndarray) else type(flat).__name__
+            raise ValueError(f"SocketExchange.all_gather works in place on a writeable C-contiguous float32 "
+                             f"vector; got {got}")
+        vec = flat.reshape(-1)
+        n = vec.size
+        lo, hi = self.shard(n)
+        if self.world == 1:
+            return
+        self._begin()
+        mine = _wire(vec[lo:hi])
+        inbound, outbound = {}, {}
+        for r in self._socks:
+            a, b = shard_bounds(n, self.world, r)
+            outbound[r] = self._message(_GATHER, n, lo, hi, mine)
+            inbound[r] = _Inbound(self._header(_GATHER, r, n, a, b), [_bytes(vec[a:b])], self._round)
+        self._run(inbound, outbound, None)
+        if not _LITTLE:
+            for r in self._socks:
+                a, b = shard_bounds(n, self.world, r)
+                vec[a:b].byteswap(inplace=True)
+
+    def close(self) -> None:
+        for sock in self._socks.values():
+            sock.close()
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        self._broken = self._broken or "closed"
+
+    def __repr__(self):
+        return f"SocketExchange(rank={self.rank}, world={self.world}, round={self._round})"
+
+    # ---- the event loop --------------------------------------------------------------------------
+    def _begin(self) -> None:
+        if self._broken:
+            raise ExchangeError(f"rank {self.rank}: the exchange is {self._broken}; start a new one")
+        self._round += 1
+
+    def _header(self, kind: int, sender: int, n: int, lo: int, hi: int) -> bytes:
+        return _HEADER.pack(_HEADER_MAGIC, kind, sender, self._round, n, lo, hi)
+
+    def _message(self, kind: int, n: int, lo: int, hi: int, payload: np.ndarray) -> _Outbound:
+        return _Outbound([memoryview(self._header(kind, self.rank, n, lo, hi)), _bytes(payload),
+                          memoryview(_TRAILER.pack(_TRAILER_MAGIC, self._round))])
+
+    def _run(self, inbound: dict[int, _Inbound], outbound: dict[int, _Outbound], on_data) -> None:
+        try:
+            self._loop(inbound, outbound, on_data)
+        except BaseException as e:
+            # Close at once, so the peers see the connection go instead of waiting for the timeout.
+            self._broken = f"closed after an error: {e}"
+            self.close()
+            raise
+
+    def _loop(self, inbound, outbound, on_data) -> None:
+        sel = self._selector
+        masks = {r: 0 for r in self._socks}
+        last = {r: time.monotonic() for r in self._socks}
+        try:
+            while True:
+                for r, sock in self._socks.items():
+                    mask = (selectors.EVENT_READ if inbound[r].want() is not None else 0) | \
+                           (selectors.EVENT_WRITE if not outbound[r].done() else 0)
+                    if mask != masks[r]:
+                        if masks[r] == 0:
+                            sel.register(sock, mask, r)
+                        elif mask == 0:
+                            sel.unregister(sock)
+                        else:
+                            sel.modify(sock, mask, r)
+                        masks[r] = mask
+                waiting = [r for r in masks if masks[r]]
+                if not waiting:
+                    if all(m.done() for m in inbound.values()):
+                        return
+                    raise AssertionError("SocketExchange: every peer held back while a message is unfinished")
+                now = time.monotonic()
+                stalled = min(waiting, key=last.__getitem__)
+                left = last[stalled] + self.timeout - now
+                if left <= 0:
+                    self._fail(stalled, f"no progress for {self.timeout:g} s (round {self._round}): "
+                                        f"the task stalled or its host is unreachable")
+                for key, events in sel.select(left):
+                    r = key.data
+                    if events & selectors.EVENT_WRITE and not outbound[r].done():
+                        self._send(r, outbound[r])
+                        last[r] = time.monotonic()
+                    if events & selectors.EVENT_READ:
+                        self._receive(r, inbound[r])
+                        last[r] = time.monotonic()
+                if on_data is not None:
+                    on_data()
+        finally:
+            if self._selector is not None:
+                for r, mask in masks.items():
+                    if mask:
+                        sel.unregister(self._socks[r])
+
+    def _send(self, r: int, message: _Outbound) -> None:
+        try:
+            message.send(self._socks[r])
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:
+            self._fail(r, f"the connection broke while sending round {self._round} ({e.strerror or e}): "
+                          f"the task is gone")
+
+    def _receive(self, r: int, message: _Inbound) -> None:
+        view = message.want()
+        if view is None:
+            return
+        try:
+            got = self._socks[r].recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._fail(r, f"the connection broke while receiving round {self._round} ({e.strerror or e}): "
+                          f"the task is gone")
+        if got == 0:
+            self._fail(r, f"closed the connection during round {self._round} (the task ended, or gave up "
+                          f"after an error of its own)")
+        finished = message.got(got)
+        if finished is not None:
+            self._check(r, message, finished)
+
+    def _check(self, r: int, message: _Inbound, block: bytes) -> None:
+        if len(block) == _TRAILER.size:
+            magic, round_ = _TRAILER.unpack(block)
+            if (magic, round_) != (_TRAILER_MAGIC, message.round):
+                self._fail(r, f"sent more or fewer bytes than its header of round {message.round} announced "
+                              f"(trailer {block.hex()})")
+            return
+        if block == message.expected_header:
+            return
+        magic, kind, sender, round_, n, lo, hi = _HEADER.unpack(block)
+        _, ekind, esender, eround, en, elo, ehi = _HEADER.unpack(message.expected_header)
+        if magic != _HEADER_MAGIC or kind not in _KINDS:
+            why = f"sent bytes that are not a kindling exchange header ({block[:16].hex()}...)"
+        elif sender != esender:
+            why = f"says it is rank {sender}"
+        elif round_ != eround or kind != ekind:
+            why = (f"is at round {round_} ({_KINDS[kind]}), this task at round {eround} ({_KINDS[ekind]}): "
+                   f"the tasks called the collectives out of step")
+        elif n != en:
+            why = f"exchanges a vector of {n} elements, this task one of {en}: the lengths must be equal"
+        else:
+            why = f"sent the slice [{lo}, {hi}), expected [{elo}, {ehi})"
+        self._fail(r, why)
+
+    def _fail(self, r: int, why: str):
+        raise ExchangeError(f"rank {self.rank}: peer rank {r} at {self._addresses[r]} {why}")
+
+
+# ---- connecting ----------------------------------------------------------------------------------
+def _host_of(address: str) -> str:
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return host.strip("[]")
+
+
+def _text(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _listen(host: str, port: int, world: int) -> socket.socket:
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise ExchangeError(f"SocketExchange: cannot listen on host {host!r}: {e}") from e
+    try:
+        listener.bind(sockaddr)
+        listener.listen(world)
+    except OSError as e:
+        listener.close()
+        raise ExchangeError(f"SocketExchange: cannot listen on {host!r} port {port}: {e}") from e
+    return listener
+
+
+def _parse_rendezvous(lines, world: int, rank: int, mine: str) -> dict[int, tuple[str, int]]:
+    if len(lines) != world:
+        raise ExchangeError(f"rank {rank}: the rendezvous returned {len(lines)} addresses for {world} tasks")
+    if lines[rank] != mine:
+        raise ExchangeError(f"rank {rank}: the rendezvous returned {lines[rank]!r} as this task's address, "
+                            f"not {mine!r}: the tasks called it out of step")
+    addresses = {}
+    for r, line in enumerate(lines):
+        parts = line.split(" ") if isinstance(line, str) else []
+        if len(parts) != 4 or parts[0] != _PROTOCOL or not parts[2].isdigit():
+            raise ExchangeError(f"rank {rank}: rank {r} sent {str(line)[:80]!r} to the rendezvous, not an "
+                                f"exchange address: the tasks called it out of step")
+        addresses[r] = (parts[1], int(parts[2]))
+    return addresses
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 1e-3)
+
+
+def _dial(address: tuple[str, int], q: int, deadline: float) -> socket.socket:
+    try:
+        sock = socket.create_connection(address, timeout=_left(deadline))
+    except OSError as e:
+        raise ExchangeError(f"cannot connect to rank {q} at {_text(address)}: {e}") from e
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _send_all(sock: socket.socket, data: bytes, q: int, addr: str, deadline: float) -> None:
+    try:
+        sock.settimeout(_left(deadline))
+        sock.sendall(data)
+    except OSError as e:
+        raise ExchangeError(f"rank {q} at {addr}: sending the hello failed: {e}") from e
+
+
+def _recv_exact(sock: socket.socket, size: int, q, addr: str, deadline: float) -> bytes:
+    buf = bytearray(size)
+    view, filled = memoryview(buf), 0
+    try:
+        while filled < size:
+            sock.settimeout(_left(deadline))
+            got = sock.recv_into(view[filled:])
+            if got == 0:
+                raise ExchangeError(f"rank {q} at {addr} closed the connection during the hello")
+            filled += got
+    except socket.timeout as e:
+        raise ExchangeError(f"rank {q} at {addr} sent no hello in time") from e
+    except OSError as e:
+        raise ExchangeError(f"rank {q} at {addr}: receiving the hello failed: {e}") from e
+    return bytes(buf)
+
+
+def _check_hello(block: bytes, session: bytes, world: int, q, addr: str, expect: int | None) -> int:
+    """The peer's rank from its hello; ExchangeError when it belongs to another exchange."""
+    magic, version, their_session, rank, their_world = _HELLO.unpack(block)
+    if magic != _HELLO_MAGIC or version != _VERSION:
+        raise ExchangeError(f"rank {q} at {addr} does not speak {_PROTOCOL} (hello {block[:8].hex()})")
+    if their_session != session:
+        raise ExchangeError(f"rank {q} at {addr} belongs to another exchange (another rendezvous)")
+    if their_world != world or (expect is not None and rank != expect):
+        raise ExchangeError(f"rank {q} at {addr} says it is rank {rank} of {their_world}")
+    return rank
+
+
+def _accept(listener, peers, rank, world, session, hello, addresses, deadline) -> None:
+    """Takes one connection and its hello. A connection from outside this exchange (another
+    process found the port) is dropped with a warning; a peer of this exchange that is not one
+    of the higher ranks still to come is an error."""
+    try:
+        listener.settimeout(_left(deadline))
+        sock, remote = listener.accept()
+    except socket.timeout as e:
+        missing = [f"rank {r} ({_text(addresses[r])})" for r in range(rank + 1, world) if r not in peers]
+        raise ExchangeError(f"rank {rank}: no connection from {', '.join(missing)} in time") from e
+    addr = _text(remote[:2])
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            r = _check_hello(_recv_exact(sock, _HELLO.size, "?", addr, deadline), session, world, "?", addr,
+                             expect=None)
+        except ExchangeError as e:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("SocketExchange rank %d: dropped a connection from %s: %s", rank, addr, e)
+            sock.close()
+            return
+        if not rank < r < world or r in peers:
+            raise ExchangeError(f"rank {rank}: a second or unexpected connection from rank {r} at {addr}")
+        _send_all(sock, hello, r, addr, deadline)
+    except BaseException:
+        sock.close()
+        raise
+    peers[r] = (sock, addr)
