@@ -159,19 +159,21 @@ class SocketExchange(Exchange):
         peers: dict[int, tuple[socket.socket, str]] = {}
         try:
             nonce = secrets.token_hex(8)
-            mine = f"{_PROTOCOL} {host} {listener.getsockname()[1]} {nonce}"
+            bound_host, bound_port = listener.getsockname()[:2]  # the address itself, not a name for it
+            mine = f"{_PROTOCOL} {bound_host} {bound_port} {nonce}"
             lines = all_gather_text(mine)
             addresses = _parse_rendezvous(lines, world, rank, mine)
             session = hashlib.sha256("\n".join(lines).encode()).digest()[:16]
             hello = _HELLO.pack(_HELLO_MAGIC, _VERSION, session, rank, world)
             for q in range(rank):
-                peers[q] = (_dial(addresses[q], q, deadline), _text(addresses[q]))
-                _send_all(peers[q][0], hello, q, peers[q][1], deadline)
+                who = f"rank {q} at {_text(addresses[q])}"
+                peers[q] = (_dial(addresses[q], who, deadline), _text(addresses[q]))
+                _send_all(peers[q][0], hello, who, deadline)
             while sum(r > rank for r in peers) < world - 1 - rank:
                 _accept(listener, peers, rank, world, session, hello, addresses, deadline)
             for q in range(rank):
-                sock, addr = peers[q]
-                _check_hello(_recv_exact(sock, _HELLO.size, q, addr, deadline), session, world, q, addr, expect=q)
+                who = f"rank {q} at {peers[q][1]}"
+                _check_hello(_recv_exact(peers[q][0], _HELLO.size, who, deadline), session, world, who, expect=q)
         except BaseException:
             for sock, _ in peers.values():
                 sock.close()
@@ -437,24 +439,24 @@ def _left(deadline: float) -> float:
     return max(deadline - time.monotonic(), 1e-3)
 
 
-def _dial(address: tuple[str, int], q: int, deadline: float) -> socket.socket:
+def _dial(address: tuple[str, int], who: str, deadline: float) -> socket.socket:
     try:
         sock = socket.create_connection(address, timeout=_left(deadline))
     except OSError as e:
-        raise ExchangeError(f"cannot connect to rank {q} at {_text(address)}: {e}") from e
+        raise ExchangeError(f"cannot connect to {who}: {e}") from e
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
-def _send_all(sock: socket.socket, data: bytes, q: int, addr: str, deadline: float) -> None:
+def _send_all(sock: socket.socket, data: bytes, who: str, deadline: float) -> None:
     try:
         sock.settimeout(_left(deadline))
         sock.sendall(data)
     except OSError as e:
-        raise ExchangeError(f"rank {q} at {addr}: sending the hello failed: {e}") from e
+        raise ExchangeError(f"{who}: sending the hello failed: {e}") from e
 
 
-def _recv_exact(sock: socket.socket, size: int, q, addr: str, deadline: float) -> bytes:
+def _recv_exact(sock: socket.socket, size: int, who: str, deadline: float) -> bytes:
     buf = bytearray(size)
     view, filled = memoryview(buf), 0
     try:
@@ -462,24 +464,24 @@ def _recv_exact(sock: socket.socket, size: int, q, addr: str, deadline: float) -
             sock.settimeout(_left(deadline))
             got = sock.recv_into(view[filled:])
             if got == 0:
-                raise ExchangeError(f"rank {q} at {addr} closed the connection during the hello")
+                raise ExchangeError(f"{who} closed the connection during the hello")
             filled += got
     except socket.timeout as e:
-        raise ExchangeError(f"rank {q} at {addr} sent no hello in time") from e
+        raise ExchangeError(f"{who} sent no hello in time") from e
     except OSError as e:
-        raise ExchangeError(f"rank {q} at {addr}: receiving the hello failed: {e}") from e
+        raise ExchangeError(f"{who}: receiving the hello failed: {e}") from e
     return bytes(buf)
 
 
-def _check_hello(block: bytes, session: bytes, world: int, q, addr: str, expect: int | None) -> int:
+def _check_hello(block: bytes, session: bytes, world: int, who: str, expect: int | None) -> int:
     """The peer's rank from its hello; ExchangeError when it belongs to another exchange."""
     magic, version, their_session, rank, their_world = _HELLO.unpack(block)
     if magic != _HELLO_MAGIC or version != _VERSION:
-        raise ExchangeError(f"rank {q} at {addr} does not speak {_PROTOCOL} (hello {block[:8].hex()})")
+        raise ExchangeError(f"{who} does not speak {_PROTOCOL} (hello {block[:8].hex()})")
     if their_session != session:
-        raise ExchangeError(f"rank {q} at {addr} belongs to another exchange (another rendezvous)")
+        raise ExchangeError(f"{who} belongs to another exchange (another rendezvous)")
     if their_world != world or (expect is not None and rank != expect):
-        raise ExchangeError(f"rank {q} at {addr} says it is rank {rank} of {their_world}")
+        raise ExchangeError(f"{who} says it is rank {rank} of {their_world}")
     return rank
 
 
@@ -487,28 +489,28 @@ def _accept(listener, peers, rank, world, session, hello, addresses, deadline) -
     """Takes one connection and its hello. A connection from outside this exchange (another
     process found the port) is dropped with a warning; a peer of this exchange that is not one
     of the higher ranks still to come is an error."""
+    def missing():
+        return ", ".join(f"rank {r} ({_text(addresses[r])})" for r in range(rank + 1, world) if r not in peers)
     try:
         listener.settimeout(_left(deadline))
         sock, remote = listener.accept()
     except socket.timeout as e:
-        missing = [f"rank {r} ({_text(addresses[r])})" for r in range(rank + 1, world) if r not in peers]
-        raise ExchangeError(f"rank {rank}: no connection from {', '.join(missing)} in time") from e
-    addr = _text(remote[:2])
+        raise ExchangeError(f"rank {rank}: no connection from {missing()} in time") from e
+    who = f"a connection from {_text(remote[:2])}"
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            r = _check_hello(_recv_exact(sock, _HELLO.size, "?", addr, deadline), session, world, "?", addr,
-                             expect=None)
+            r = _check_hello(_recv_exact(sock, _HELLO.size, who, deadline), session, world, who, expect=None)
         except ExchangeError as e:
             if time.monotonic() >= deadline:
-                raise
-            log.warning("SocketExchange rank %d: dropped a connection from %s: %s", rank, addr, e)
+                raise ExchangeError(f"rank {rank}: no connection from {missing()} in time ({e})") from e
+            log.warning("SocketExchange rank %d: dropped %s", rank, e)
             sock.close()
             return
         if not rank < r < world or r in peers:
-            raise ExchangeError(f"rank {rank}: a second or unexpected connection from rank {r} at {addr}")
-        _send_all(sock, hello, r, addr, deadline)
+            raise ExchangeError(f"rank {rank}: {who} says it is rank {r}, which is connected or not expected")
+        _send_all(sock, hello, f"rank {r} at {_text(remote[:2])}", deadline)
     except BaseException:
         sock.close()
         raise
-    peers[r] = (sock, addr)
+    peers[r] = (sock, _text(remote[:2]))

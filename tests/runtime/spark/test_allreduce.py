@@ -225,12 +225,16 @@ def test_a_peer_sending_garbage_is_named(stream, why):
     fake.sock.close()
 
 
-def test_a_connection_from_outside_the_exchange_is_dropped(caplog):
+@pytest.mark.parametrize("intruder, why", [
+    (b"\x16\x03\x01" + bytes(27), "does not speak kindling-exchange/1"),   # a TLS client, say
+    (struct.pack("<4sH16sII", b"KXHI", 1, bytes(16), 1, 2), "belongs to another exchange"),  # a stale task
+])
+def test_a_connection_from_outside_the_exchange_is_dropped(caplog, intruder, why):
     def task(rank, gather):
         def gather_with_intruder(text):
-            if rank == 0:  # something else finds the port before rank 1 can, and sends junk
+            if rank == 0:  # something else finds the port before rank 1 can
                 junk = socket.create_connection((HOST, int(text.split()[2])), timeout=5)
-                junk.sendall(b"\x16\x03\x01" + bytes(27))
+                junk.sendall(intruder)
                 junk.close()
             return gather(text)
         with SocketExchange.start(rank, 2, gather_with_intruder, host=HOST, timeout=10) as ex:
@@ -238,7 +242,16 @@ def test_a_connection_from_outside_the_exchange_is_dropped(caplog):
 
     with caplog.at_level(logging.WARNING, logger="kindling.spark"):
         assert run_threads(2, task) == [digest(reference_sum(2, 0, 999))] * 2
-    assert "dropped a connection" in caplog.text and "does not speak kindling-exchange/1" in caplog.text
+    assert "dropped a connection from 127.0.0.1:" in caplog.text and why in caplog.text, caplog.text
+
+
+def test_a_peer_gone_before_connecting_is_named():
+    closed = socket.create_server((HOST, 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    line = f"kindling-exchange/1 {HOST} {port} gone"
+    with pytest.raises(ExchangeError, match=rf"cannot connect to rank 0 at 127\.0\.0\.1:{port}"):
+        SocketExchange.start(1, 2, lambda text: [line, text], host=HOST, timeout=5)
 
 
 def test_nobody_connecting_is_a_timeout_naming_the_missing_rank():
