@@ -1,15 +1,13 @@
 """``SocketExchange``: the sharded all-reduce of ``exchange.Exchange`` over TCP between the tasks.
 
-Each pair of tasks holds one connection, used in both directions at once; the tasks find each
-other by swapping ``host port nonce`` lines through a rendezvous (``BarrierTaskContext.allGather``
-in Spark). The driver then carries nothing but those lines, whereas ``DriverExchange`` sends
-every task's whole vector, base64-encoded, through the driver to every task.
+Each pair of tasks holds one connection (``mesh.connect``), used in both directions at once. The
+driver carries nothing but the tasks' addresses, once, whereas ``DriverExchange`` sends every
+task's whole vector, base64-encoded, through the driver to every task.
 
-On the wire (little-endian): after a hello per connection (``_HELLO``: protocol, session digest
-of the rendezvous lines, rank, world), each collective sends every peer one message, a header
-(``_HEADER``: kind, sender, round, n, the slice [lo, hi)), the slice as raw float32, a trailer
-(``_TRAILER``: the round again). Every header and trailer is checked against what this task
-expects, so a peer out of step or a foreign one is an ``ExchangeError``, never summed.
+On the wire (little-endian), each collective sends every peer one message: a header (``_HEADER``:
+kind, sender, round, n, the slice [lo, hi)), the slice as raw float32, a trailer (``_TRAILER``:
+the round again). Every header and trailer is checked against what this task expects, so a
+peer out of step or a foreign one is an ``ExchangeError``, never summed.
 
 Memory: reduce_scatter receives each peer's piece of this task's shard a chunk at a time into
 one chunk buffer per peer and adds the chunk in rank order (the order ``DriverExchange`` uses,
@@ -19,10 +17,7 @@ go on together and a full socket buffer cannot deadlock an exchange.
 """
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-import secrets
 import selectors
 import socket
 import struct
@@ -33,15 +28,12 @@ from typing import Callable
 import numpy as np
 
 from .exchange import Exchange, shard_bounds
+from .mesh import DEFAULT_TIMEOUT, ExchangeError, connect, host_of
 
-log = logging.getLogger("kindling.spark")
+__all__ = ["SocketExchange", "ExchangeError", "DEFAULT_TIMEOUT", "DEFAULT_CHUNK"]
 
-DEFAULT_TIMEOUT = 300.0   # seconds without progress from a peer; must exceed the tasks' compute skew
 DEFAULT_CHUNK = 4 << 20   # bytes of a peer's piece buffered at a time during reduce_scatter
 
-_PROTOCOL = "kindling-exchange/1"
-_HELLO = struct.Struct("<4sH16sII")          # magic, version, session digest, rank, world
-_HELLO_MAGIC, _VERSION = b"KXHI", 1
 _HEADER = struct.Struct("<4sB3xIQQQQ")      # magic, kind, sender rank, round, n, lo, hi
 _HEADER_MAGIC = b"KXMS"
 _TRAILER = struct.Struct("<4sQ")            # magic, round
@@ -51,10 +43,10 @@ _REDUCE, _GATHER = 1, 2
 _LITTLE = sys.byteorder == "little"
 
 
-class ExchangeError(RuntimeError):
-    """A peer is gone, stalled past the timeout, or sent what the protocol does not allow. A
-    RuntimeError, not a ValueError: the caller's arguments were fine, the collective cannot finish
-    (Spark then retries the barrier stage). The exchange is closed when this is raised."""
+def _positive(timeout: float) -> float:
+    if not timeout > 0:
+        raise ValueError(f"SocketExchange: timeout must be > 0 seconds, got {timeout}")
+    return float(timeout)
 
 
 def _wire(a: np.ndarray) -> np.ndarray:
@@ -130,9 +122,7 @@ class SocketExchange(Exchange):
     def __init__(self, rank: int, world: int, peers: dict[int, tuple[socket.socket, str]], *,
                  timeout: float = DEFAULT_TIMEOUT, chunk_bytes: int = DEFAULT_CHUNK):
         super().__init__(rank, world)
-        if timeout <= 0:
-            raise ValueError(f"SocketExchange: timeout must be > 0 seconds, got {timeout}")
-        self.timeout = float(timeout)
+        self.timeout = _positive(timeout)
         self._chunk = max(1, int(chunk_bytes) // 4)
         self._socks = {r: s for r, (s, _) in peers.items()}
         self._addresses = {r: a for r, (_, a) in peers.items()}
@@ -152,34 +142,8 @@ class SocketExchange(Exchange):
         swaps addresses through ``all_gather_text`` (called once, by every task, when world > 1),
         and connects every pair of tasks: the higher rank dials the lower one."""
         Exchange(rank, world)  # checks rank and world
-        if world == 1:
-            return cls(rank, world, {}, timeout=timeout, chunk_bytes=chunk_bytes)
-        deadline = time.monotonic() + timeout
-        listener = _listen(host, port, world)
-        peers: dict[int, tuple[socket.socket, str]] = {}
-        try:
-            nonce = secrets.token_hex(8)
-            bound_host, bound_port = listener.getsockname()[:2]  # the address itself, not a name for it
-            mine = f"{_PROTOCOL} {bound_host} {bound_port} {nonce}"
-            lines = all_gather_text(mine)
-            addresses = _parse_rendezvous(lines, world, rank, mine)
-            session = hashlib.sha256("\n".join(lines).encode()).digest()[:16]
-            hello = _HELLO.pack(_HELLO_MAGIC, _VERSION, session, rank, world)
-            for q in range(rank):
-                who = f"rank {q} at {_text(addresses[q])}"
-                peers[q] = (_dial(addresses[q], who, deadline), _text(addresses[q]))
-                _send_all(peers[q][0], hello, who, deadline)
-            while sum(r > rank for r in peers) < world - 1 - rank:
-                _accept(listener, peers, rank, world, session, hello, addresses, deadline)
-            for q in range(rank):
-                who = f"rank {q} at {peers[q][1]}"
-                _check_hello(_recv_exact(peers[q][0], _HELLO.size, who, deadline), session, world, who, expect=q)
-        except BaseException:
-            for sock, _ in peers.values():
-                sock.close()
-            raise
-        finally:
-            listener.close()
+        _positive(timeout)
+        peers = connect(rank, world, all_gather_text, host=host, port=port, timeout=timeout) if world > 1 else {}
         return cls(rank, world, peers, timeout=timeout, chunk_bytes=chunk_bytes)
 
     @classmethod
@@ -189,7 +153,7 @@ class SocketExchange(Exchange):
         this executor's address (SPARK_LOCAL_IP when set), rendezvous through allGather."""
         infos = context.getTaskInfos()
         rank = context.partitionId()
-        host = os.environ.get("SPARK_LOCAL_IP") or _host_of(infos[rank].address)
+        host = os.environ.get("SPARK_LOCAL_IP") or host_of(infos[rank].address)
         return cls.start(rank, len(infos), context.allGather, host=host, timeout=timeout, chunk_bytes=chunk_bytes)
 
     # ---- the collectives -----------------------------------------------------------------------
@@ -391,126 +355,3 @@ class SocketExchange(Exchange):
 
     def _fail(self, r: int, why: str):
         raise ExchangeError(f"rank {self.rank}: peer rank {r} at {self._addresses[r]} {why}")
-
-
-# ---- connecting ----------------------------------------------------------------------------------
-def _host_of(address: str) -> str:
-    host = address.rsplit(":", 1)[0] if ":" in address else address
-    return host.strip("[]")
-
-
-def _text(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _listen(host: str, port: int, world: int) -> socket.socket:
-    try:
-        family, kind, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        listener = socket.socket(family, kind, proto)
-    except OSError as e:
-        raise ExchangeError(f"SocketExchange: cannot listen on host {host!r}: {e}") from e
-    try:
-        listener.bind(sockaddr)
-        listener.listen(world)
-    except OSError as e:
-        listener.close()
-        raise ExchangeError(f"SocketExchange: cannot listen on {host!r} port {port}: {e}") from e
-    return listener
-
-
-def _parse_rendezvous(lines, world: int, rank: int, mine: str) -> dict[int, tuple[str, int]]:
-    if len(lines) != world:
-        raise ExchangeError(f"rank {rank}: the rendezvous returned {len(lines)} addresses for {world} tasks")
-    if lines[rank] != mine:
-        raise ExchangeError(f"rank {rank}: the rendezvous returned {lines[rank]!r} as this task's address, "
-                            f"not {mine!r}: the tasks called it out of step")
-    addresses = {}
-    for r, line in enumerate(lines):
-        parts = line.split(" ") if isinstance(line, str) else []
-        if len(parts) != 4 or parts[0] != _PROTOCOL or not parts[2].isdigit():
-            raise ExchangeError(f"rank {rank}: rank {r} sent {str(line)[:80]!r} to the rendezvous, not an "
-                                f"exchange address: the tasks called it out of step")
-        addresses[r] = (parts[1], int(parts[2]))
-    return addresses
-
-
-def _left(deadline: float) -> float:
-    return max(deadline - time.monotonic(), 1e-3)
-
-
-def _dial(address: tuple[str, int], who: str, deadline: float) -> socket.socket:
-    try:
-        sock = socket.create_connection(address, timeout=_left(deadline))
-    except OSError as e:
-        raise ExchangeError(f"cannot connect to {who}: {e}") from e
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def _send_all(sock: socket.socket, data: bytes, who: str, deadline: float) -> None:
-    try:
-        sock.settimeout(_left(deadline))
-        sock.sendall(data)
-    except OSError as e:
-        raise ExchangeError(f"{who}: sending the hello failed: {e}") from e
-
-
-def _recv_exact(sock: socket.socket, size: int, who: str, deadline: float) -> bytes:
-    buf = bytearray(size)
-    view, filled = memoryview(buf), 0
-    try:
-        while filled < size:
-            sock.settimeout(_left(deadline))
-            got = sock.recv_into(view[filled:])
-            if got == 0:
-                raise ExchangeError(f"{who} closed the connection during the hello")
-            filled += got
-    except socket.timeout as e:
-        raise ExchangeError(f"{who} sent no hello in time") from e
-    except OSError as e:
-        raise ExchangeError(f"{who}: receiving the hello failed: {e}") from e
-    return bytes(buf)
-
-
-def _check_hello(block: bytes, session: bytes, world: int, who: str, expect: int | None) -> int:
-    """The peer's rank from its hello; ExchangeError when it belongs to another exchange."""
-    magic, version, their_session, rank, their_world = _HELLO.unpack(block)
-    if magic != _HELLO_MAGIC or version != _VERSION:
-        raise ExchangeError(f"{who} does not speak {_PROTOCOL} (hello {block[:8].hex()})")
-    if their_session != session:
-        raise ExchangeError(f"{who} belongs to another exchange (another rendezvous)")
-    if their_world != world or (expect is not None and rank != expect):
-        raise ExchangeError(f"{who} says it is rank {rank} of {their_world}")
-    return rank
-
-
-def _accept(listener, peers, rank, world, session, hello, addresses, deadline) -> None:
-    """Takes one connection and its hello. A connection from outside this exchange (another
-    process found the port) is dropped with a warning; a peer of this exchange that is not one
-    of the higher ranks still to come is an error."""
-    def missing():
-        return ", ".join(f"rank {r} ({_text(addresses[r])})" for r in range(rank + 1, world) if r not in peers)
-    try:
-        listener.settimeout(_left(deadline))
-        sock, remote = listener.accept()
-    except socket.timeout as e:
-        raise ExchangeError(f"rank {rank}: no connection from {missing()} in time") from e
-    who = f"a connection from {_text(remote[:2])}"
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            r = _check_hello(_recv_exact(sock, _HELLO.size, who, deadline), session, world, who, expect=None)
-        except ExchangeError as e:
-            if time.monotonic() >= deadline:
-                raise ExchangeError(f"rank {rank}: no connection from {missing()} in time ({e})") from e
-            log.warning("SocketExchange rank %d: dropped %s", rank, e)
-            sock.close()
-            return
-        if not rank < r < world or r in peers:
-            raise ExchangeError(f"rank {rank}: {who} says it is rank {r}, which is connected or not expected")
-        _send_all(sock, hello, f"rank {r} at {_text(remote[:2])}", deadline)
-    except BaseException:
-        sock.close()
-        raise
-    peers[r] = (sock, _text(remote[:2]))
