@@ -163,7 +163,10 @@ def test_vectors_of_different_lengths_are_refused():
 def test_collectives_out_of_step_are_refused():
     def task(rank, ex):
         flat = np.ones(10, np.float32)
-        ex.reduce_scatter(flat) if rank == 0 else ex.all_gather(flat)
+        if rank == 0:
+            ex.reduce_scatter(flat)
+        else:
+            ex.all_gather(flat)
     messages = _expect_errors(2, task, within=10)
     assert any("out of step" in m for m in messages), messages
 
