@@ -29,9 +29,9 @@ def vector(rank: int, round_: int, n: int) -> np.ndarray:
 
 
 def reference_sum(world: int, round_: int, n: int) -> np.ndarray:
-    """The sum DriverExchange computes: from zeros, adding the tasks' vectors in rank order."""
-    total = np.zeros(n, np.float32)
-    for r in range(world):
+    """The tasks' vectors added in rank order, ((v0 + v1) + v2) + ..., in float32."""
+    total = vector(0, round_, n)
+    for r in range(1, world):
         total += vector(r, round_, n)
     return total
 

@@ -49,6 +49,16 @@ def _positive(timeout: float) -> float:
     return float(timeout)
 
 
+def _sum_in_order(pieces: list[np.ndarray], out: np.ndarray) -> None:
+    """out = ((p0 + p1) + p2) + ...: rank order, as DriverExchange adds; the first two in one pass."""
+    if len(pieces) == 1:
+        np.copyto(out, pieces[0])
+        return
+    np.add(pieces[0], pieces[1], out=out)
+    for piece in pieces[2:]:
+        np.add(out, piece, out=out)
+
+
 def _wire(a: np.ndarray) -> np.ndarray:
     """``a`` as little-endian float32 bytes to send (no copy on little-endian hosts)."""
     return a if _LITTLE else a.astype("<f4")
@@ -161,11 +171,11 @@ class SocketExchange(Exchange):
         vec = np.ascontiguousarray(flat, np.float32).reshape(-1)
         n = vec.size
         lo, hi = self.shard(n)
-        if self._sum.size != hi - lo:
+        if self._sum.size < hi - lo:  # kept at the largest shard: no page faults when sizes alternate
             self._sum = np.empty(hi - lo, np.float32)
-        total = self._sum
+        total = self._sum[:hi - lo]
         if self.world == 1:
-            np.add(vec[lo:hi], np.float32(0), out=total)  # 0 + x, as DriverExchange sums from zeros
+            np.copyto(total, vec[lo:hi])
             return total
         self._begin()
         chunk = self._chunk
@@ -188,13 +198,9 @@ class SocketExchange(Exchange):
             while summed[0] < chunks and all(m.payload_done > summed[0] for m in inbound.values()):
                 c = summed[0]
                 a, b = c * chunk, min(hi - lo, (c + 1) * chunk)
-                out = total[a:b]
-                for r in range(self.world):  # rank order, starting from 0 + x like DriverExchange
-                    piece = vec[lo + a:lo + b] if r == self.rank else self._buffers[r][:b - a]
-                    if r == 0:
-                        np.add(piece, np.float32(0), out=out)
-                    else:
-                        np.add(out, piece, out=out)
+                pieces = [vec[lo + a:lo + b] if r == self.rank else self._buffers[r][:b - a]
+                          for r in range(self.world)]
+                _sum_in_order(pieces, total[a:b])
                 summed[0] += 1
 
         self._run(inbound, outbound, add_ready_chunks)
