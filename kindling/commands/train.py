@@ -63,22 +63,32 @@ def _preprocessing(args, model) -> dict:
     return pre
 
 
+def settings(args):
+    """The command line as fine-tuning settings (``kindling.runtime.finetune.FineTune``)."""
+    from kindling.runtime.finetune import FineTune
+    return FineTune(epochs=args.epochs, batch_size=args.batch_size, optim=args.optim, lr=args.lr,
+                    momentum=args.momentum, dampening=args.dampening, nesterov=args.nesterov,
+                    weight_decay=args.weight_decay, schedule=args.schedule, new_head=args.new_head,
+                    freeze=[n.strip() for n in (args.freeze or "").split(",") if n.strip()],
+                    checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, log_dir=args.log_dir,
+                    app_name=args.app_name, seed=args.seed, workers=args.workers)
+
+
 def run(args) -> int:
     import kindling
-    from kindling.runtime import nn
     from kindling.runtime.data import ImageFolder, Pipeline, read_labels, write_labels
-    from kindling.runtime.head import classifier, new_head
-    from kindling.runtime.optim import (SGD, Adam, Loss, Optimizer, Top1Accuracy, Top5Accuracy, Trigger,
-                                        TrainSummary, ValidationSummary)
-    from kindling.runtime.optim.checkpoint import load_checkpoint
-    from kindling.runtime.optim.schedules import parse
+    from kindling.runtime.finetune import fine_tuner, prepare_model
+    from kindling.runtime.head import classifier
+    from kindling.runtime.optim.checkpoint import load_checkpoint, snapshots
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if bool(args.model) == bool(args.resume):
         raise ValueError("give exactly one of --model and --resume")
+    s = settings(args)
     method = None
     if args.resume:
         model, method = load_checkpoint(args.resume)
+        s.new_head, s.freeze = None, []  # the snapshot has its head and frozen layers already
     else:
         model = kindling.load(args.model)
     pre = _preprocessing(args, model)
@@ -97,60 +107,19 @@ def run(args) -> int:
     else:
         train_set, val_set = data.split(args.val_fraction, seed=args.seed)
         val_set = val_set.with_pipeline(Pipeline.from_metadata(pre))
-    if args.new_head and not args.resume:
-        name, _, classes = args.new_head.partition(":")
-        classes = int(classes or len(data.labels))
-        if classes != len(data.labels):
-            raise ValueError(f"--new-head {args.new_head}: the training folder has {len(data.labels)} classes")
-        old, _ = new_head(model, name, classes)
-        print(f"replaced {old.name} ({_outputs(old)} outputs) by a new {name} with {classes} outputs")
-    if args.freeze:
-        model.freeze(*[n.strip() for n in args.freeze.split(",") if n.strip()])
-    if method is None:
-        schedule = parse(args.schedule) if args.schedule else None
-        if args.optim == "adam":
-            method = Adam(learningrate=args.lr, weightdecay=args.weight_decay, learningrate_schedule=schedule)
-        else:
-            method = SGD(learningrate=args.lr, weightdecay=args.weight_decay, momentum=args.momentum,
-                         dampening=0.0 if args.nesterov and args.dampening is None else args.dampening,
-                         nesterov=args.nesterov, learningrate_schedule=schedule)
+    for note in prepare_model(model, s, len(data.labels)):
+        print(note)
     model.metadata = {**model.metadata, "labels": data.labels, "preprocessing": pre}
-    last = list(model.modules())[-1]
-    if isinstance(last, nn.Softmax):
-        # Caffe deploy nets end in Softmax (Caffe trained them through SoftmaxWithLoss): train
-        # through LogSoftmax + ClassNLL instead, which is the same loss, computed stably.
-        model.replace(last.name, nn.LogSoftmax(last.axis, name=last.name))
-        print(f"{last.name}: Softmax trained as LogSoftmax (outputs are log-probabilities)")
-    out = classifier(model)
-    criterion = nn.ClassNLLCriterion() if _ends_in_log_softmax(model) else nn.CrossEntropyCriterion()
-    opt = Optimizer(model, train_set, criterion, method, Trigger.max_epoch(args.epochs), args.batch_size,
-                    seed=args.seed, workers=args.workers)
-    metrics = [Top1Accuracy()] + ([Top5Accuracy()] if len(data.labels) > 5 else []) + [Loss(criterion)]
-    opt.set_validation(Trigger.every_epoch(), val_set, metrics)
-    every = Trigger.several_iteration(args.checkpoint_every) if args.checkpoint_every else Trigger.every_epoch()
-    opt.set_checkpoint(args.checkpoint, every)
-    if args.log_dir:
-        opt.set_train_summary(TrainSummary(args.log_dir, args.app_name))
-        opt.set_val_summary(ValidationSummary(args.log_dir, args.app_name))
+    opt = fine_tuner(model, train_set, val_set, s, len(data.labels), method)
     print(f"training {type(model).__name__} on {len(train_set)} images of {len(data.labels)} classes, "
-          f"validating on {len(val_set)}; head {out.name}")
+          f"validating on {len(val_set)}; head {classifier(model).name}")
     Path(args.checkpoint).mkdir(parents=True, exist_ok=True)
     labels_file = write_labels(Path(args.checkpoint) / "labels.txt", data.labels)
     opt.optimize()
-    snaps = sorted(Path(args.checkpoint).glob("model.*"), key=lambda p: int(p.name.split(".")[1]))
+    snaps = snapshots(args.checkpoint)
     print(f"snapshots: {args.checkpoint} (latest {snaps[-1].name if snaps else 'none'}; classes in {labels_file.name})")
     if args.log_dir:
         print(f"TensorBoard logs: {Path(args.log_dir) / args.app_name} (tensorboard --logdir {args.log_dir})")
     if opt.last_validation:
         print("final validation: " + ", ".join(f"{k} {v:.4f}" for k, v in opt.last_validation["results"].items()))
     return 0
-
-
-def _outputs(layer) -> int:
-    return getattr(layer, "out_features", None) or layer.out_channels
-
-
-def _ends_in_log_softmax(model) -> bool:
-    from kindling.runtime import nn
-    last = list(model.modules())[-1]
-    return isinstance(last, nn.LogSoftmax)
