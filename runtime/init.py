@@ -1,5 +1,9 @@
-"""Weight initialisation (PyTorch's defaults, so fresh layers train alike), seeded by
-``kindling.runtime.init.seed(n)``."""
+"""Weight initialisation (PyTorch's defaults, so fresh layers train alike).
+
+The generator starts from a fixed seed, as PyTorch's does, so a program that builds the same
+layers in the same order gets the same weights every run; ``seed(n)`` restarts it, and
+``with seeded(n):`` draws a block's layers from their own generator (a new head fixed by a run's
+``--seed`` whatever was built before it)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,13 +11,26 @@ import math
 
 import numpy as np
 
-_rng = np.random.default_rng()
+DEFAULT_SEED = 0
+_rng = np.random.default_rng(DEFAULT_SEED)
 _deferred = False
 
 
 def seed(n: int) -> None:
     global _rng
     _rng = np.random.default_rng(n)
+
+
+@contextlib.contextmanager
+def seeded(*key: int):
+    """Within this block, initializers draw from a generator seeded by ``key`` (e.g. the run's
+    seed and a purpose); the global generator is left where it was."""
+    global _rng
+    saved, _rng = _rng, np.random.default_rng(list(key))
+    try:
+        yield
+    finally:
+        _rng = saved
 
 
 def rng() -> np.random.Generator:

@@ -31,6 +31,10 @@ class Module:
 
     #: Set by subclasses whose forward takes a list of arrays (Add, Concat without branches).
     multi_input = False
+    #: Set by subclasses that draw random numbers in training (Dropout). The trainer calls
+    #: ``seed_batch(keys)`` before each forward, one key per sample, so that every draw is a
+    #: function of the run's seed and the sample, whichever process or batch it is computed in.
+    stochastic = False
 
     def __init__(self, name: str | None = None):
         self.name = name or _auto_name(type(self))
@@ -57,6 +61,9 @@ class Module:
 
     def __call__(self, x):
         return self.forward(x)
+
+    def seed_batch(self, keys) -> None:
+        """Per-sample random keys for the next training forward (used where ``stochastic``)."""
 
     @property
     def needs_param_grads(self) -> bool:
