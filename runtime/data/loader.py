@@ -17,9 +17,14 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarr
     return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
 
 
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one sample's random preprocessing (crops, flips) in one epoch."""
+    return np.random.default_rng([seed, epoch, int(index)])
+
+
 def _load(dataset, i, seed, epoch, strict):
     try:
-        x, y = dataset.load(int(i), np.random.default_rng([seed, epoch, int(i)]))
+        x, y = dataset.load(int(i), sample_rng(seed, epoch, i))
         return np.asarray(x, np.float32), y
     except Exception as e:  # a corrupt image: skipped with a warning naming the file
         if strict:
