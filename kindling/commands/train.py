@@ -10,7 +10,8 @@ HELP = "fine-tune a model on image folders (class sub-folders), with validation 
 def add_arguments(p):
     p.add_argument("--model", help="the base model (.kdl), e.g. from `kindling convert`")
     p.add_argument("--resume", help="continue from a checkpoint DIR/model.N (and DIR/optimMethod.N)")
-    p.add_argument("--train", required=True, help="folder of class sub-folders of training images")
+    p.add_argument("--train", required=True, help="folder of class sub-folders of training images (with --master: "
+                                                  "any URI Spark reads: a path, file://, hdfs://, s3a://)")
     p.add_argument("--val", help="folder of validation images (default: --val-fraction of --train)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="stratified split when no --val (default 0.2)")
     p.add_argument("--labels", help="the classes in index order, one per line (default: the --train sub-folders, "
@@ -41,6 +42,13 @@ def add_arguments(p):
     p.add_argument("--augment", action="store_true", help="random crops and flips for training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    spark = p.add_argument_group("on Apache Spark (pip install kindling[spark]; Java 17 or 21)")
+    spark.add_argument("--master", help="train on Spark: local[N], spark://HOST:7077, yarn (or what spark-submit set)")
+    spark.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                       help="a Spark setting, e.g. spark.executor.memory=4g (repeatable)")
+    spark.add_argument("--num-tasks", type=int, help="barrier tasks (default: every free task slot)")
+    spark.add_argument("--exchange", default="relay", choices=["relay", "driver", "socket"],
+                       help="how the tasks combine gradients (default relay: through the driver)")
 
 
 def _floats(text):
@@ -76,10 +84,8 @@ def settings(args):
 
 def run(args) -> int:
     import kindling
-    from kindling.runtime.data import ImageFolder, Pipeline, read_labels, write_labels
-    from kindling.runtime.finetune import fine_tuner, prepare_model
-    from kindling.runtime.head import classifier
-    from kindling.runtime.optim.checkpoint import load_checkpoint, snapshots
+    from kindling.runtime.data import read_labels
+    from kindling.runtime.optim.checkpoint import load_checkpoint
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if bool(args.model) == bool(args.resume):
@@ -99,22 +105,83 @@ def run(args) -> int:
             raise ValueError(f"--labels {args.labels} differs from the classes {args.resume} was trained on "
                              f"({len(trained)}: {', '.join(trained[:5])}{', ...' if len(trained) > 5 else ''})")
         labels = labels or trained
-    train_pipe = Pipeline.from_metadata(pre, train=args.augment)
-    data = ImageFolder(args.train, train_pipe, labels=labels)
+    if not args.master:
+        return _train(args, s, model, method, pre, *_local_data(args, pre, labels))
+    spark = _spark_session(args)
+    try:
+        s.spark = {"num_tasks": args.num_tasks, "exchange": args.exchange,
+                   "pipeline": _pipeline(pre, args.augment), "val_pipeline": _pipeline(pre, False)}
+        return _train(args, s, model, method, pre, *_spark_data(spark, args, labels))
+    finally:
+        spark.stop()
+
+
+def _pipeline(pre, train):
+    from kindling.runtime.data import Pipeline
+    return Pipeline.from_metadata(pre, train=train)
+
+
+def _local_data(args, pre, labels):
+    """(train set, validation set, classes) from local folders."""
+    from kindling.runtime.data import ImageFolder
+    data = ImageFolder(args.train, _pipeline(pre, args.augment), labels=labels)
     if args.val:
-        train_set = data
-        val_set = ImageFolder(args.val, Pipeline.from_metadata(pre), labels=data.labels)
-    else:
-        train_set, val_set = data.split(args.val_fraction, seed=args.seed)
-        val_set = val_set.with_pipeline(Pipeline.from_metadata(pre))
-    for note in prepare_model(model, s, len(data.labels)):
+        return data, ImageFolder(args.val, _pipeline(pre, False), labels=data.labels), data.labels
+    train_set, val_set = data.split(args.val_fraction, seed=args.seed)
+    return train_set, val_set.with_pipeline(_pipeline(pre, False)), data.labels
+
+
+def _spark_session(args):
+    from pyspark.sql import SparkSession
+    builder = SparkSession.builder.appName(args.app_name).master(args.master)
+    settings = {"spark.ui.showConsoleProgress": "false"}  # the log lines say how far training is
+    if args.master.startswith("local"):  # everything on this machine: keep it on loopback
+        settings.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
+    for item in args.conf:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--conf {item}: expected KEY=VALUE")
+        settings[key.strip()] = value.strip()
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    return spark
+
+
+def _spark_data(spark, args, labels):
+    """(train DataFrame, validation DataFrame, classes): images read by Spark on the executors;
+    without --val the same stratified split as a local run (only the labels come to the driver)."""
+    from kindling.runtime.data.dataset import stratified_split
+    from kindling.runtime.spark.data import image_folder_dataframe, labels_of, subset
+    data = image_folder_dataframe(spark, args.train, labels)
+    classes = labels_of(data)
+    if args.val:
+        return data, image_folder_dataframe(spark, args.val, classes), classes
+    ys = [r[1] for r in data.select("index", "label").orderBy("index").collect()]
+    train, val = stratified_split(ys, args.val_fraction, args.seed)
+    return subset(spark, data, train), subset(spark, data, val), classes
+
+
+def _size(data) -> int:
+    return data.count() if hasattr(data, "count") and not hasattr(data, "__len__") else len(data)
+
+
+def _train(args, s, model, method, pre, train_set, val_set, classes) -> int:
+    from kindling.runtime.data import write_labels
+    from kindling.runtime.finetune import fine_tuner, prepare_model
+    from kindling.runtime.head import classifier
+    from kindling.runtime.optim.checkpoint import snapshots
+
+    for note in prepare_model(model, s, len(classes)):
         print(note)
-    model.metadata = {**model.metadata, "labels": data.labels, "preprocessing": pre}
-    opt = fine_tuner(model, train_set, val_set, s, len(data.labels), method)
-    print(f"training {type(model).__name__} on {len(train_set)} images of {len(data.labels)} classes, "
-          f"validating on {len(val_set)}; head {classifier(model).name}")
+    model.metadata = {**model.metadata, "labels": classes, "preprocessing": pre}
+    opt = fine_tuner(model, train_set, val_set, s, len(classes), method)
+    where = f" on Spark ({args.master})" if args.master else ""
+    print(f"training {type(model).__name__}{where} on {_size(train_set)} images of {len(classes)} classes, "
+          f"validating on {_size(val_set)}; head {classifier(model).name}")
     Path(args.checkpoint).mkdir(parents=True, exist_ok=True)
-    labels_file = write_labels(Path(args.checkpoint) / "labels.txt", data.labels)
+    labels_file = write_labels(Path(args.checkpoint) / "labels.txt", classes)
     opt.optimize()
     snaps = snapshots(args.checkpoint)
     print(f"snapshots: {args.checkpoint} (latest {snaps[-1].name if snaps else 'none'}; classes in {labels_file.name})")

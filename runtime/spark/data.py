@@ -159,3 +159,16 @@ class Share(DataSet):
 
     def indices(self) -> np.ndarray:
         return np.fromiter(sorted(self.items), np.int64, len(self.items))
+
+
+def subset(spark, df, indices):
+    """The rows of an indexed DataFrame whose ``index`` is in ``indices`` (sorted), numbered again
+    0, 1, ... in that order, as ``kindling.runtime.data.Subset`` numbers a local split."""
+    from pyspark.sql import functions as F
+    renumber = spark.createDataFrame([(int(old), new) for new, old in enumerate(indices)], "index long, _new long")
+    cols = [c for c in df.columns if c != "index"]
+    label = df.schema["label"] if "label" in df.columns else None
+    out = df.join(F.broadcast(renumber), "index").select(F.col("_new").alias("index"), *cols)
+    if label is not None and label.metadata:
+        out = out.withColumn("label", F.col("label").alias("label", metadata=label.metadata))
+    return out

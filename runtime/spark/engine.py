@@ -64,7 +64,9 @@ class _Job(threading.Thread):
         plan = self.plan
         self.sc.setJobGroup(self.group, "kindling: distributed training", interruptOnCancel=True)
         try:
-            self.rdd.barrier().mapPartitions(lambda it: run(it, plan)).collect()
+            # Spark retries a failed barrier stage only when a shuffle follows it (a result stage
+            # may have handed out output already): end the stage in one, to one partition.
+            self.rdd.barrier().mapPartitions(lambda it: run(it, plan)).repartition(1).collect()
         except BaseException as e:
             self.error = e
 

@@ -30,29 +30,38 @@ def task_slots(sc) -> int | None:
             return None
 
 
+def barrier_problem(conf, slots: int | None, tasks: int) -> str | None:
+    """Why barrier mode cannot run ``tasks`` tasks with this configuration, or None."""
+    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+        return ("distributed training runs in Spark's barrier execution mode, which cannot run with "
+                "spark.dynamicAllocation.enabled=true: set it to false (and give the executors "
+                "spark.executor.instances)")
+    if slots is not None and slots < tasks:
+        cpus = conf.get("spark.task.cpus", "1")
+        return (f"{tasks} barrier tasks need {tasks} task slots at once, the cluster has {slots} "
+                f"(spark.task.cpus={cpus}): give more executors or cores (spark.executor.instances, "
+                f"spark.executor.cores, --master local[{tasks * int(cpus)}]) or use num_tasks={slots}")
+    return None
+
+
 def check_barrier(sc, tasks: int | None, wait: float = 30.0) -> int:
     """The number of barrier tasks to run (``tasks`` or every free slot); raises ValueError naming
     the setting when barrier mode cannot run them. Waits up to ``wait`` seconds for executors of a
     cluster that is still registering them."""
     conf = sc.getConf()
-    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
-        raise ValueError("distributed training runs in Spark's barrier execution mode, which cannot run with "
-                         "spark.dynamicAllocation.enabled=true: set it to false (and give the executors "
-                         "spark.executor.instances)")
     deadline = time.monotonic() + wait
     slots = task_slots(sc)
-    while slots is not None and slots < (tasks or 1) and time.monotonic() < deadline and not sc.master.startswith("local"):
+    while (slots is not None and slots < (tasks or 1) and time.monotonic() < deadline
+           and not sc.master.startswith("local")):
         time.sleep(0.5)
         slots = task_slots(sc)
+    problem = barrier_problem(conf, slots, tasks or 1)
+    if problem:
+        raise ValueError(problem)
     if tasks is None:
         if not slots:
             raise ValueError("the cluster has no free task slots (no executors registered?)")
         return slots
-    if slots is not None and slots < tasks:
-        cpus = conf.get("spark.task.cpus", "1")
-        raise ValueError(f"{tasks} barrier tasks need {tasks} task slots at once, the cluster has {slots} "
-                         f"(spark.task.cpus={cpus}): give more executors or cores (spark.executor.instances, "
-                         f"spark.executor.cores, --master local[{tasks * int(cpus)}]) or use num_tasks={slots}")
     return tasks
 
 
