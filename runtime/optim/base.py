@@ -76,6 +76,10 @@ class OptimMethod:
             self._step(key, w, g, lr, lr_mult, decay_mult)
         self.state["iteration"] += 1
 
+    def slot_names(self) -> tuple[str, ...]:
+        """The per-parameter buffers this method keeps (what parameter averaging averages)."""
+        return ()
+
     def slot(self, key: str, name: str, like: np.ndarray, init=None) -> np.ndarray:
         """A per-parameter buffer (momentum, moments), created on first use."""
         slots = self.buffers.setdefault(key, {})

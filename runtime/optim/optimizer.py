@@ -182,7 +182,8 @@ class Optimizer:
     def _after_iteration(self, trig, step, lr):
         it = trig["iteration"]
         if step.records:
-            self.history.append({"iteration": it, "epoch": trig["epoch"], "loss": step.loss})
+            self.history.append({"iteration": it, "epoch": trig["epoch"], "loss": step.loss, "records": step.records,
+                                 "seconds": step.seconds, "parts": step.parts})
             if self.train_summary is not None:
                 self.train_summary.add_scalar("Loss", step.loss, it)
                 self.train_summary.add_scalar("Throughput", step.records / max(step.seconds, 1e-9), it)

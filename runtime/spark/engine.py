@@ -74,12 +74,13 @@ class _Job(threading.Thread):
 class SparkEngine(Engine):
     def __init__(self, training_set, *, num_tasks: int | None = None, exchange: str = "relay",
                  timeout: float = 600.0, pipeline=None, val_pipeline=None, feature_col: str | None = None,
-                 label_col: str = "label", feature_shape=None, averaging_frequency: int = 1, slot_wait: float = 30.0):
+                 label_col: str = "label", feature_shape=None, averaging_frequency: int | None = None,
+                 slot_wait: float = 30.0):
         from .optimizer import EXCHANGES
         if exchange not in EXCHANGES:
             raise ValueError(f"exchange={exchange!r}: expected one of {', '.join(EXCHANGES)}")
-        if averaging_frequency < 1:
-            raise ValueError(f"averaging_frequency must be >= 1, got {averaging_frequency}")
+        if averaging_frequency is not None and averaging_frequency < 1:
+            raise ValueError(f"averaging_frequency must be >= 1 (or None: synchronous), got {averaging_frequency}")
         self.training_set, self.num_tasks, self.exchange, self.timeout = training_set, num_tasks, exchange, timeout
         self.pipeline, self.val_pipeline, self.feature_col, self.label_col = pipeline, val_pipeline, feature_col, label_col
         self.feature_shape, self.averaging_frequency, self.slot_wait = feature_shape, averaging_frequency, slot_wait
@@ -91,6 +92,7 @@ class SparkEngine(Engine):
         self.conns: list = []
         self._since_pull: list[dict] = []
         self._skipped: set[str] = set()
+        self._unaveraged = 0  # local steps since the weights were last averaged (averaging mode)
 
     # ---- start ----------------------------------------------------------------------------------
     def start(self, opt) -> None:
@@ -179,7 +181,7 @@ class SparkEngine(Engine):
             slots = SLOTS.get(type(opt.optim_method).__name__, lambda m: 2)(opt.optim_method)
             need = preflight.per_task_bytes(opt.model, slots, self.world, opt.batch_size,
                                             preflight.activation_bytes(opt.model, self.sample_shape),
-                                            self.averaging_frequency > 1)
+                                            self.averaging_frequency is not None)
             self.preflight = preflight.check_memory(self.hellos, need)
         self._send_state()
         for header, _ in self._gather():
@@ -198,9 +200,11 @@ class SparkEngine(Engine):
                         wire.send(conn, {"op": "chunk"}, f.read(CHUNK))
         method = opt.optim_method
         state = {k: method.state[k] for k in ("iteration", "epoch") if k in method.state}
+        averaging = self.averaging_frequency is not None
         for rank, conn in enumerate(self.conns):
             slots, out = [], []
-            for key, a, b in self.layout.owned(rank):
+            owned = [(p.key, 0, p.size) for p in self.layout.params] if averaging else self.layout.owned(rank)
+            for key, a, b in owned:
                 for slot, full in method.buffers.get(key, {}).items():
                     slots.append([key, slot])
                     out.append(np.asarray(full, np.float32).reshape(-1)[a:b])
@@ -256,30 +260,42 @@ class SparkEngine(Engine):
         self._connect()
         for command in list(self._since_pull):
             self._round(command)  # a loss during the replay starts the recovery over
-            self.replayed += 1
+            self.replayed += command["op"] == "step"
 
     # ---- the engine contract --------------------------------------------------------------------
     def steps(self, epoch, start):
-        opt, method = self.opt, self.opt.optim_method
+        opt, method, k = self.opt, self.opt.optim_method, self.averaging_frequency
         for position in range(start, self.iterations_per_epoch(opt.batch_size)):
             lr = method.current_learning_rate()
             command = {"op": "step", "epoch": epoch, "position": position, "iteration": method.state["iteration"],
                        "lr": lr}
+            if k is not None:
+                command["average"] = (self._unaveraged + 1) % k == 0
             begin = time.perf_counter()
             replies = self._command(command)
             wall = time.perf_counter() - begin
             self._warn_skipped(replies)
-            head = replies[0][0]
-            records = int(head["records"])
+            records = int(sum(h["records"] for h, _ in replies))
+            loss = sum(h["loss_sum"] for h, _ in replies) / records if records else None
             if records:
                 self._since_pull.append(command)
+                self._unaveraged = 0 if command.get("average") else self._unaveraged + 1
                 method.apply((), lr)  # the tasks updated the weights; the driver keeps the count
-            yield StepResult(position, head["loss"], records, wall, _split(replies, wall))
+            yield StepResult(position, loss, records, wall, _split(replies, wall))
+
+    def _synchronise(self) -> None:
+        """In averaging mode, averages the tasks' weights now (before they are scored or pulled)."""
+        if self.averaging_frequency is not None and self._unaveraged:
+            command = {"op": "average"}
+            self._command(command)
+            self._since_pull.append(command)
+            self._unaveraged = 0
 
     def evaluate(self, val_set, metrics, batch_size):
         if self.local_validation:  # a local DataSet: the driver's up-to-date copy scores it
             self.pull()
             return evaluate(self.opt.model, val_set, metrics, batch_size, workers=self.opt.workers)
+        self._synchronise()
         replies = self._command({"op": "evaluate"})
         self._warn_skipped(replies)
         totals = [None] * len(metrics)
@@ -294,6 +310,7 @@ class SparkEngine(Engine):
     def pull(self) -> None:
         if not self._since_pull:
             return  # nothing has changed since the driver's copy was made
+        self._synchronise()
         replies = self._command({"op": "pull"})
         model, method = self.opt.model, self.opt.optim_method
         buffers = []

@@ -55,6 +55,11 @@ class FlatLayout:
             raise ValueError(f"{world} tasks for {self.size} parameters: every task needs at least "
                              f"{HEADER} vector slots; use fewer tasks")
 
+    def check_contiguous(self) -> None:
+        bad = [p.key for p in self.params if not p.module.params[p.name].flags.c_contiguous]
+        if bad:
+            raise ValueError(f"parameters {', '.join(bad)} are not contiguous arrays")
+
     def vector(self) -> np.ndarray:
         return np.zeros(self.length, np.float32)
 
@@ -73,11 +78,13 @@ class FlatLayout:
                 off = lo + HEADER + (p.start + a - plo)
                 yield p, a, b, vec[off:off + (b - a)]
 
-    def write(self, vec: np.ndarray, source: str = "grads", scale: float = 1.0) -> None:
-        """Copies every parameter's gradient (or weight) into ``vec``, times ``scale``; a missing
-        gradient (a layer the backward pass did not reach) counts as zero."""
+    def write(self, vec: np.ndarray, source="grads", scale: float = 1.0) -> None:
+        """Copies every parameter's gradient (``"grads"``), weight (``"params"``) or other array
+        (``source(param) -> array or None``) into ``vec``, times ``scale``; a missing array (a
+        layer the backward pass did not reach) counts as zero."""
+        get = source if callable(source) else (lambda p: getattr(p.module, source).get(p.name))
         for p, a, b, view in self._views(vec):
-            arr = getattr(p.module, source).get(p.name)
+            arr = get(p)
             if arr is None:
                 view.fill(0)
             elif scale == 1.0:
@@ -87,14 +94,18 @@ class FlatLayout:
 
     def read_weights(self, vec: np.ndarray) -> None:
         """Copies the weights in ``vec`` into the model's parameters."""
+        self.read(vec, lambda p: p.module.params[p.name])
+
+    def read(self, vec: np.ndarray, target) -> None:
+        """Copies ``vec`` into ``target(param)``, an array of the parameter's shape."""
         for p, a, b, view in self._views(vec):
-            p.module.params[p.name].reshape(-1)[a:b] = view
+            target(p).reshape(-1)[a:b] = view
 
     def write_header(self, vec: np.ndarray, values) -> None:
         for lo, _ in self.shards:
             vec[lo:lo + HEADER] = values
 
-    def owned_entries(self, rank: int, shard: np.ndarray, weights: np.ndarray):
+    def owned_entries(self, rank: int, shard: np.ndarray):
         """OptimMethod entries for the parameters rank owns: views of the model's weights and of
         the reduced gradient ``shard`` (this rank's slice of the vector, header first)."""
         plo, phi = self.param_bounds[rank]

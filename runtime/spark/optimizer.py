@@ -35,8 +35,9 @@ class DistriOptimizer(Optimizer):
     num_tasks            barrier tasks (default: every free task slot; each gets spark.task.cpus threads)
     exchange             "relay" | "driver" | "socket" (see EXCHANGES)
     exchange_timeout     seconds to wait for tasks to start and for a collective
-    averaging_frequency  k > 1: each task takes k local steps, then weights and optimizer state are
-                         averaged (Deeplearning4j's parameter averaging); 1 = synchronous
+    averaging_frequency  k: each task takes k local steps, then the weights and optimizer state are
+                         averaged (Deeplearning4j's parameter averaging; k = 1 with SGD is the
+                         synchronous update); None (default): synchronous, sharded update
     pipeline             preprocessing for image bytes (default: the model's recorded preprocessing;
                          val_pipeline: its evaluation form)
     feature_col, label_col, feature_shape
@@ -47,7 +48,7 @@ class DistriOptimizer(Optimizer):
     def __init__(self, model, training_set, criterion, optim_method, end_trigger, batch_size: int = 32, *,
                  seed: int = 0, workers: int = 2, strict_data: bool = False, progress: bool | None = None,
                  num_tasks: int | None = None, exchange: str = DEFAULT_EXCHANGE, exchange_timeout: float = 600.0,
-                 averaging_frequency: int = 1, pipeline=None, val_pipeline=None, feature_col: str | None = None,
+                 averaging_frequency: int | None = None, pipeline=None, val_pipeline=None, feature_col: str | None = None,
                  label_col: str = "label", feature_shape=None, slot_wait: float = 30.0):
         self._spark = dict(num_tasks=num_tasks, exchange=exchange, timeout=exchange_timeout,
                            averaging_frequency=averaging_frequency, pipeline=pipeline, val_pipeline=val_pipeline,

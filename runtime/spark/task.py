@@ -50,7 +50,7 @@ class TaskPlan:
     batch_size: int
     val_batch_size: int
     samples: int
-    averaging_frequency: int = 1
+    averaging_frequency: int | None = None  # None: synchronous; k: parameter averaging every k steps
 
 
 def _memory() -> dict:
@@ -144,7 +144,10 @@ class Task:
             os.unlink(path)
         prepare_for_training(self.model)
         self.layout = FlatLayout(self.model, self.world)
+        self.layout.check_contiguous()
         self.vec = self.layout.vector()
+        self.averaging = self.plan.averaging_frequency is not None
+        self.since = 0  # records trained on since the last average
         self.exchange = _exchange(self.plan, self.ctx, self.conn, self.rank, self.world)
         header, buffers = wire.recv(self.conn)
         self.method.state.update(header["state"])
@@ -157,7 +160,7 @@ class Task:
         wire.send(self.conn, {"op": "ready", "samples": [len(self.shares[TRAIN]), len(self.shares[VALIDATION])]})
 
     def serve(self) -> None:
-        commands = {"step": self.step, "evaluate": self.evaluate, "pull": self.pull}
+        commands = {"step": self.step, "evaluate": self.evaluate, "pull": self.pull, "average": self.average}
         while True:
             header, buffers = wire.recv(self.conn)
             if header["op"] == "stop":
@@ -203,26 +206,75 @@ class Task:
             self.model.zero_grad()
             loss = 0.0
         t2 = time.perf_counter()
+        self.method.state.update(iteration=h["iteration"], epoch=h["epoch"])
+        step = self._averaging_step if self.averaging else self._synchronous_step
+        compute, exchange = step(h, n, loss)
+        return {"op": "stepped", "records": n, "loss_sum": loss * n, "skipped": self._new_skips,
+                "parts": {"data": t1 - t0, "compute": (t2 - t1) + compute, "exchange": exchange}}, ()
+
+    def _synchronous_step(self, h, n, loss):
+        """Gradients summed over all tasks (each owner gets its shard with the total count in its
+        header), the owner's slice of the parameters updated, the weights all-gathered."""
+        t0 = time.perf_counter()
         vec = self.vec
         self.layout.write(vec, "grads", scale=float(n))  # sums over samples; the owner divides by the total
         self.layout.write_header(vec, (n, loss * n))
         shard = self.exchange.reduce_scatter(vec)
-        t3 = time.perf_counter()
-        total, loss_sum = float(shard[0]), float(shard[1])
+        t1 = time.perf_counter()
+        total = float(shard[0])
         if total:
             grads = shard[HEADER:]
             grads *= np.float32(1.0 / total)
-            self.method.state.update(iteration=h["iteration"], epoch=h["epoch"])
-            self.method.apply(self.layout.owned_entries(self.rank, shard, vec), h["lr"])
+            self.method.apply(self.layout.owned_entries(self.rank, shard), h["lr"])
             self.layout.write_owned_weights(self.rank, vec)
-        t4 = time.perf_counter()
+        t2 = time.perf_counter()
         if total:
             self.exchange.all_gather(vec)
             self.layout.read_weights(vec)
-        t5 = time.perf_counter()
-        return {"op": "stepped", "records": total, "loss": loss_sum / total if total else None,
-                "parts": {"data": t1 - t0, "compute": (t2 - t1) + (t4 - t3), "exchange": (t3 - t2) + (t5 - t4)},
-                "skipped": self._new_skips}, ()
+        return t2 - t1, (t1 - t0) + (time.perf_counter() - t2)
+
+    def _averaging_step(self, h, n, loss):
+        """Deeplearning4j's parameter averaging: a local update with this task's own gradient, and
+        every k-th step (``h["average"]``) the weights and optimizer state averaged over the
+        tasks, each weighted by the records it trained on since the last average. With k = 1 and
+        SGD (momentum too) that is the synchronous update: it is linear in the gradients."""
+        t0 = time.perf_counter()
+        if n:
+            self.method.apply(self.method.entries(self.model), h["lr"])
+            self.since += n
+        t1 = time.perf_counter()
+        if h.get("average"):
+            self._average()
+        return t1 - t0, time.perf_counter() - t1
+
+    def _average(self) -> None:
+        weight = float(self.since)
+        buffers = self.method.buffers
+
+        def slot_of(name):
+            def get(p):
+                return buffers.get(p.key, {}).get(name)
+
+            def target(p):
+                slots = buffers.setdefault(p.key, {})
+                if name not in slots:
+                    slots[name] = np.zeros_like(p.module.params[p.name])
+                return slots[name]
+            return get, target
+        arrays = [("params", lambda p: p.module.params[p.name])] + [slot_of(s) for s in self.method.slot_names()]
+        for get, target in arrays:
+            vec = self.vec
+            self.layout.write(vec, get, scale=weight)
+            self.layout.write_header(vec, (weight, 0.0))
+            shard = self.exchange.reduce_scatter(vec)
+            total = float(shard[0])
+            if not total:
+                return  # nobody trained since the last average
+            lo, hi = self.layout.shards[self.rank]
+            np.multiply(shard[HEADER:], np.float32(1.0 / total), out=vec[lo + HEADER:hi])
+            self.exchange.all_gather(vec)
+            self.layout.read(vec, target)
+        self.since = 0
 
     def evaluate(self, h):
         self._new_skips = []
@@ -244,19 +296,28 @@ class Task:
         return {"op": "evaluated", "skipped": self._new_skips,
                 "results": [None if r is None else [type(r).__name__, r.total, r.count] for r in totals]}, ()
 
+    def average(self, h):
+        if self.averaging and self.since:
+            self._average()
+        return {"op": "averaged"}, ()
+
     def pull(self, h):
-        """Rank 0 sends the (all-gathered, identical) weights; every rank its optimizer state
-        slices and its buffers (BatchNorm's running statistics, which differ per task)."""
+        """Rank 0 sends the weights (all-gathered or just averaged: the same on every task); every
+        rank its optimizer state (synchronous: the slices it owns; averaging: rank 0 all of it)
+        and its buffers (BatchNorm's running statistics, which differ per task)."""
         out, slots = [], []
         if self.rank == 0:
             weights = self.layout.vector()
             for r in range(self.world):
                 self.layout.write_owned_weights(r, weights)
             out.append(weights)
-        for key, a, b in self.layout.owned(self.rank):
+        owned = ([(p.key, 0, p.size) for p in self.layout.params] if self.rank == 0 else []) if self.averaging \
+            else self.layout.owned(self.rank)
+        for key, a, b in owned:
             for slot, arr in self.method.buffers.get(key, {}).items():
                 slots.append([key, slot, a, b])
-                out.append(np.asarray(arr, np.float32).reshape(-1))
+                out.append(np.asarray(arr, np.float32).reshape(-1)[a:b] if self.averaging else
+                           np.asarray(arr, np.float32).reshape(-1))
         buffers = [np.asarray(v, np.float32).reshape(-1) for m in self.model.modules() for v in m.buffers.values()]
         out.append(np.concatenate(buffers) if buffers else np.zeros(0, np.float32))
         return {"op": "pulled", "slots": slots, "weights": self.rank == 0}, out

@@ -92,8 +92,8 @@ def test_on_spark_local2_same_run_as_locally_and_95_percent(lenet_file, digits_t
     ours, theirs = training_lines(r.stderr), training_lines(local.stderr)
     assert [line.split("[Wall")[0] for line in ours] == [line.split("[Wall")[0] for line in theirs]
     assert "pre-flight executor 127.0.0.1:" in r.stderr
-    losses = [float(re.search(r"Loss is ([0-9.]+)", line).group(1)) for line in ours]
-    assert losses == pytest.approx([float(re.search(r"Loss is ([0-9.]+)", line).group(1)) for line in theirs], rel=1e-4)
+    losses = [float(re.search(r"Loss is ([0-9]+\.[0-9]+)", line).group(1)) for line in ours]
+    assert losses == pytest.approx([float(re.search(r"Loss is ([0-9]+\.[0-9]+)", line).group(1)) for line in theirs], rel=1e-4)
     a, b = final(out), final(spark)
     for k, v in a.state_dict().items():
         assert np.abs(b.state_dict()[k] - v).max() <= 1e-5 * np.abs(v).max(), k
