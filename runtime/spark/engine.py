@@ -84,7 +84,7 @@ class SparkEngine(Engine):
         self.training_set, self.num_tasks, self.exchange, self.timeout = training_set, num_tasks, exchange, timeout
         self.pipeline, self.val_pipeline, self.feature_col, self.label_col = pipeline, val_pipeline, feature_col, label_col
         self.feature_shape, self.averaging_frequency, self.slot_wait = feature_shape, averaging_frequency, slot_wait
-        self.samples = count(training_set)
+        self.samples = 0  # counted when training starts
         self.hellos: list[dict] = []
         self.replayed = 0  # iterations run again after a lost task
         self.recoveries = 0
@@ -100,6 +100,7 @@ class SparkEngine(Engine):
         self.opt = opt
         sc = spark_context(self.training_set)
         self.world = preflight.check_barrier(sc, self.num_tasks, self.slot_wait)
+        self.samples = count(self.training_set)
         if not self.samples:
             raise ValueError("the training DataFrame is empty")
         self.local_validation = opt.validation is not None and not is_spark_dataset(opt.validation[1])

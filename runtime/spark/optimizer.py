@@ -43,6 +43,10 @@ class DistriOptimizer(Optimizer):
     feature_col, label_col, feature_shape
                          the DataFrame's columns (default "content"/"features" and "label") and the
                          shape of an array sample (default: the model's recorded input shape)
+
+    Samples are numbered by the DataFrame's ``index`` column (image_folder_dataframe makes one),
+    or else in its row order: after a shuffle (repartition, join) that order is not fixed, so for
+    runs that repeat give such a DataFrame an index (or cache it).
     """
 
     def __init__(self, model, training_set, criterion, optim_method, end_trigger, batch_size: int = 32, *,

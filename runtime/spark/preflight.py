@@ -112,7 +112,8 @@ def check_memory(hellos: list[dict], need: dict) -> list[str]:
                   (mem["available"], "memory available on its host") if mem.get("available") else None]
         limit = min((x for x in limits if x), default=None)
         total = per_task * len(tasks)
-        line = (f"pre-flight executor {executor}: {len(tasks)} task(s) x ({parts}) = {total / MB:.1f} MB"
+        line = (f"pre-flight executor {executor} ({tasks[0].get('blas', '?')}, {tasks[0].get('threads', 1)} thread(s) "
+                f"per task): {len(tasks)} task(s) x ({parts}) = {total / MB:.1f} MB"
                 + (f" of {limit[0] / MB:.0f} MB ({limit[1]})" if limit else ""))
         log.info("%s", line)
         lines.append(line)

@@ -83,7 +83,7 @@ def run(iterator, plan: TaskPlan):
     try:
         wire.send(conn, {"op": "hello", "rank": rank, "world": len(infos), "pid": os.getpid(),
                          "executor": infos[rank].address, "attempt": ctx.taskAttemptId(), "threads": threads,
-                         "memory": _memory()})
+                         "memory": _memory(), "blas": blas.backend().backend.name})
         task = Task(plan, rank, len(infos), threads, conn, ctx)
         task.receive_model()
         task.take(iterator)

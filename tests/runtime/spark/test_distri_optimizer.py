@@ -101,9 +101,13 @@ def digits_arrays():
 
 
 def array_frame(spark, x, y, partitions):
+    """The samples in ``partitions`` partitions of uneven sizes, cached: a shuffle's row order is
+    not fixed, and the row order numbers the samples."""
     rows = [(xi.ravel().tolist(), int(yi)) for xi, yi in zip(x, y)]
-    return spark.createDataFrame(rows, "features array<float>, label int").repartition(partitions) \
-        if partitions > 1 else spark.createDataFrame(rows, "features array<float>, label int").coalesce(1)
+    frame = spark.createDataFrame(rows, "features array<float>, label int")
+    frame = (frame.repartition(partitions) if partitions > 1 else frame.coalesce(1)).cache()
+    frame.count()
+    return frame
 
 
 @pytest.mark.parametrize("partitions", [1, 2, 3, 5])
@@ -122,3 +126,23 @@ def test_any_batch_size_with_any_partition_count_equals_local(spark, digits_arra
         DistriOptimizer(dist, df, nn.ClassNLLCriterion(), SGD(learningrate=0.1, momentum=0.9),
                         Trigger.max_iteration(iterations), batch, seed=11, feature_shape=(1, 8, 8)).optimize()
         assert_same_weights(local, dist)
+
+
+def test_a_corrupt_image_is_skipped_with_a_warning_naming_it(spark, digits_tree, tmp_path, caplog):
+    import logging
+    import shutil
+    root = tmp_path / "d"
+    for c in ("3", "7"):
+        shutil.copytree(digits_tree / c, root / c)
+    (root / "3" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (root / "7" / "notes.txt").write_text("not an image")
+    (root / "7" / ".hidden.jpg").write_bytes(b"")
+    df = image_folder_dataframe(spark, str(root))
+    local = ImageFolder(root, Pipeline.from_metadata(PRE))
+    assert df.count() == len(local)  # the text file and the hidden file left out, the broken JPEG in
+    opt = DistriOptimizer(caffe_lenet(), df, nn.ClassNLLCriterion(), SGD(learningrate=0.01), Trigger.max_epoch(1), 64)
+    with caplog.at_level(logging.WARNING, logger="kindling.data"):
+        opt.optimize()
+    warnings = [r.getMessage() for r in caplog.records if "broken.jpg" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("skipping file:")
+    assert sum(h["records"] for h in opt.history) == len(local) - 1

@@ -25,7 +25,7 @@ def digits_df(spark):
     from sklearn.datasets import load_digits
     d = load_digits()
     rows = [((im / 16).astype(np.float32).ravel().tolist(), int(t)) for im, t in zip(d.images[:300], d.target[:300])]
-    return spark.createDataFrame(rows, "features array<float>, label int").repartition(3)
+    return spark.createDataFrame(rows, "features array<float>, label int")
 
 
 def test_a_killed_python_worker_is_replaced_and_training_ends_as_if_nothing_happened(digits_df, tmp_path, caplog):

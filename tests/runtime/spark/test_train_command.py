@@ -16,7 +16,7 @@ from kindling.converters import caffe
 from kindling.runtime.optim.checkpoint import snapshots
 
 PRE = {"scale": 1 / 255, "channel_order": "gray", "input_size": [28, 28]}
-ARGS = ["--new-head", "ip2_digits:10", "--epochs", "2", "--batch-size", "32", "--lr", "0.01", "--momentum", "0.9",
+ARGS = ["--new-head", "ip2_digits:10", "--epochs", "1", "--checkpoint-every", "20", "--batch-size", "32", "--lr", "0.01", "--momentum", "0.9",
         "--nesterov", "--weight-decay", "1e-4", "--seed", "5", "--app-name", "run"]
 
 
@@ -66,12 +66,14 @@ def test_one_seed_one_run_locally_and_resumed_equals_uninterrupted(lenet_file, d
     again = tmp_path / "again"
     train(lenet_file, digits_tree, again)
     assert same_bits(final(out), final(again)), "two runs with --seed 5 differ"
-    first_epoch = snapshots(out / "ckpt")[0]
+    first = snapshots(out / "ckpt")[0]
+    assert first.name == "model.20"
     resumed = tmp_path / "resumed"
-    r = subprocess.run([sys.executable, "-m", "kindling", "train", "--resume", first_epoch, "--train", digits_tree,
+    r = subprocess.run([sys.executable, "-m", "kindling", "train", "--resume", first, "--train", digits_tree,
                         *ARGS[2:], "--checkpoint", resumed / "ckpt"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert same_bits(final(out), final(resumed)), "resuming after epoch 1 ends elsewhere than the straight run"
+    assert [p.name for p in snapshots(resumed / "ckpt")] == ["model.40"]
+    assert same_bits(final(out), final(resumed)), "resuming at iteration 20 ends elsewhere than the straight run"
 
 
 def test_on_spark_local2_same_run_as_locally_and_95_percent(lenet_file, digits_tree, local_run, tmp_path):
@@ -79,13 +81,13 @@ def test_on_spark_local2_same_run_as_locally_and_95_percent(lenet_file, digits_t
     spark = tmp_path / "spark"
     r = train(lenet_file, digits_tree, spark, "--master", "local[2]")
     accuracy = float(r.stdout.split("Top1Accuracy ")[1].split(",")[0])
-    print(f"\nheld-out Top-1 after 2 epochs on Spark local[2]: {accuracy:.4f}")
+    print(f"\nheld-out Top-1 after 1 epoch on Spark local[2]: {accuracy:.4f}")
     assert accuracy >= 0.95
     # the same files as a local run: snapshots, their validation record, labels.txt, TensorBoard
     assert [p.name for p in snapshots(spark / "ckpt")] == [p.name for p in snapshots(out / "ckpt")]
     assert (spark / "ckpt" / "labels.txt").read_text() == (out / "ckpt" / "labels.txt").read_text()
     meta = final(spark).metadata
-    assert meta["labels"] == [str(i) for i in range(10)] and meta["training"]["validation"]["results"]["Top1Accuracy"] >= 0.95
+    assert meta["labels"] == [str(i) for i in range(10)] and meta["preprocessing"]["channel_order"] == "gray"
     for part in ("train", "validation"):
         assert tags(spark / "logs" / "run" / part) == tags(out / "logs" / "run" / part)
     # the same log lines, numbers included (the losses agree to rounding)
