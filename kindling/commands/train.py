@@ -106,7 +106,8 @@ def run(args) -> int:
                              f"({len(trained)}: {', '.join(trained[:5])}{', ...' if len(trained) > 5 else ''})")
         labels = labels or trained
     if not args.master:
-        return _train(args, s, model, method, pre, *_local_data(args, pre, labels))
+        train_set, val_set, classes = _local_data(args, pre, labels)
+        return _train(args, s, model, method, pre, train_set, val_set, classes, (len(train_set), len(val_set)))
     spark = _spark_session(args)
     try:
         s.spark = {"num_tasks": args.num_tasks, "exchange": args.exchange,
@@ -134,7 +135,9 @@ def _local_data(args, pre, labels):
 def _spark_session(args):
     from pyspark.sql import SparkSession
     builder = SparkSession.builder.appName(args.app_name).master(args.master)
-    settings = {"spark.ui.showConsoleProgress": "false"}  # the log lines say how far training is
+    # the log lines say how far training is; a file costs Spark 4 MB by default when it packs files
+    # into partitions, which cuts a folder of small images into many tiny tasks: count 128 KB
+    settings = {"spark.ui.showConsoleProgress": "false", "spark.sql.files.openCostInBytes": "131072"}
     if args.master.startswith("local"):  # everything on this machine: keep it on loopback
         settings.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
     for item in args.conf:
@@ -157,17 +160,14 @@ def _spark_data(spark, args, labels):
     data = image_folder_dataframe(spark, args.train, labels)
     classes = labels_of(data)
     if args.val:
-        return data, image_folder_dataframe(spark, args.val, classes), classes
+        val = image_folder_dataframe(spark, args.val, classes)
+        return data, val, classes, (data.count(), val.count())
     ys = [r[1] for r in data.select("index", "label").orderBy("index").collect()]
     train, val = stratified_split(ys, args.val_fraction, args.seed)
-    return subset(spark, data, train), subset(spark, data, val), classes
+    return subset(spark, data, train), subset(spark, data, val), classes, (len(train), len(val))
 
 
-def _size(data) -> int:
-    return data.count() if hasattr(data, "count") and not hasattr(data, "__len__") else len(data)
-
-
-def _train(args, s, model, method, pre, train_set, val_set, classes) -> int:
+def _train(args, s, model, method, pre, train_set, val_set, classes, sizes=None) -> int:
     from kindling.runtime.data import write_labels
     from kindling.runtime.finetune import fine_tuner, prepare_model
     from kindling.runtime.head import classifier
@@ -178,8 +178,8 @@ def _train(args, s, model, method, pre, train_set, val_set, classes) -> int:
     model.metadata = {**model.metadata, "labels": classes, "preprocessing": pre}
     opt = fine_tuner(model, train_set, val_set, s, len(classes), method)
     where = f" on Spark ({args.master})" if args.master else ""
-    print(f"training {type(model).__name__}{where} on {_size(train_set)} images of {len(classes)} classes, "
-          f"validating on {_size(val_set)}; head {classifier(model).name}")
+    print(f"training {type(model).__name__}{where} on {sizes[0]} images of {len(classes)} classes, "
+          f"validating on {sizes[1]}; head {classifier(model).name}")
     Path(args.checkpoint).mkdir(parents=True, exist_ok=True)
     labels_file = write_labels(Path(args.checkpoint) / "labels.txt", classes)
     opt.optimize()
