@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import queue
 import secrets
 import socket
@@ -98,6 +97,7 @@ class SparkEngine(Engine):
     def start(self, opt) -> None:
         from .optimizer import spark_context
         self.opt = opt
+        self.hellos, self._since_pull, self._unaveraged = [], [], 0  # the driver's copy is current
         sc = spark_context(self.training_set)
         self.world = preflight.check_barrier(sc, self.num_tasks, self.slot_wait)
         self.samples = count(self.training_set)

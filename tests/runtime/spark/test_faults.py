@@ -91,3 +91,20 @@ def test_memory_preflight_refuses_what_cannot_fit(digits_df, caplog):
     huge_batch = 2 * available // per_sample  # activations beyond the host's memory
     with pytest.raises(ValueError, match="does not fit; raise .*lower batch_size"):
         check_memory(hellos, per_task_bytes(model, 1, 2, huge_batch, per_sample, averaging=False))
+
+
+def test_repeated_optimize_calls_continue_in_one_flat_checkpoint_folder(digits_df, tmp_path):
+    def make(end):
+        return DistriOptimizer(small_net(), digits_df, nn.ClassNLLCriterion(), SGD(learningrate=0.1, momentum=0.9),
+                               Trigger.max_iteration(end), 16, seed=4, feature_shape=(1, 8, 8))
+    opt = make(4)
+    opt.set_checkpoint(tmp_path / "ckpt", Trigger.several_iteration(2))
+    opt.optimize()
+    opt.end_trigger = Trigger.max_iteration(8)
+    opt.optimize()  # a new barrier stage, from the driver's copy
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted(
+        f"{kind}.{i}" for kind in ("model", "optimMethod") for i in (2, 4, 6, 8))
+    straight = make(8)
+    straight.optimize()
+    for k, v in straight.model.state_dict().items():
+        assert np.array_equal(opt.model.state_dict()[k], v), k
