@@ -1,5 +1,9 @@
-"""Weight initialisation (PyTorch's defaults, so fresh layers train alike), seeded by
-``kindling.runtime.init.seed(n)``.
+"""Weight initialisation (PyTorch's defaults, so fresh layers train alike).
+
+The generator starts from a fixed seed, as PyTorch's does, so a program that builds the same
+layers in the same order gets the same weights every run; ``seed(n)`` restarts it, and
+``with seeded(n):`` draws a block's layers from their own generator (a new head fixed by a run's
+``--seed`` whatever was built before it).
 
 Every parameter and buffer a module makes comes from here, so its shape is checked in one place
 before anything is allocated: dimensions are non-negative integers, and the bytes fit the memory
@@ -14,13 +18,26 @@ import numpy as np
 from . import memory
 from .errors import TooLarge
 
-_rng = np.random.default_rng()
+DEFAULT_SEED = 0
+_rng = np.random.default_rng(DEFAULT_SEED)
 _deferred = False
 
 
 def seed(n: int) -> None:
     global _rng
     _rng = np.random.default_rng(n)
+
+
+@contextlib.contextmanager
+def seeded(*key: int):
+    """Within this block, initializers draw from a generator seeded by ``key`` (e.g. the run's
+    seed and a purpose); the global generator is left where it was."""
+    global _rng
+    saved, _rng = _rng, np.random.default_rng(list(key))
+    try:
+        yield
+    finally:
+        _rng = saved
 
 
 def rng() -> np.random.Generator:

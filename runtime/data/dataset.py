@@ -74,17 +74,24 @@ class DataSet:
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple["Subset", "Subset"]:
         """A stratified (train, validation) split: each class split in the same proportion."""
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"split: val_fraction must be in (0, 1), got {val_fraction}")
-        rng = np.random.default_rng(seed)
-        labels = np.array([self.label(i) for i in range(len(self))])
-        train, val = [], []
-        for c in np.unique(labels):
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            k = int(round(len(idx) * val_fraction))
-            val += idx[:k].tolist()
-            train += idx[k:].tolist()
-        return Subset(self, sorted(train), "train"), Subset(self, sorted(val), "validation")
+        train, val = stratified_split([self.label(i) for i in range(len(self))], val_fraction, seed)
+        return Subset(self, train, "train"), Subset(self, val, "validation")
+
+
+def stratified_split(labels, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(train, validation) indices, each sorted: every class split in the same proportion, the
+    choice a function of the seed (the same for a local folder and a Spark DataFrame of it)."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"split: val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(len(idx) * val_fraction))
+        val += idx[:k].tolist()
+        train += idx[k:].tolist()
+    return sorted(train), sorted(val)
 
 
 def _nfc(name: str) -> str:

@@ -1,6 +1,11 @@
 """Inverted dropout: in training, zero each value with probability p and scale the rest by
-1/(1-p); in evaluate mode, the identity. Seeded, so a run can be repeated exactly."""
+1/(1-p); in evaluate mode, the identity. Seeded, so a run can be repeated exactly: in training
+the trainer gives each sample a key (seed, epoch, sample index) and a sample's mask is drawn from
+that key and the layer's name, so it is the same whichever batch, position or Spark task the sample
+is computed in; without keys the draws come from the layer's own generator (``seed``)."""
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 
@@ -8,12 +13,28 @@ from ..module import Module
 
 
 class Dropout(Module):
+    stochastic = True
+
     def __init__(self, p: float = 0.5, seed: int | None = None, name: str | None = None):
         super().__init__(name)
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout {self.name!r}: p must be in [0, 1), got {p}")
         self.p, self.seed = float(p), seed
         self._rng = np.random.default_rng(seed)
+        self._keys = None
+
+    def seed_batch(self, keys):
+        self._keys = [tuple(int(v) for v in k) for k in keys]
+
+    def _draws(self, shape):
+        keys = self._keys
+        if keys is None or len(keys) != shape[0]:
+            return self._rng.random(shape, dtype=np.float32)
+        out = np.empty(shape, np.float32)
+        layer = zlib.crc32(self.name.encode())
+        for row, key in zip(out, keys):
+            np.random.default_rng([*key, layer]).random(row.shape, dtype=np.float32, out=row)
+        return out
 
     def config(self):
         return {"p": self.p, "seed": self.seed}
@@ -25,7 +46,7 @@ class Dropout(Module):
             return x
         self._mask = self._buffer_like("mask", x)
         # One draw per value, kept as the scale factor: 0 or 1/(1-p).
-        np.greater_equal(self._rng.random(x.shape, dtype=np.float32), self.p, out=self._mask, casting="unsafe")
+        np.greater_equal(self._draws(x.shape), self.p, out=self._mask, casting="unsafe")
         self._mask *= np.float32(1.0 / (1.0 - self.p))
         self.output = np.multiply(x, self._mask, out=self._buffer_like("out", x))
         return self.output
