@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from kindling.runtime.spark.optimizer import DEFAULT_EXCHANGE, EXCHANGES
+
 HELP = "fine-tune a model on image folders (class sub-folders), with validation and checkpoints"
 
 
@@ -47,8 +49,8 @@ def add_arguments(p):
     spark.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="a Spark setting, e.g. spark.executor.memory=4g (repeatable)")
     spark.add_argument("--num-tasks", type=int, help="barrier tasks (default: every free task slot)")
-    spark.add_argument("--exchange", default="relay", choices=["relay", "driver", "socket"],
-                       help="how the tasks combine gradients (default relay: through the driver)")
+    spark.add_argument("--exchange", default=DEFAULT_EXCHANGE, choices=sorted(EXCHANGES),
+                       help="how the tasks combine gradients (default socket: point to point, sharded)")
 
 
 def _floats(text):

@@ -71,7 +71,7 @@ class _Job(threading.Thread):
 
 
 class SparkEngine(Engine):
-    def __init__(self, training_set, *, num_tasks: int | None = None, exchange: str = "relay",
+    def __init__(self, training_set, *, num_tasks: int | None = None, exchange: str = "socket",
                  timeout: float = 600.0, pipeline=None, val_pipeline=None, feature_col: str | None = None,
                  label_col: str = "label", feature_shape=None, averaging_frequency: int | None = None,
                  slot_wait: float = 30.0):
@@ -224,6 +224,8 @@ class SparkEngine(Engine):
             if not self.job.is_alive():
                 raise wire.TaskLost("the barrier stage ended")
         header, buffers = wire.recv(conn)
+        if header.get("op") == "error" and header.get("lost"):
+            raise wire.TaskLost(f"task {header['rank']} lost a peer: {header['message']}")
         if header.get("op") == "error":
             self.sc.cancelJobGroup(self.group)
             raise TaskFailed(f"task {header['rank']} failed: {header['message']}\n{header.get('traceback', '')}")

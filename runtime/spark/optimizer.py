@@ -15,11 +15,11 @@ from .engine import SparkEngine
 
 #: exchange= choices: how the tasks combine gradients and share updated weights
 EXCHANGES = {
-    "relay": "through the driver, over each task's control connection (the default)",
+    "relay": "through the driver, over each task's control connection",
     "driver": "through BarrierTaskContext.allGather (DriverExchange; Spark answers each call on a 1 s poll)",
-    "socket": "point to point between the tasks (allreduce.SocketExchange)",
+    "socket": "point to point between the tasks, sharded (allreduce.SocketExchange; the default)",
 }
-DEFAULT_EXCHANGE = "relay"
+DEFAULT_EXCHANGE = "socket"
 
 
 def spark_context(data):

@@ -26,8 +26,12 @@ from .. import format as kdl
 from ..data.loader import epoch_order, sample_rng
 from ..optim.engine import compute_gradients, prepare_for_training, sample_keys
 from . import wire
+from .allreduce import SocketExchange
+from .exchange import DriverExchange
 from .data import TRAIN, VALIDATION, Share
 from .flat import HEADER, FlatLayout
+from .mesh import ExchangeError
+from .relay import RelayExchange
 
 log = logging.getLogger("kindling.spark")
 
@@ -92,8 +96,10 @@ def run(iterator, plan: TaskPlan):
         raise
     except BaseException as e:
         try:
+            # A peer gone from the exchange is a lost task, which Spark's retry of the stage mends;
+            # anything else is this task's own failure.
             wire.send(conn, {"op": "error", "rank": rank, "message": f"{type(e).__name__}: {e}",
-                             "traceback": traceback.format_exc()})
+                             "lost": isinstance(e, ExchangeError), "traceback": traceback.format_exc()})
         except wire.TaskLost:
             pass
         raise
@@ -104,8 +110,6 @@ def run(iterator, plan: TaskPlan):
 
 def _exchange(plan: TaskPlan, ctx, conn, rank: int, world: int):
     """The collective the tasks use (``exchange=`` of DistriOptimizer)."""
-    from .exchange import DriverExchange
-    from .relay import RelayExchange
     makers = {
         "relay": lambda: RelayExchange(rank, world, conn),
         "driver": lambda: DriverExchange.from_barrier(ctx),
@@ -115,7 +119,6 @@ def _exchange(plan: TaskPlan, ctx, conn, rank: int, world: int):
 
 
 def _socket_exchange(ctx, timeout):
-    from .allreduce import SocketExchange  # the point-to-point transport (branch spark-exchange)
     return SocketExchange.from_barrier(ctx, timeout=timeout)
 
 
