@@ -1,14 +1,15 @@
 """The gradient exchange inside a real Spark barrier stage on local[2]: SocketExchange (TCP between
 the tasks) against DriverExchange (BarrierTaskContext.allGather through the driver), interleaved.
 
-    python benchmarks/spark_exchange.py [--repeats 5] [--vgg16-repeats 3] [--json out.json]
+    python benchmarks/spark_exchange.py [--repeats 5] [--vgg16-repeats 3] [--workloads ...] [--json out.json]
 
 One exchange is what an iteration of synchronous training does: reduce_scatter of the gradients,
 the owner's update of its shard, all_gather of the parameters (the update itself is not timed).
 For LeNet-, VGG-style- and VGG16-size vectors (and two scalars, the latency floor), 2 tasks each
-holding parameters and gradients, it prints seconds per exchange (medians over repetitions; a
-repetition repeats a fast exchange for at least half a second), the ratio, and GB/s (model bytes
-per second). Each repetition records the CPU that processes outside this benchmark (this script,
+holding parameters and gradients, it prints seconds per exchange (the median over repetitions of
+each repetition's mean: a repetition repeats a fast exchange for at least half a second), the
+ratio, GB/s (model bytes per second), and the medians of single reduce_scatter and all_gather
+calls. Each repetition records the CPU that processes outside this benchmark (this script,
 its JVM, the Python workers) used meanwhile; repetitions where they used <= 0.3 cores are
 "quiet" and get their own medians.
 
@@ -235,6 +236,10 @@ def parameter_count(builder: str) -> int:
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
+WORKLOADS = {"scalars": lambda: 2, "lenet": lambda: parameter_count("lenet"),
+             "vgg_cnn": lambda: parameter_count("vgg_cnn"), "vgg16": lambda: parameter_count("vgg16")}
+
+
 def summarize(rows, n: int) -> dict:
     mb = 4 * n / 1e6
     out = {"n": n, "model_mb": round(mb, 2)}
@@ -273,8 +278,8 @@ def _line(name: str, s: dict) -> str:
             return f"{label} FAILED: {m['error'][:300]}"
         q = (f", quiet {m['quiet_seconds']:.4g} s over {m['quiet_repetitions']}/{m['repetitions']}"
              if m["quiet_repetitions"] else f", no quiet repetition of {m['repetitions']}")
-        return (f"{label} {m['seconds']:.4g} s ({m['gb_per_s']:.3g} GB/s; reduce_scatter {m['reduce_scatter']:.3g} s"
-                f" + all_gather {m['all_gather']:.3g} s{q}; others' cores {m['others_cores']})")
+        return (f"{label} {m['seconds']:.4g} s ({m['gb_per_s']:.3g} GB/s; single calls' medians: reduce_scatter "
+                f"{m['reduce_scatter']:.3g} s + all_gather {m['all_gather']:.3g} s{q}; others' cores {m['others_cores']})")
     ratio = f"\n    -> SocketExchange {s['ratio']:.1f}x faster" if "ratio" in s else ""
     if "quiet_ratio" in s:
         ratio += f" (quiet repetitions: {s['quiet_ratio']:.1f}x)"
@@ -313,6 +318,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="interleaved repetitions per method (small sizes)")
     ap.add_argument("--vgg16-repeats", type=int, default=3,
                     help="for the VGG16 size (DriverExchange takes about two minutes per exchange there)")
+    ap.add_argument("--workloads", default="scalars,lenet,vgg_cnn,vgg16",
+                    help="comma-separated subset of scalars,lenet,vgg_cnn,vgg16 (the memory runs need vgg16)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--memory", choices=("socket", "driver"), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -320,8 +327,11 @@ def main(argv=None):
     if args.memory:
         return _memory_child(args.memory, args.n)
 
-    sizes = {"scalars": 2, "lenet": parameter_count("lenet"), "vgg_cnn": parameter_count("vgg_cnn"),
-             "vgg16": parameter_count("vgg16")}
+    chosen = args.workloads.split(",")
+    unknown = set(chosen) - set(WORKLOADS)
+    if unknown:
+        ap.error(f"unknown workloads {sorted(unknown)}; choose from {list(WORKLOADS)}")
+    sizes = {name: WORKLOADS[name]() for name in WORKLOADS if name in chosen}
     report = {"sizes": sizes}
     session = spark_session("kindling-exchange-benchmark")
     try:
@@ -334,6 +344,8 @@ def main(argv=None):
     finally:
         session.stop()
 
+    if "vgg16" not in sizes:
+        return _write(report, args.json)
     n = sizes["vgg16"]
     model_mb = 4 * n / 2**20
     print(f"peak RSS, one VGG16-size exchange in a fresh session (model {model_mb:.0f} MiB; target <= "
@@ -351,11 +363,14 @@ def main(argv=None):
               f"local executor) {m['jvm_peak_mb']:.0f} MiB ({ratios['jvm_peak_mb']:.2f}x), driver Python "
               f"{m['driver_python_peak_mb']:.0f} MiB ({ratios['driver_python_peak_mb']:.2f}x): target {verdict}"
               f"{failed}", flush=True)
-    if args.json:
-        tmp = f"{args.json}.tmp"
-        Path(tmp).write_text(json.dumps(report, indent=2))
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+    _write(report, args.json)
+
+
+def _write(report: dict, path: str | None) -> None:
+    if path:
+        Path(f"{path}.tmp").write_text(json.dumps(report, indent=2))
+        os.replace(f"{path}.tmp", path)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
