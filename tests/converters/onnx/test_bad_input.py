@@ -134,3 +134,16 @@ def test_cli_names_file_and_node_and_writes_nothing(tmp_path, capsys, kind):
     err = capsys.readouterr().err
     assert f"{kind}.onnx" in err and {"missing_initializer": "'conv1'", "cycle": "first", "unsupported": "erf"}[kind] in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [f"{kind}.onnx"]
+
+
+def test_a_name_that_is_not_utf8_is_named_and_nothing_written(tmp_path, capsys):
+    # found by the fuzzer (tests/fuzz, target onnx_model): protobuf returned the name as bytes
+    from pathlib import Path
+    path = Path(__file__).parents[2] / "fixtures" / "hostile" / "onnx_node_name_not_utf8.onnx"
+    with pytest.raises(konnx.OnnxError, match=r"onnx_node_name_not_utf8\.onnx: .* is not UTF-8 text"):
+        konnx.convert(path)
+    out = tmp_path / "m.kdl"
+    assert main(["convert", "onnx", str(path), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "onnx_node_name_not_utf8.onnx" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
