@@ -189,6 +189,8 @@ def _external_bytes(t: onnx.TensorProto, folder: Path, path) -> bytes:
 
 def tensor_value(t: onnx.TensorProto, folder: Path | None, path) -> np.ndarray:
     """A TensorProto as a numpy array, external data read from ``folder``."""
+    if t.data_type not in onnx.TensorProto.DataType.values() or t.data_type == onnx.TensorProto.UNDEFINED:
+        raise OnnxError(f"{path}: initializer {t.name!r} has data type {t.data_type}, which is not an ONNX tensor type")
     try:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             if folder is None:

@@ -147,3 +147,12 @@ def test_a_name_that_is_not_utf8_is_named_and_nothing_written(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "onnx_node_name_not_utf8.onnx" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("data_type", [123, 0])
+def test_an_initializer_of_no_onnx_data_type_is_named(tmp_path, data_type):
+    # found by the fuzzer: onnx's own to_array raised a bare KeyError for an unknown type number
+    model = _conv_model()
+    model.graph.initializer[0].data_type = data_type
+    with pytest.raises(konnx.OnnxError, match=rf"bad\.onnx: initializer 'w' has data type {data_type}, which is not"):
+        konnx.convert(_save(model, tmp_path / "bad.onnx"))
