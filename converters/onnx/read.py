@@ -104,9 +104,13 @@ def opset_of(model: onnx.ModelProto, path) -> int:
     return int(versions[0])
 
 
-def nodes_of(model: onnx.ModelProto, opset: int) -> list[OnnxNode]:
+def nodes_of(model: onnx.ModelProto, opset: int, path="model") -> list[OnnxNode]:
     out = []
     for i, n in enumerate(model.graph.node):
+        untyped = [a.name for a in n.attribute if a.type == onnx.AttributeProto.UNDEFINED]
+        if untyped:
+            raise OnnxError(f"{path}: node {n.name or i!r} ({n.op_type}): attribute {untyped[0]!r} has no type (its value "
+                            f"is missing or the file is damaged)")
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
         op = n.op_type if n.domain in DEFAULT_DOMAINS else f"{n.domain}.{n.op_type}"

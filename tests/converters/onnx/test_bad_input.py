@@ -156,3 +156,24 @@ def test_an_initializer_of_no_onnx_data_type_is_named(tmp_path, data_type):
     model.graph.initializer[0].data_type = data_type
     with pytest.raises(konnx.OnnxError, match=rf"bad\.onnx: initializer 'w' has data type {data_type}, which is not"):
         konnx.convert(_save(model, tmp_path / "bad.onnx"))
+
+
+def _bn_model(epsilon):
+    scale = [numpy_helper.from_array(np.ones(3, np.float32), n) for n in ("s", "b", "m", "v")]
+    bn = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn")
+    bn.attribute.append(epsilon)
+    return _model([bn], initializers=scale)
+
+
+def test_an_attribute_without_a_type_is_named(tmp_path):
+    # found by the fuzzer: get_attribute_value gave None for a damaged attribute, and float(None) escaped
+    untyped = onnx.AttributeProto(name="epsilon")
+    with pytest.raises(konnx.OnnxError, match=r"bad\.onnx: node 'bn' \(BatchNormalization\): attribute 'epsilon' "
+                                              r"has no type"):
+        konnx.convert(_save(_bn_model(untyped), tmp_path / "bad.onnx"))
+
+
+def test_an_attribute_of_the_wrong_kind_is_named(tmp_path):
+    wrong = helper.make_attribute("epsilon", [1e-5, 1e-3])  # floats where a float belongs
+    with pytest.raises(konnx.OnnxError, match=r"bad\.onnx: .*'bn'"):
+        konnx.convert(_save(_bn_model(wrong), tmp_path / "bad.onnx"))
