@@ -100,7 +100,10 @@ def build(graph: TFGraph, sel: Selection, given_shapes: dict | None, name: str =
             raise
         except Unsupported as e:
             raise graph.error(node, f"not converted: {e}") from e
-        except (ValueError, IndexError, KeyError) as e:
+        except IndexError as e:  # a damaged file: fewer inputs or list values than the op takes
+            raise graph.error(node, f"cannot convert: an input or attribute value it needs is missing (it has "
+                                    f"{len(node.inputs)} input(s); {e})") from e
+        except (ValueError, KeyError) as e:
             raise graph.error(node, f"cannot convert: {e}") from e
         return made
 

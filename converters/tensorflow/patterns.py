@@ -76,7 +76,9 @@ class _Graph:
 
 def _split_operands(g: _Graph, node: TFNode):
     """(activation input, constant input name) of a binary node with exactly one constant."""
-    a, b = node.inputs[:2]
+    if len(node.inputs) != 2:
+        return None  # not binary (a damaged file): left for the translator to refuse by name
+    a, b = node.inputs
     if (a in g.consts) == (b in g.consts):
         return None
     return (b, a) if a in g.consts else (a, b)

@@ -220,3 +220,13 @@ def _int_tensor(values):
     t.tensor_shape.dim.add(size=len(values))
     t.int_val.extend(values)
     return t
+
+
+def test_a_binary_op_with_one_input_is_named(tmp_path):
+    # found by the fuzzer (seed 8, input 97894): the bias pattern unpacked two inputs from one
+    g = GraphWriter()
+    conv = _conv_net(g)
+    g.node("AddV2", "add", [conv])
+    with pytest.raises(TensorFlowError, match=r"g\.pb: node 'add' \(AddV2\): cannot convert: an input or attribute "
+                                              r"value it needs is missing \(it has 1 input"):
+        tfc.convert(g.write(tmp_path / "g.pb"))
