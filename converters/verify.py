@@ -170,10 +170,13 @@ def verify(model: Module, reference: Reference, inputs: dict[str, np.ndarray] | 
 
 
 def random_inputs(model: Module, seed: int = 0, batch: int = 2) -> dict[str, np.ndarray]:
-    """Seeded standard-normal inputs of the model's declared input shape (batch ``batch``)."""
+    """Seeded standard-normal inputs of the model's declared input shape (batch ``batch``); the
+    dimensions it leaves free take the size it was declared with (its sample shape)."""
     meta = model.metadata or {}
     names = meta.get("input_names") or ["input"]
     shape = meta.get("input_shape")
+    if shape and meta.get("sample_shape"):
+        shape = [d if d > 0 else s for d, s in zip(shape, meta["sample_shape"])]
     if not shape or len(names) != 1 or any(d <= 0 for d in shape[1:]):
         raise ValueError("verify: the model's input shape is not fixed; give the inputs (--verify-input FILE.npz)")
     rng = np.random.default_rng(seed)

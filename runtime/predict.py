@@ -26,6 +26,8 @@ from PIL import Image
 
 from .data.transforms import Pipeline
 from .module import Module
+from .shapes import ShapeError
+from .shapes import check as check_shapes
 
 IMAGE_TYPES = (str, Path, bytes, bytearray, memoryview, Image.Image)
 
@@ -45,7 +47,9 @@ class Classification:
 
 def image_preprocessing(metadata: dict) -> dict | None:
     """The snapshot's preprocessing record, completed from its input shape (N, C, H, W): the size
-    to crop to, and gray for one channel. None when the model does not take images."""
+    to crop to, and gray for one channel. A net that takes any H and W (-1 in its input shape)
+    takes each image at its own size unless a size is recorded. None when the model does not take
+    images."""
     pre = dict(metadata.get("preprocessing") or {})
     shape = metadata.get("input_shape")
     if shape and len(shape) == 4:
@@ -53,6 +57,8 @@ def image_preprocessing(metadata: dict) -> dict | None:
             pre["input_size"] = list(shape[2:])
         if "channel_order" not in pre and shape[1] == 1:
             pre["channel_order"] = "gray"
+        if all(d <= 0 for d in shape[2:]):
+            return pre
     elif not pre:
         return None
     return pre if pre.get("input_size") else None
@@ -114,8 +120,11 @@ class Predictor:
         self.labels: list[str] = list(meta.get("labels") or [])
         self.preprocessing = image_preprocessing(meta) if len(self.input_names) == 1 else None
         self.pipeline = (Pipeline.from_metadata(self.preprocessing, max_pixels=max_pixels)
-                         if self.preprocessing else None)
+                         if self.preprocessing is not None else None)
         self.scores_from = score_kind(model)
+        # sizes of a free-size input (-1 in input_shape) already checked against every layer,
+        # shared with replicas (they have the same layers)
+        self._fitting: set[tuple[int, ...]] = set()
 
     @classmethod
     def load(cls, path, **kwargs) -> "Predictor":
@@ -131,17 +140,22 @@ class Predictor:
 
     # ---- inputs ----------------------------------------------------------------------------------
     def sample_shape(self, batch: int = 1) -> tuple[int, ...]:
-        """The recorded input shape with ``batch`` first; free image dimensions (-1) take the
-        preprocessing's size, other free ones 1."""
+        """The recorded input shape with ``batch`` first; free dimensions (-1) take the size the
+        preprocessing gives images, else the size the net was declared with (``sample_shape`` in
+        the metadata), else 1."""
         if not self.input_shape:
             raise InputError("the model records no input shape")
-        dims = [d if d > 0 else 1 for d in self.input_shape[1:]]
-        if self.preprocessing and len(dims) == 3:
-            dims[1:] = [d if d > 0 else s for d, s in zip(self.input_shape[2:], self.preprocessing["input_size"])]
+        sample = self.metadata.get("sample_shape") or [1] * len(self.input_shape)
+        dims = [d if d > 0 else max(int(s), 1) for d, s in zip(self.input_shape[1:], sample[1:])]
+        size = (self.preprocessing or {}).get("input_size")
+        if size and len(dims) == 3:
+            dims[1:] = [d if d > 0 else s for d, s in zip(self.input_shape[2:], size)]
         return (batch, *dims)
 
     def check(self, x: np.ndarray, name: str | None = None) -> np.ndarray:
-        """A batch for one input as float32, its shape checked against the recorded one."""
+        """A batch for one input as float32, its shape checked against the recorded one; a size
+        the net leaves free is checked against every layer (once per size), and one that does not
+        fit is refused naming the layer."""
         name = name or self.input_names[0]
         a = np.asarray(x)
         if a.dtype.kind not in "fiu":
@@ -150,12 +164,29 @@ class Predictor:
         if expected and (a.ndim != len(expected) or any(e > 0 and e != d for e, d in zip(expected[1:], a.shape[1:]))):
             raise InputError(f"input {name!r}: shape {list(a.shape)} does not fit the model's {expected} "
                              f"(first axis is the batch)")
+        if expected and min(expected[1:], default=1) <= 0 and a.shape[1:] not in self._fitting:
+            try:
+                check_shapes(self.model, [(1, *a.shape[1:])])
+            except ShapeError as e:
+                raise InputError(f"input {name!r}: shape {list(a.shape)} fits the model's {expected}, but layer "
+                                 f"{e.module.name!r} ({type(e.module).__name__}) does not fit its input "
+                                 f"{e.shapes[0] if len(e.shapes) == 1 else e.shapes}: {e.detail}") from e
+            self._fitting.add(a.shape[1:])
         return np.asarray(a, np.float32)
 
     def preprocess(self, items, names: list[str] | None = None) -> np.ndarray:
         """Images (paths, encoded bytes, PIL images) through the recorded pipeline, and float
         arrays (C, H, W) taken as already preprocessed, stacked into one (N, C, H, W) batch.
         An image that fails raises its error prefixed by its name (default "image <i>")."""
+        rows = self._rows(items, names)
+        sizes = sorted({r.shape for r in rows})
+        if len(sizes) > 1:
+            raise InputError(f"the images differ in size ({', '.join('x'.join(map(str, s[1:])) for s in sizes[:4])}"
+                             f"{', ...' if len(sizes) > 4 else ''}) and the model takes each at its own size: give "
+                             f"them one at a time (classify does), or record an input size (--input-size)")
+        return self.check(np.stack(rows))
+
+    def _rows(self, items, names: list[str] | None = None) -> list[np.ndarray]:
         rows = []
         for i, item in enumerate(items):
             if isinstance(item, IMAGE_TYPES):
@@ -170,7 +201,21 @@ class Predictor:
                 rows.append(self.check(np.asarray(item)[None])[0])
         if not rows:
             raise InputError("no images given")
-        return self.check(np.stack(rows))
+        return rows
+
+    def predict_images(self, items, names: list[str] | None = None) -> list[list[np.ndarray]]:
+        """Every model output for each image (or preprocessed (C, H, W) array), one list per
+        image: images of one size run in batches together, a free-size net takes each at its own."""
+        rows = self._rows(items, names)
+        by_size: dict[tuple, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_size.setdefault(r.shape, []).append(i)
+        per_image: list = [None] * len(rows)
+        for idx in by_size.values():
+            outs = self.forward([self.check(np.stack([rows[i] for i in idx]))])
+            for j, i in enumerate(idx):
+                per_image[i] = [o[j:j + 1] for o in outs]
+        return per_image
 
     # ---- the forward loop ------------------------------------------------------------------------
     def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -227,4 +272,4 @@ class Predictor:
         """Top-k classes for each image (or preprocessed (C, H, W) float array)."""
         if top_k <= 0:
             raise InputError(f"top_k must be positive, got {top_k}")
-        return self.top_k(self.forward([self.preprocess(items)])[0], top_k)
+        return [self.top_k(outs[0], top_k)[0] for outs in self.predict_images(items)]

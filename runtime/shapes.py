@@ -6,8 +6,17 @@ A module that knows its output shape says so (``Module.output_shape``: convoluti
 Linear) and nothing is computed; any other runs forward once in evaluate mode on a zero input that
 is a broadcast view, so no memory is touched until a layer that must compute reads it.
 Containers are walked as they run, so every module inside them gets its shape too.
+
+Free dimensions follow one rule, read by every consumer: a converted net records -1 in its input
+shape for each dimension it does not fix (the batch always; H and W unless a layer fixes them: an
+InnerProduct after a non-global pooling, a Reshape with fixed dims, a Crop against a fixed
+reference). ``free_dims`` finds them by probing: a dimension is free when the net also fits it
+doubled (doubling keeps whatever divisibility the net's strides need). A model in use then checks
+each new input size with ``check``, which names the layer that does not fit.
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -95,3 +104,45 @@ def trace(model: Module, input_shapes: list) -> dict[str, Shape | list[Shape]]:
     out: dict = {}
     _walk(model, [tuple(s) for s in input_shapes], out)
     return out
+
+
+@contextlib.contextmanager
+def _buffers_kept(model: Module):
+    """A model in use keeps its buffers (and outputs, and the weight layouts evaluate mode built)
+    through a probe, which would otherwise drop them."""
+    saved = [(m, dict(m._scratch), m.output) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, scratch, output in saved:
+            m._scratch.clear()
+            m._scratch.update(scratch)
+            m.output = output
+
+
+def check(model: Module, input_shapes: list) -> dict[str, Shape | list[Shape]]:
+    """``trace`` for a model in use: its buffers are left as they were. Raises ShapeError naming
+    the first module that does not fit these input shapes."""
+    with _buffers_kept(model):
+        return trace(model, input_shapes)
+
+
+def fits(model: Module, input_shapes: list) -> bool:
+    """Whether ``model`` fits these input shapes (``check`` without the error)."""
+    try:
+        check(model, input_shapes)
+    except ShapeError:
+        return False
+    return True
+
+
+def free_dims(model: Module, shape) -> list[int]:
+    """``shape`` (one input, which the model fits) with -1 for the batch and for every other
+    dimension the model also fits doubled: the dimensions no layer fixes."""
+    shape = [int(d) for d in shape]
+    free = [-1]
+    for i in range(1, len(shape)):
+        doubled = [1, *shape[1:]]
+        doubled[i] *= 2
+        free.append(-1 if fits(model, [doubled]) else shape[i])
+    return free

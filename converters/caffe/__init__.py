@@ -22,6 +22,7 @@ import numpy as np
 
 from kindling.protos import caffe_pb2
 from kindling.runtime import nn
+from kindling.runtime.shapes import free_dims
 
 from ..weights import load_by_name
 from . import wire
@@ -192,7 +193,10 @@ def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translator
                                                         for p, d in digests.items()]},
             "input_names": list(shapes), "output_names": built.outputs}
     if len(shapes) == 1:
-        meta["input_shape"] = [-1, *list(shapes.values())[0][1:]]
+        declared = list(shapes.values())[0]
+        meta["input_shape"] = free_dims(built.model, declared)
+        if min(meta["input_shape"][1:], default=1) < 0:
+            meta["sample_shape"] = [1, *declared[1:]]
     if labels:
         meta["labels"] = list(labels)
     pre = {**(_data_preprocessing(layers, [] if (preprocessing or {}).get("mean") else notes) or {}),

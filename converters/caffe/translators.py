@@ -291,9 +291,11 @@ def permute(layer, shapes):
 def upsample(layer, shapes):
     """One bottom: nearest-neighbour (YOLOv3 Caffe). Two bottoms (values, a max pooling's mask):
     SegNet's unpooling, each value put where the mask says in an upsample_h x upsample_w output,
-    or scale x the input less pad_out (scale_h/scale_w, else scale) when those are not both given."""
+    or scale x the input less pad_out (scale_h/scale_w, else scale) when those are not both given.
+    build.py adds a third: the input of the pooling that made the mask, whose size the output must
+    have (see nn.MaxUnpool2d)."""
     p = layer.param.upsample_param
-    if len(layer.bottoms) == 2:
+    if len(layer.bottoms) in (2, 3):
         if p.HasField("upsample_h") and p.HasField("upsample_w"):
             size = (p.upsample_h, p.upsample_w)
             if min(size) <= 1:
@@ -306,8 +308,6 @@ def upsample(layer, shapes):
         if (pad_out[0] and scale[0] != 2) or (pad_out[1] and scale[1] != 2):
             _fail(layer, "pad_out_h / pad_out_w need a scale of 2")
         return nn.MaxUnpool2d(scale, pad_out=pad_out, name=layer.name)
-    if len(layer.bottoms) > 2:
-        _fail(layer, f"takes one bottom (nearest) or two (values and a max pooling mask), got {len(layer.bottoms)}")
     if p.HasField("scale_h") and p.scale_h != p.scale_w:
         _fail(layer, f"different scales for height and width ({p.scale_h}, {p.scale_w}) are not supported")
     return nn.Upsample(p.scale_h or p.scale, name=layer.name)

@@ -143,7 +143,10 @@ def _summary(model, args, seconds: float) -> str:
     shape = model.metadata.get("input_shape")
     out_shape = ""
     if shape:
-        out_shape = f", output shape {_listed(trace(model, [[1, *shape[1:]]])[model.name])}"
+        sample = model.metadata.get("sample_shape") or [1, *shape[1:]]
+        out_shape = f", output shape {_listed(trace(model, [sample])[model.name])}"
+        if sample != [1, *shape[1:]]:
+            out_shape += f" at input {sample} (it takes any size that fits {shape})"
     source = ", ".join(f["path"] for f in model.metadata.get("source", {}).get("files", []))
     return (f"converted {source or args.framework} -> {args.output}: {sum(1 for _ in model.modules()) - 1} layers "
             f"({type(model).__name__}), {params:,} parameters{out_shape}, in {seconds:.2f} s, "

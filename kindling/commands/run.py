@@ -106,11 +106,16 @@ def run(args) -> int:
     if predictor.pipeline is None:
         raise ValueError(f"{args.model}: the model records no image preprocessing or 4-D input shape, so images "
                          f"cannot be fed to it: give a tensor (.npy)")
-    x = predictor.preprocess(images, names=[str(p) for p in images])
-    outs = predictor.forward([x])
-    for path, c in zip(images, predictor.top_k(outs[0], args.top_k)):
+    per_image = predictor.predict_images(images, names=[str(p) for p in images])
+    for path, outs in zip(images, per_image):
+        c = predictor.top_k(outs[0], args.top_k)[0]
         print(f"{path}: " + ", ".join(f"{label or i} {score:.4f}" for i, label, score in zip(c.indices, c.labels,
                                                                                           c.scores)))
     if args.output:
+        shapes = {tuple(o.shape for o in outs) for outs in per_image}
+        if len(shapes) > 1:
+            raise ValueError("the images gave outputs of different sizes (the model takes each image at its own "
+                             "size), which one tensor file cannot hold: give one image with --output")
+        outs = [np.concatenate(column) for column in zip(*per_image)]
         _write_outputs(Path(args.output), dict(zip(predictor.output_names_for(len(outs)), outs)))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..module import Module
+from ..module import Module, same_shape
 from ..parallel import pool
 
 # Below this many elements a pass is too short to be worth handing to another thread.
@@ -26,6 +26,7 @@ def _split(fn, out, *arrays):
 
 class _Elementwise(Module):
     """forward computes y = f(x) into a reused buffer; backward uses x or the cached y."""
+    output_shape = same_shape
 
     def forward(self, x):
         x = np.asarray(x, np.float32)

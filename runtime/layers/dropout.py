@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..module import Module
+from ..module import Module, same_shape
 
 
 class Dropout(Module):
+    output_shape = same_shape
+
     def __init__(self, p: float = 0.5, seed: int | None = None, name: str | None = None):
         super().__init__(name)
         if not 0.0 <= p < 1.0:

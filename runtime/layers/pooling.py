@@ -254,8 +254,11 @@ class MaxUnpool2d(Module):
     names in its channel plane of an (H', W') output, zeros elsewhere: SegNet's Upsample with a
     pooling mask, PyTorch's max_unpool2d. The indices are MaxPool2d(return_indices=True)'s second
     output (floats, as Caffe's mask); an index outside the output is an error. The output size is
-    ``output_size`` when given, else the input size times ``scale`` less ``pad_out``. The gradient
-    w.r.t. x gathers the output gradient at the indices; the indices get none."""
+    ``output_size`` when given, else the input size times ``scale`` less ``pad_out``. A third input,
+    the pooling's own input, makes the size checkable: the indices count positions in its plane, so
+    the output must have its size, or the values would land in the wrong places (the Caffe
+    converter wires it; a net then fits only the input sizes where the two agree). The gradient
+    w.r.t. x gathers the output gradient at the indices; the other inputs get none."""
     multi_input = True
 
     def __init__(self, scale=2, output_size=None, pad_out=0, name: str | None = None):
@@ -276,13 +279,17 @@ class MaxUnpool2d(Module):
             return self.output_size
         return h * self.scale[0] - self.pad_out[0], w * self.scale[1] - self.pad_out[1]
 
-    def _positions(self, x, mask):
+    def _positions(self, x, mask, pooled=None):
         """(N, H*W*C) int64 positions in each image's NHWC output, and the output size."""
         if x.ndim != 4 or np.shape(mask) != x.shape:
             raise ValueError(f"MaxUnpool2d {self.name!r} expects (N, C, H, W) values and indices of the same shape, "
                              f"got {x.shape} and {np.shape(mask)}")
         n, c, h, w = x.shape
         oh, ow = self.size(h, w)
+        if pooled is not None and tuple(np.shape(pooled)[2:]) != (oh, ow):
+            ph, pw = np.shape(pooled)[2:]
+            raise ValueError(f"MaxUnpool2d {self.name!r}: makes {oh}x{ow} from {h}x{w}, but the pooling that made its "
+                             f"indices read {ph}x{pw}: its indices count places in a plane of that size")
         m = np.asarray(mask).transpose(0, 2, 3, 1)
         if m.size and (m.min() < 0 or m.max() >= oh * ow):
             raise ValueError(f"MaxUnpool2d {self.name!r}: indices span {int(m.min())}..{int(m.max())}, outside the "
@@ -294,7 +301,7 @@ class MaxUnpool2d(Module):
 
     def forward(self, xs):
         x = np.asarray(xs[0], np.float32)
-        pos, (oh, ow) = self._positions(x, xs[1])
+        pos, (oh, ow) = self._positions(x, *xs[1:])
         n, c = x.shape[:2]
         out = self._buffer("out", (n, oh, ow, c))
         values = x.transpose(0, 2, 3, 1).reshape(n, -1)
@@ -309,8 +316,8 @@ class MaxUnpool2d(Module):
 
     def backward(self, xs, grad_out):
         x = np.asarray(xs[0], np.float32)
-        pos, _ = self._positions(x, xs[1])
+        pos, _ = self._positions(x, *xs[1:])
         n, c, h, w = x.shape
         g = np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1).reshape(n, -1)
         gx = np.take_along_axis(g, pos, axis=1).reshape(n, h, w, c).transpose(0, 3, 1, 2)
-        return [gx, np.zeros(np.shape(xs[1]), np.float32)]
+        return [gx, *(np.zeros(np.shape(other), np.float32) for other in xs[1:])]

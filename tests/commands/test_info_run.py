@@ -128,3 +128,20 @@ def test_run_classifies_images_and_folders_as_the_predictor_does(tmp_path):
     assert r.returncode == 1 and "half.jpg: JPEG data cannot be decoded" in r.stderr and "Traceback" not in r.stderr
     r = kindling_cli("run", path, "--input", tmp_path / "missing.png")
     assert r.returncode == 1 and "missing.png: no such file" in r.stderr
+
+
+def test_run_images_of_their_own_sizes_on_a_free_size_model(tmp_path):
+    """A net that takes any H and W (-1) takes each image at its own size: scores per image, and
+    outputs of different sizes cannot share one tensor file."""
+    conv = nn.Conv2d(3, 2, 1, name="conv")
+    path = kindling.save(nn.Sequential(conv, name="fcn"), tmp_path / "fcn.kdl",
+                         metadata={"input_shape": [-1, 3, -1, -1], "sample_shape": [1, 3, 8, 8]})
+    for name, size in (("a.png", (12, 7)), ("b.png", (5, 9))):
+        Image.fromarray(np.full((size[1], size[0], 3), 100, np.uint8)).save(tmp_path / name)
+    r = kindling_cli("run", path, "--input", tmp_path / "a.png", tmp_path / "b.png", "--output", tmp_path / "y.npz")
+    assert r.returncode == 1 and "outputs of different sizes" in r.stderr and not (tmp_path / "y.npz").exists()
+    r = kindling_cli("run", path, "--input", tmp_path / "b.png", "--output", tmp_path / "y.npy")
+    assert r.returncode == 0, r.stderr
+    y = np.load(tmp_path / "y.npy")
+    expected = conv.params["weight"].reshape(2, 3).sum(1) * 100 + conv.params["bias"]
+    assert y.shape == (1, 2, 9, 5) and np.allclose(y[0, :, 0, 0], expected, rtol=1e-5)

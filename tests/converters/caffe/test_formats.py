@@ -100,7 +100,9 @@ layer { name: "relu" type: "ReLU" bottom: "data" top: "relu" relu_param { fused_
 """
     proto, weights = write_net(tmp_path, body, {})
     model = caffe.convert(proto, weights)
-    assert model.metadata["input_shape"] == [-1, 2, 4, 4]
+    # a lone ReLU fixes no dimension: every one is free, and the declared shape is the sample
+    assert model.metadata["input_shape"] == [-1, -1, -1, -1]
+    assert model.metadata["sample_shape"] == [1, 2, 4, 4]
     assert any("fused_with_bn" in n for n in model.notes)
 
 
