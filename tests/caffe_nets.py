@@ -104,11 +104,13 @@ def _values(rng, layer, shapes) -> list[np.ndarray]:
     return [rng.uniform(0.5, 1.5, s) for s in shapes]
 
 
-def zoo_net(tmp: Path, prototxt, seed: int = 0, narrow: int = 1, keep_widths=(), scale: dict | None = None):
+def zoo_net(tmp: Path, prototxt, seed: int = 0, narrow: int = 1, keep_widths=(), scale: dict | None = None,
+            outputs: list[str] | None = None):
     """A real zoo prototxt and a caffemodel of seeded, real-shaped weights for it. ``narrow``
     divides every convolution's num_output (but those in ``keep_widths``: class scores) to keep
     big nets quick; ``scale`` multiplies named layers' weights (to make a detector's scores
-    peaky enough to detect something). Returns (prototxt path, caffemodel path)."""
+    peaky enough to detect something); ``outputs`` gives weights only to the layers those blobs
+    need. Returns (prototxt path, caffemodel path)."""
     from kindling.converters import caffe
     net = caffe_pb2.NetParameter()
     text_format.Parse(Path(prototxt).read_text(), net, allow_unknown_field=True)
@@ -121,7 +123,7 @@ def zoo_net(tmp: Path, prototxt, seed: int = 0, narrow: int = 1, keep_widths=(),
                     p.group = max(1, p.group // narrow)
     proto_path = tmp / Path(prototxt).name
     proto_path.write_text(text_format.MessageToString(net))
-    structure = caffe.convert(proto_path)
+    structure = caffe.convert(proto_path, outputs=outputs)
     rng = np.random.default_rng(seed)
     for layer in net.layer:
         try:

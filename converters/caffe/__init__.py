@@ -29,7 +29,7 @@ from . import wire
 from .build import build, check_supported, dropped, dummy_data_shapes, translator_table
 from .errors import CaffeError
 from .mean import read_mean
-from .parse import CaffeLayer, check_unique_names, declared_inputs, layers_of, read_prototxt
+from .parse import CaffeLayer, check_unique_names, cut_at, declared_inputs, layers_of, read_prototxt
 from .translators import batch_norm_factor, set_mults
 
 __all__ = ["convert", "load_weights", "CaffeError", "CaffeLayer", "read_blobs", "read_mean"]
@@ -167,15 +167,19 @@ def _data_preprocessing(layers, notes: list[str]) -> dict | None:
 
 def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translators: dict | None = None,
             softmax_loss_as_softmax: bool = False, labels: list[str] | None = None,
-            preprocessing: dict | None = None, phase: str = "test", stages=()) -> nn.Module:
+            preprocessing: dict | None = None, phase: str = "test", stages=(),
+            outputs: list[str] | None = None) -> nn.Module:
     """A kindling model computing the Caffe net. Module names are the Caffe layer names. Notes
     about what was dropped or ignored are in ``model.notes``; provenance in ``model.metadata``;
     which layer each module output computes in ``model.sources`` (for converters.verify).
     ``stages`` selects layers by their include/exclude stage rules, as Caffe's NetState does
-    (DIGITS nets: ``stages=["deploy"]``)."""
+    (DIGITS nets: ``stages=["deploy"]``). ``outputs`` cuts the net at these blobs: only the layers
+    they need are converted, and they are the model's outputs."""
     prototxt = Path(prototxt)
     net, notes = read_prototxt(prototxt)
     layers = layers_of(net, prototxt, caffe_pb2.TEST if phase == "test" else caffe_pb2.TRAIN, stages)
+    if outputs:
+        layers = cut_at(layers, list(outputs), prototxt)
     table = translator_table(translators)
     check_supported(layers, table, prototxt)
     check_unique_names([la for la in layers if not dropped(la, table)], prototxt)
@@ -186,7 +190,8 @@ def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translator
         _attach(layers, read_blobs(caffemodel, hasher), caffemodel)
         digests[Path(caffemodel)] = hasher.hexdigest()
     try:
-        built = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net")
+        built = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net",
+                      outputs=list(outputs) if outputs else None)
     except CaffeError as e:
         raise CaffeError(f"{e}{_placeholder_hint(shapes, inputs)}") from e
     meta = {"source": {"framework": "caffe", "files": [{"path": p.name, "sha256": d, "size": p.stat().st_size}

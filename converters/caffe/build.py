@@ -107,7 +107,7 @@ def _unpooling_sizes(layers: list[CaffeLayer]) -> list[CaffeLayer]:
 
 
 def build(layers: list[CaffeLayer], inputs: dict, table: dict, path, notes: list[str],
-          softmax_loss_as_softmax: bool = False, name: str = "net") -> Assembly:
+          softmax_loss_as_softmax: bool = False, name: str = "net", outputs: list[str] | None = None) -> Assembly:
     def translate(layer: CaffeLayer, shapes):
         fn = table[layer.type]
         if fn is SPLIT:
@@ -118,4 +118,4 @@ def build(layers: list[CaffeLayer], inputs: dict, table: dict, path, notes: list
         return fn(layer, shapes)
 
     return assemble(_unpooling_sizes(list(_kept(layers, table, notes, softmax_loss_as_softmax))), inputs, translate,
-                    path, name=name, terms=TERMS)
+                    path, name=name, terms=TERMS, outputs=outputs)

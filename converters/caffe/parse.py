@@ -182,3 +182,21 @@ def declared_inputs(net: caffe_pb2.NetParameter, layers: list[CaffeLayer]) -> di
             for i, top in enumerate(layer.tops):
                 inputs[top] = shapes[i] if i < len(shapes) else (shapes[0] if shapes else None)
     return inputs
+
+
+def cut_at(layers: list[CaffeLayer], outputs: list[str], path) -> list[CaffeLayer]:
+    """Only the layers that the ``outputs`` blobs need (a detector's backbone, a classifier's
+    features), in order. A blob is what its last writer left in it, as in Caffe: cutting at
+    "conv5" after an in-place ReLU keeps the ReLU."""
+    written = {t for la in layers for t in la.tops}
+    unknown = [o for o in outputs if o not in written]
+    if unknown:
+        raise CaffeError(f"{path}: --outputs names {', '.join(map(repr, unknown))}, which no layer writes; the net's "
+                         f"blobs are {', '.join(sorted(written))}")
+    needed, kept = set(outputs), []
+    for layer in reversed(layers):
+        if needed & set(layer.tops):
+            needed -= set(layer.tops)
+            needed |= set(layer.bottoms)
+            kept.append(layer)
+    return kept[::-1]
