@@ -58,6 +58,8 @@ LAYERS: dict[str, str] = {
     "Reduction": "reduce",
     "ArgMax": "reduce",
     "Tile": "rearrange",
+    "PriorBox": "detection",
+    "DetectionOutput": "detection",
     # shape
     "Flatten": "shape",
     "Reshape": "shape",

@@ -71,44 +71,80 @@ ZOO = Path(__file__).resolve().parent / "fixtures" / "caffe" / "zoo"
 CAT = FIXTURES / "images" / "cat.jpg"
 
 
-def _blob_shapes(layer, module) -> list[tuple]:
-    """The blobs Caffe stores for a layer, shaped as the structure-only conversion built it."""
+# What each weighted Caffe layer stores, read from the kindling module converted from it.
+BLOBS = {
+    "BatchNorm": lambda m: [m.buffers["running_mean"], m.buffers["running_var"], np.ones(1, np.float32)],
+    "BN": lambda m: [m.params["weight"].reshape(1, -1, 1, 1), m.params["bias"].reshape(1, -1, 1, 1)],
+    "Bias": lambda m: [m.params["bias"]],
+}
+WEIGHTED = {"Convolution", "Deconvolution", "ConvolutionDepthwise", "DepthwiseConvolution", "InnerProduct",
+            "BatchNorm", "BN", "Scale", "PReLU", "Normalize", "Bias"}
+
+
+def _seed(module, layer, rng) -> None:
+    """Real-shaped seeded weights: He-scaled filters, small biases, statistics and scales near a
+    trained net's (SSD's Normalize starts at 20, as its scale_filler says)."""
     p, b = module.params, module.buffers
     if layer.type == "BatchNorm":
-        c = b["running_mean"].shape
-        return [c, c, (1,)]
-    if layer.type == "BN":
-        c = (1, p["weight"].shape[0], 1, 1)
-        return [c, c]
-    if layer.type == "Bias":
-        return [p["bias"].shape]
-    return [p[k].shape for k in ("weight", "bias") if k in p]
-
-
-def _values(rng, layer, shapes) -> list[np.ndarray]:
-    """Seeded weights of real shapes and scales: He-scaled filters (activations stay near 1 through
-    a deep net), small biases, statistics and scales near those of a trained net."""
-    if layer.type == "BatchNorm":
-        c = shapes[0]
-        return [rng.normal(0, 0.1, c), rng.uniform(0.5, 1.5, c), np.ones(1)]
-    if layer.type in ("Scale", "BN") and len(shapes) == 2:
-        return [rng.uniform(0.5, 1.5, shapes[0]), rng.normal(0, 0.1, shapes[1])]
-    if layer.type in ("Convolution", "Deconvolution", "ConvolutionDepthwise", "DepthwiseConvolution",
-                      "InnerProduct"):
-        w = shapes[0]
-        fan_in = int(np.prod(w[1:])) if layer.type != "Deconvolution" else int(np.prod(w[2:])) * w[0]
-        out = [rng.standard_normal(w) * np.sqrt(2.0 / max(fan_in, 1))]
-        return out + [rng.uniform(-0.1, 0.1, s) for s in shapes[1:]]
+        b["running_mean"] = rng.normal(0, 0.1, b["running_mean"].shape).astype(np.float32)
+        b["running_var"] = rng.uniform(0.5, 1.5, b["running_var"].shape).astype(np.float32)
+        return
     if layer.type == "Normalize":
-        return [np.full(shapes[0], 20.0)]  # SSD's scale_filler
-    return [rng.uniform(0.5, 1.5, s) for s in shapes]
+        p["weight"] = np.full(p["weight"].shape, 20, np.float32)
+        return
+    if "weight" in p:
+        w = p["weight"].shape
+        if layer.type in ("Scale", "BN", "PReLU"):
+            p["weight"] = rng.uniform(0.5, 1.5, w).astype(np.float32)
+        else:
+            fan_in = int(np.prod(w[1:])) if layer.type != "Deconvolution" else int(np.prod(w[2:])) * w[0]
+            p["weight"] = (rng.standard_normal(w) * np.sqrt(2.0 / max(fan_in, 1))).astype(np.float32)
+    if "bias" in p:
+        p["bias"] = rng.uniform(-0.1, 0.1, p["bias"].shape).astype(np.float32)
+
+
+def _calibrate(model, x) -> None:
+    """One pass over a real input in execution order, as training leaves a net: each filter
+    bank is rescaled so that its output has unit spread, each BatchNorm takes the statistics of
+    what it is given. Activations then stay like a trained net's instead of growing or fading."""
+    def wrap(m, original):
+        def forward(inp, *args, **kwargs):
+            if "running_mean" in m.buffers:
+                a = np.asarray(inp, np.float64)
+                m.buffers["running_mean"] = a.mean(axis=(0, 2, 3)).astype(np.float32)
+                m.buffers["running_var"] = a.var(axis=(0, 2, 3)).astype(np.float32)
+                return original(inp, *args, **kwargs)
+            spread = float(np.std(original(inp, *args, **kwargs))) or 1.0
+            for k in ("weight", "bias"):
+                if k in m.params:
+                    m.params[k] = (m.params[k] / spread).astype(np.float32)
+            m._scratch.clear()  # weight layouts built from the old values
+            return original(inp, *args, **kwargs)
+        return forward
+
+    model.evaluate()
+    containers = [m for m in model.modules() if hasattr(m, "fuse")]
+    for m in containers:
+        m.fuse = False
+    for m in model.modules():
+        if type(m).__name__ in ("Conv2d", "ConvTranspose2d", "Linear", "BatchNorm2d"):
+            m.forward = wrap(m, m.forward)
+    try:
+        model.forward(x)
+    finally:
+        for m in model.modules():
+            m.__dict__.pop("forward", None)
+            m._scratch.clear()
+        for m in containers:
+            m.__dict__.pop("fuse", None)
 
 
 def zoo_net(tmp: Path, prototxt, seed: int = 0, narrow: int = 1, keep_widths=(), scale: dict | None = None,
-            outputs: list[str] | None = None):
+            outputs: list[str] | None = None, calibrate: np.ndarray | None = None):
     """A real zoo prototxt and a caffemodel of seeded, real-shaped weights for it. ``narrow``
     divides every convolution's num_output (but those in ``keep_widths``: class scores) to keep
-    big nets quick; ``scale`` multiplies named layers' weights (to make a detector's scores
+    big nets quick; ``calibrate`` (an input) rescales the weights as training would leave them
+    (see _calibrate); ``scale`` then multiplies named layers' weights (to make a detector's scores
     peaky enough to detect something); ``outputs`` gives weights only to the layers those blobs
     need. Returns (prototxt path, caffemodel path)."""
     from kindling.converters import caffe
@@ -123,22 +159,21 @@ def zoo_net(tmp: Path, prototxt, seed: int = 0, narrow: int = 1, keep_widths=(),
                     p.group = max(1, p.group // narrow)
     proto_path = tmp / Path(prototxt).name
     proto_path.write_text(text_format.MessageToString(net))
-    structure = caffe.convert(proto_path, outputs=outputs)
+    model = caffe.convert(proto_path, outputs=outputs)
+    modules = {m.name: m for m in model.modules()}
+    weighted = [(la, modules[la.name]) for la in net.layer if la.type in WEIGHTED and la.name in modules]
     rng = np.random.default_rng(seed)
-    for layer in net.layer:
-        try:
-            module = structure.find(layer.name)
-        except KeyError:
-            continue
-        shapes = _blob_shapes(layer, module)
-        if not shapes or layer.type in ("ReLU", "Pooling", "Softmax", "Concat", "Eltwise", "Flatten", "Permute",
-                                        "Reshape", "PriorBox", "DetectionOutput", "Crop", "Dropout"):
-            continue
-        for arr in _values(rng, layer, shapes):
-            arr = np.asarray(arr, np.float32) * np.float32((scale or {}).get(layer.name, 1.0))
+    for layer, module in weighted:
+        _seed(module, layer, rng)
+    if calibrate is not None:
+        _calibrate(model, calibrate)
+    for layer, module in weighted:
+        blobs = BLOBS.get(layer.type, lambda m: [m.params[k] for k in ("weight", "bias") if k in m.params])(module)
+        factor = np.float32((scale or {}).get(layer.name, 1.0))
+        for arr in blobs:
             b = layer.blobs.add()
             b.shape.dim.extend(arr.shape)
-            b.data.extend(arr.ravel().tolist())
+            b.data.extend((np.asarray(arr, np.float32) * (factor if layer.type != "BatchNorm" else 1)).ravel().tolist())
     model_path = tmp / (Path(prototxt).stem + ".caffemodel")
     model_path.write_bytes(net.SerializeToString())
     return proto_path, model_path

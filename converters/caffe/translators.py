@@ -313,6 +313,36 @@ def upsample(layer, shapes):
     return nn.Upsample(p.scale_h or p.scale, name=layer.name)
 
 
+# ---- SSD's detection head ------------------------------------------------------------------------
+def prior_box(layer, shapes):
+    p = layer.param.prior_box_param
+    if len(layer.bottoms) != 2:
+        _fail(layer, f"takes two bottoms (a feature map and the image), got {len(layer.bottoms)}")
+    if p.HasField("img_size") and (p.HasField("img_h") or p.HasField("img_w")):
+        _fail(layer, "give img_size or img_h/img_w, not both")
+    if p.HasField("step") and (p.HasField("step_h") or p.HasField("step_w")):
+        _fail(layer, "give step or step_h/step_w, not both")
+    img = ((p.img_h, p.img_w) if p.HasField("img_h") or p.HasField("img_w")
+           else (p.img_size, p.img_size) if p.HasField("img_size") else None)
+    step = ((p.step_h, p.step_w) if p.HasField("step_h") or p.HasField("step_w")
+            else (p.step, p.step) if p.HasField("step") else None)
+    return _checked(layer, nn.PriorBox, list(p.min_size), list(p.max_size), list(p.aspect_ratio), p.flip, p.clip,
+                    list(p.variance) or [0.1], img, step, p.offset)
+
+
+def detection_output(layer, shapes):
+    p = layer.param.detection_output_param
+    if not p.HasField("num_classes"):
+        _fail(layer, "detection_output_param.num_classes is missing")
+    if len(layer.bottoms) != 3:
+        _fail(layer, f"takes three bottoms (locations, confidences, priors), got {len(layer.bottoms)}")
+    n = p.nms_param
+    return _checked(layer, nn.DetectionOutput, p.num_classes, p.share_location, p.background_label_id,
+                    n.nms_threshold, n.top_k if n.HasField("top_k") else -1, n.eta,
+                    caffe_pb2.PriorBoxParameter.CodeType.Name(p.code_type), p.variance_encoded_in_target,
+                    p.keep_top_k, p.confidence_threshold if p.HasField("confidence_threshold") else None)
+
+
 def _simple(cls, **fixed):
     return lambda layer, shapes: cls(**fixed, name=layer.name)
 
@@ -407,7 +437,7 @@ TABLE = {
     "Slice": slice_, "Crop": crop, "Permute": permute, "Normalize": normalize,
     "ShuffleChannel": shuffle_channel, "Axpy": _simple(nn.Axpy), "Upsample": upsample,
     "Exp": exp, "Log": log, "Threshold": threshold, "MVN": mvn, "Reduction": reduction, "Tile": tile,
-    "ArgMax": argmax,
+    "ArgMax": argmax, "PriorBox": prior_box, "DetectionOutput": detection_output,
     "Split": SPLIT,
     # training only
     "Data": DROP, "ImageData": DROP, "HDF5Data": DROP, "MemoryData": DROP, "WindowData": DROP,

@@ -119,13 +119,13 @@ def test_custom_translator_for_a_fork_layer(tmp_path):
 
 
 def test_every_unsupported_layer_is_listed_at_once(tmp_path):
-    body = """layer { name: "pb" type: "PriorBox" bottom: "data" top: "pb" }
+    body = """layer { name: "spp" type: "SPP" bottom: "data" top: "spp" }
 layer { name: "r" type: "ReLU" bottom: "data" top: "r" }
-layer { name: "det" type: "DetectionOutput" bottom: "pb" top: "det" }
-layer { name: "pb2" type: "PriorBox" bottom: "data" top: "pb2" }
+layer { name: "lstm" type: "LSTM" bottom: "spp" top: "lstm" }
+layer { name: "spp2" type: "SPP" bottom: "data" top: "spp2" }
 """
     proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body, {})
-    with pytest.raises(caffe.CaffeError, match=r"unsupported layers: PriorBox x2 \(pb, pb2\); DetectionOutput x1 \(det\)\."):
+    with pytest.raises(caffe.CaffeError, match=r"unsupported layers: SPP x2 \(spp, spp2\); LSTM x1 \(lstm\)\."):
         caffe.convert(proto, weights)
 
 
@@ -160,9 +160,9 @@ def test_python_and_segnet_data_layers_are_dropped_like_a_data_layer(tmp_path, d
 def test_python_layer_that_computes_is_refused_by_its_module_or_translated(tmp_path):
     body = ('layer { name: "proposal" type: "Python" bottom: "data" top: "rois" '
             'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" } }\n'
-            'layer { name: "pb" type: "PriorBox" bottom: "data" top: "pb" }\n')
+            'layer { name: "spp" type: "SPP" bottom: "data" top: "spp" }\n')
     proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body, {})
-    with pytest.raises(caffe.CaffeError, match=r"Python rpn.proposal_layer.ProposalLayer x1 \(proposal\); PriorBox x1 \(pb\)"):
+    with pytest.raises(caffe.CaffeError, match=r"Python rpn.proposal_layer.ProposalLayer x1 \(proposal\); SPP x1 \(spp\)"):
         caffe.convert(proto, weights)
     proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body.split("\n")[0], {})
     model = caffe.convert(proto, weights, translators={"Python": lambda layer, shapes: nn.Sigmoid(name=layer.name)})
