@@ -64,10 +64,32 @@ def image_preprocessing(metadata: dict) -> dict | None:
     return pre if pre.get("input_size") else None
 
 
+@dataclass(frozen=True)
+class Detection:
+    """One detected object: its class index and label ("" without labels), score, and box
+    (xmin, ymin, xmax, ymax) as fractions of the image's width and height."""
+    index: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+
+
+def _output_module(model: Module) -> Module:
+    """The module that computes the model's (first) output."""
+    outputs = getattr(model, "output_names", None)
+    if outputs:
+        name = outputs[0].rpartition(":")[0] if outputs[0].rpartition(":")[2].isdigit() else outputs[0]
+        for m in model.modules():
+            if m.name == name:
+                return m
+    return list(model.modules())[-1]
+
+
 def score_kind(model: Module) -> str:
-    """How the last layer's outputs become scores: "log_softmax" (exponentiated), "softmax" or "raw"."""
-    last = type(list(model.modules())[-1]).__name__
-    return {"LogSoftmax": "log_softmax", "Softmax": "softmax"}.get(last, "raw")
+    """How the output becomes scores: "log_softmax" (exponentiated), "softmax", "raw", or
+    "detections" (SSD's DetectionOutput rows)."""
+    last = type(_output_module(model)).__name__
+    return {"LogSoftmax": "log_softmax", "Softmax": "softmax", "DetectionOutput": "detections"}.get(last, "raw")
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +123,32 @@ def replicate(model: Module) -> Module:
     twin = rebuild(model, fill)
     twin.metadata = dict(getattr(model, "metadata", None) or {})
     return twin
+
+
+def _detections_of(rows: np.ndarray, image: int) -> np.ndarray:
+    """One image's rows of a detector's (1, 1, N, 7) output, as its own output (image 0), with
+    Caffe's row of -1 when it has none."""
+    flat = rows.reshape(-1, 7)
+    mine = flat[(flat[:, 0] == image) & (flat[:, 1] >= 0)].copy()
+    if not len(mine):
+        mine = np.full((1, 7), -1, np.float32)
+    mine[:, 0] = 0
+    return mine[None, None]
+
+
+def _joined_detections(chunks: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """A detector's rows from batches run one after another, as one batch's: image indices
+    offset by each batch's start; Caffe's -1 rows kept only if nothing was found at all."""
+    if len(chunks) == 1:
+        return chunks[0]
+    rows = []
+    for k, c in enumerate(chunks):
+        r = c.reshape(-1, 7).copy()
+        r[:, 0] += k * batch_size
+        rows.append(r)
+    joined = np.concatenate(rows)
+    found = joined[joined[:, 1] >= 0]
+    return (found if len(found) else joined)[None, None]
 
 
 class Predictor:
@@ -214,7 +262,8 @@ class Predictor:
         for idx in by_size.values():
             outs = self.forward([self.check(np.stack([rows[i] for i in idx]))])
             for j, i in enumerate(idx):
-                per_image[i] = [o[j:j + 1] for o in outs]
+                per_image[i] = ([_detections_of(outs[0], j)] if self.scores_from == "detections"
+                                else [o[j:j + 1] for o in outs])
         return per_image
 
     # ---- the forward loop ------------------------------------------------------------------------
@@ -230,6 +279,8 @@ class Predictor:
             y = self.model.forward(batch[0] if len(batch) == 1 else batch)
             ys = y if isinstance(y, (list, tuple)) else [y]
             chunks.append([np.array(o, np.float32, copy=True) for o in ys])  # outputs are reused buffers
+        if self.scores_from == "detections":
+            return [_joined_detections([c[0] for c in chunks], self.batch_size), *chunks[0][1:]]
         if len(chunks) == 1:
             return chunks[0]
         return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
@@ -267,6 +318,19 @@ class Predictor:
         label = (lambda i: self.labels[i] if i < len(self.labels) else "")
         return [Classification([int(i) for i in row], [label(int(i)) for i in row], [float(v) for v in vs])
                 for row, vs in zip(idx, vals)]
+
+    def detections(self, output: np.ndarray, k: int = 100) -> list[list[Detection]]:
+        """A detector's rows (1, 1, N, 7: image, label, score, box) as each image's detections,
+        best first, at most ``k`` of them."""
+        rows = np.asarray(output, np.float32).reshape(-1, 7)
+        per_image: list[list[Detection]] = [[] for _ in range(int(rows[:, 0].max(initial=-1)) + 1)]
+        for r in rows[np.argsort(-rows[:, 2], kind="stable")]:
+            if r[1] < 0:
+                continue  # Caffe's row for an image without detections
+            c = int(r[1])
+            per_image[int(r[0])].append(Detection(c, self.labels[c] if c < len(self.labels) else "", float(r[2]),
+                                                  tuple(float(v) for v in r[3:7])))
+        return [d[:k] for d in per_image]
 
     def classify(self, items, top_k: int = 5) -> list[Classification]:
         """Top-k classes for each image (or preprocessed (C, H, W) float array)."""

@@ -228,3 +228,44 @@ def test_detection_settings_caffe_refuses_are_refused_naming_the_layer(tmp_path)
     proto, weights = write_net(tmp_path, inputs_header({"data": (1, 3, 8, 8)}) + body, {})
     with pytest.raises(caffe.CaffeError, match=r"'d' \(DetectionOutput\): detection_output_param.num_classes is missing"):
         caffe.convert(proto, weights)
+
+
+def test_a_photo_in_one_command_lists_what_the_detector_found(mobilenet_ssd, tmp_path):
+    """kindling run on a detector prints each image's best detections, with labels and boxes
+    (fractions of the image), batches or not alike."""
+    from PIL import Image
+
+    from caffe_nets import CAT
+    from kindling.runtime.predict import Predictor
+    proto, weights, model = mobilenet_ssd
+    labels = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+              "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+              "tvmonitor"]
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    out = tmp_path / "ssd.kdl"
+    r = subprocess.run([sys.executable, "-m", "kindling", "convert", "caffe", "--prototxt", proto, "--caffemodel",
+                        weights, "-o", out, "--labels", tmp_path / "labels.txt", "--mean", "127.5,127.5,127.5",
+                        "--scale", "0.007843", "--channel-order", "bgr", "--input-size", "300,300"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    flipped = tmp_path / "flipped.jpg"
+    Image.open(CAT).transpose(Image.FLIP_LEFT_RIGHT).save(flipped)
+    r = subprocess.run([sys.executable, "-m", "kindling", "run", out, "--input", CAT, flipped, "--top-k", "3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    p = Predictor.load(out, batch_size=1)
+    for path, line in zip([CAT, flipped], r.stdout.splitlines()):
+        best = p.detections(p.predict_images([path])[0][0], 3)[0]
+        assert len(best) == 3
+        assert line == f"{path}: " + ", ".join(f"{d.label} {d.score:.4f} at {d.box[0]:.3f},{d.box[1]:.3f}-"
+                                              f"{d.box[2]:.3f},{d.box[3]:.3f}" for d in best)
+    # two images in one batch, or one at a time: the same detections, image by image
+    together = Predictor.load(out, batch_size=2).predict_images([CAT, flipped])
+    alone = [p.predict_images([f])[0] for f in (CAT, flipped)]
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+    x = p.preprocess([CAT, flipped])
+    one_by_one = p.forward([x])[0]  # batch size 1: two batches, image indices 0 and 1 joined
+    both = Predictor.load(out, batch_size=2).forward([x])[0]
+    assert set(one_by_one[0, 0, :, 0]) == {0.0, 1.0}
+    np.testing.assert_allclose(one_by_one, both, rtol=1e-5, atol=1e-6)
