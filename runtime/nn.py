@@ -30,10 +30,12 @@ LAYERS: dict[str, str] = {
     "Swish": "activations",
     "HardSigmoid": "activations",
     "HardSwish": "activations",
+    "Mish": "activations",
     "PReLU": "prelu",
     "Softmax": "softmax",
     "LogSoftmax": "softmax",
     "Dropout": "dropout",
+    "AlphaDropout": "dropout",
     # normalisation
     "BatchNorm2d": "batchnorm",
     "LocalResponseNorm": "lrn",
@@ -58,6 +60,10 @@ LAYERS: dict[str, str] = {
     "Reduction": "reduce",
     "ArgMax": "reduce",
     "Tile": "rearrange",
+    "Reorg": "rearrange",
+    "Interp": "resize",
+    "ROIPooling": "roi",
+    "PSROIPooling": "roi",
     "PriorBox": "detection",
     "DetectionOutput": "detection",
     # shape

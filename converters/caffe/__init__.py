@@ -193,7 +193,8 @@ def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translator
         built = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net",
                       outputs=list(outputs) if outputs else None)
     except CaffeError as e:
-        raise CaffeError(f"{e}{_placeholder_hint(shapes, inputs)}") from e
+        where = "" if str(e).startswith(str(prototxt)) else f"{prototxt}: "
+        raise CaffeError(f"{where}{e}{_placeholder_hint(shapes, inputs)}") from e
     meta = {"source": {"framework": "caffe", "files": [{"path": p.name, "sha256": d, "size": p.stat().st_size}
                                                         for p, d in digests.items()]},
             "input_names": list(shapes), "output_names": built.outputs}

@@ -313,6 +313,42 @@ def upsample(layer, shapes):
     return nn.Upsample(p.scale_h or p.scale, name=layer.name)
 
 
+# ---- fork layers zoo nets ship ------------------------------------------------------------------
+def interp(layer, shapes):
+    """DeepLab/PSPNet: the output size from height/width, or from shrink_factor and zoom_factor
+    (either or both) of the input less the cropping; Caffe's precedence between them."""
+    p = layer.param.interp_param
+    shrink, zoom = p.HasField("shrink_factor"), p.HasField("zoom_factor")
+    if not (shrink or zoom) and not (p.HasField("height") and p.HasField("width")):
+        _fail(layer, "interp_param needs zoom_factor, shrink_factor, or height and width")
+    size = (p.height, p.width) if not (shrink or zoom) else None
+    return _checked(layer, nn.Interp, size, p.zoom_factor if zoom else 1, p.shrink_factor if shrink else 1,
+                    p.pad_beg, p.pad_end)
+
+
+def reorg(layer, shapes):
+    p = layer.param.reorg_param
+    if not p.HasField("stride"):
+        _fail(layer, "reorg_param.stride is missing")
+    return _checked(layer, nn.Reorg, p.stride, p.reverse)
+
+
+def roi_pooling(layer, shapes):
+    p = layer.param.roi_pooling_param
+    if len(layer.bottoms) != 2:
+        _fail(layer, f"takes two bottoms (features, regions), got {len(layer.bottoms)}")
+    return _checked(layer, nn.ROIPooling, p.pooled_h, p.pooled_w, p.spatial_scale)
+
+
+def psroi_pooling(layer, shapes):
+    p = layer.param.psroi_pooling_param
+    if len(layer.bottoms) != 2:
+        _fail(layer, f"takes two bottoms (features, regions), got {len(layer.bottoms)}")
+    if not (p.HasField("output_dim") and p.HasField("group_size") and p.HasField("spatial_scale")):
+        _fail(layer, "psroi_pooling_param needs spatial_scale, output_dim and group_size")
+    return _checked(layer, nn.PSROIPooling, p.output_dim, p.group_size, p.spatial_scale)
+
+
 # ---- SSD's detection head ------------------------------------------------------------------------
 def prior_box(layer, shapes):
     p = layer.param.prior_box_param
@@ -335,7 +371,9 @@ def detection_output(layer, shapes):
     if not p.HasField("num_classes"):
         _fail(layer, "detection_output_param.num_classes is missing")
     if len(layer.bottoms) != 3:
-        _fail(layer, f"takes three bottoms (locations, confidences, priors), got {len(layer.bottoms)}")
+        _fail(layer, f"SSD's DetectionOutput takes three bottoms (locations, confidences, priors), this one "
+                     f"{len(layer.bottoms)}" + (" (YOLO ports give their region output this name too: pass a "
+                                                 "translator for it)" if len(layer.bottoms) == 1 else ""))
     n = p.nms_param
     return _checked(layer, nn.DetectionOutput, p.num_classes, p.share_location, p.background_label_id,
                     n.nms_threshold, n.top_k if n.HasField("top_k") else -1, n.eta,
@@ -438,6 +476,10 @@ TABLE = {
     "ShuffleChannel": shuffle_channel, "Axpy": _simple(nn.Axpy), "Upsample": upsample,
     "Exp": exp, "Log": log, "Threshold": threshold, "MVN": mvn, "Reduction": reduction, "Tile": tile,
     "ArgMax": argmax, "PriorBox": prior_box, "DetectionOutput": detection_output,
+    # forks: MobileNet ports, YOLO ports, DeepLab/PSPNet, R-CNN and R-FCN, SELU nets
+    "ReLU6": _simple(nn.ReLU6), "Mish": _simple(nn.Mish), "Interp": interp, "Reorg": reorg,
+    "ROIPooling": roi_pooling, "PSROIPooling": psroi_pooling, "SeLu": _simple(nn.SELU),
+    "SeLuDropout": lambda layer, s: nn.AlphaDropout(layer.param.selu_dropout_param.dropout_ratio, name=layer.name),
     "Split": SPLIT,
     # training only
     "Data": DROP, "ImageData": DROP, "HDF5Data": DROP, "MemoryData": DROP, "WindowData": DROP,
@@ -446,6 +488,11 @@ TABLE = {
     "MultinomialLogisticLoss": DROP, "Silence": DROP, "HDF5Output": DROP,
     "DenseImageData": DROP,  # SegNet's data layer
     "Python": DROP,  # one without bottoms feeds data (FCN); one with bottoms is refused (build.check_supported)
+    # forks' training and evaluation layers (SSD, R-CNN and R-FCN with OHEM, YOLO ports, PSPNet, HED)
+    "MultiBoxLoss": DROP, "DetectionEvaluate": DROP, "SmoothL1Loss": DROP,
+    "SmoothL1LossOHEM": DROP, "SoftmaxWithLossOHEM": DROP, "BoxAnnotatorOHEM": DROP, "RegionLoss": DROP,
+    "Yolov3": DROP, "YoloSeg": DROP, "EvalDetection": DROP, "BoxData": DROP, "SegAccuracy": DROP,
+    "SegmentationEvaluate": DROP, "ImageLabelmapData": DROP, "ImageSegData": DROP, "MatWrite": DROP,
 }
 # Input layers and DummyData that feed the net define its inputs (converters/caffe/build.py).
 INPUT_TYPES = {"Input", "DummyData"}

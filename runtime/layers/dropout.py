@@ -1,5 +1,6 @@
 """Inverted dropout: in training, zero each value with probability p and scale the rest by
-1/(1-p); in evaluate mode, the identity. Seeded, so a run can be repeated exactly."""
+1/(1-p); in evaluate mode, the identity. Seeded, so a run can be repeated exactly. AlphaDropout is
+its form for SELU nets."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,3 +37,38 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             return grad_out
         return np.multiply(grad_out, self._mask, out=self._buffer_like("grad_in", self._mask))
+
+
+class AlphaDropout(Module):
+    """Dropout for SELU nets (Klambauer et al.): dropped values are set to SELU's negative
+    saturation -scale * alpha and the result is moved back to zero mean and unit variance; in
+    evaluate mode, the identity. Seeded like Dropout."""
+    output_shape = same_shape
+    SATURATION = -1.0507009873554804934193349852946 * 1.6732632423543772848170429916717
+
+    def __init__(self, p: float = 0.5, seed: int | None = None, name: str | None = None):
+        super().__init__(name)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"AlphaDropout {self.name!r}: p must be in [0, 1), got {p}")
+        self.p, self.seed = float(p), seed
+        self._rng = np.random.default_rng(seed)
+        q, s = 1.0 - self.p, self.SATURATION
+        self._a = np.float32((q + s * s * q * self.p) ** -0.5)
+        self._b = np.float32(-self._a * s * self.p)
+
+    def config(self):
+        return {"p": self.p, "seed": self.seed}
+
+    def forward(self, x):
+        x = np.asarray(x, np.float32)
+        if not self.training or self.p == 0.0:
+            self.output = x
+            return x
+        self._keep = self._rng.random(x.shape, dtype=np.float32) >= self.p
+        self.output = (np.where(self._keep, x, np.float32(self.SATURATION)) * self._a + self._b).astype(np.float32)
+        return self.output
+
+    def backward(self, x, grad_out):
+        if not self.training or self.p == 0.0:
+            return grad_out
+        return (np.asarray(grad_out, np.float32) * self._keep * self._a).astype(np.float32)
