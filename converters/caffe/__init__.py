@@ -29,7 +29,7 @@ from . import wire
 from .build import build, check_supported, dropped, dummy_data_shapes, translator_table
 from .errors import CaffeError
 from .mean import read_mean
-from .parse import CaffeLayer, check_unique_names, cut_at, declared_inputs, layers_of, read_prototxt
+from .parse import CaffeLayer, cut_at, declared_inputs, layers_of, read_prototxt, unique_names
 from .translators import batch_norm_factor, set_mults
 
 __all__ = ["convert", "load_weights", "CaffeError", "CaffeLayer", "read_blobs", "read_mean"]
@@ -77,12 +77,15 @@ def read_blobs(caffemodel, hasher=None) -> dict[str, list[np.ndarray]]:
         raise CaffeError(f"{path}: truncated or corrupt caffemodel: {e}") from e
 
 
+def _weighted(layer: CaffeLayer) -> bool:
+    return layer.type in WEIGHTED or (layer.type == "Scale" and len(layer.bottoms) == 1)
+
+
 def _attach(layers: list[CaffeLayer], blobs: dict, caffemodel) -> None:
     missing = []
     for layer in layers:
         layer.blobs = blobs.get(layer.name, [])
-        one_bottom_scale = layer.type == "Scale" and len(layer.bottoms) == 1
-        if not layer.blobs and (layer.type in WEIGHTED or one_bottom_scale):
+        if not layer.blobs and _weighted(layer):
             missing.append(f"{layer.name} ({layer.type})")
     if missing:
         raise CaffeError(f"{caffemodel}: no weights for layers {', '.join(missing)}: the caffemodel does not "
@@ -182,7 +185,7 @@ def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translator
         layers = cut_at(layers, list(outputs), prototxt)
     table = translator_table(translators)
     check_supported(layers, table, prototxt)
-    check_unique_names([la for la in layers if not dropped(la, table)], prototxt)
+    layers = unique_names(layers, prototxt, _weighted, lambda la: not dropped(la, table), notes)
     shapes = _parse_inputs(net, layers, inputs, prototxt, table)
     digests = {prototxt: _sha256(prototxt)}
     if caffemodel is not None:

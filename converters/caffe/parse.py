@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -155,14 +155,35 @@ def layers_of(net: caffe_pb2.NetParameter, path, phase: int = caffe_pb2.TEST, st
     return out
 
 
-def check_unique_names(layers: list[CaffeLayer], path) -> None:
-    """Module names are layer names, so the layers that are converted need their own names. Caffe
-    itself allows repeats (BVLC's mnist_autoencoder names two loss layers "loss"), so callers pass
-    only the layers they keep."""
-    names = [la.name for la in layers]
-    dup = sorted({n for n in names if names.count(n) > 1})
+def unique_names(layers: list[CaffeLayer], path, weighted, kept, notes: list[str]) -> list[CaffeLayer]:
+    """Module names are layer names. Caffe allows repeats (HED names five Crop layers "crop";
+    BVLC's mnist_autoencoder two loss layers "loss"): among the ``kept`` layers (those that become
+    modules), a repeated one without weights is renamed name_1, name_2, ... as OpenCV does, with a
+    note; two layers with weights under one name are refused, since the caffemodel's weights are
+    found by name. The layers stay in their order."""
+    heavy = [la.name for la in layers if kept(la) and weighted(la)]
+    dup = sorted({n for n in heavy if heavy.count(n) > 1})
     if dup:
-        raise CaffeError(f"{path}: layer names repeat ({', '.join(dup)}); each layer needs its own name")
+        raise CaffeError(f"{path}: layers with weights share the names {', '.join(dup)}; each needs its own name "
+                         f"(the caffemodel's weights are found by layer name)")
+    all_names = {la.name for la in layers if kept(la)}
+    taken, out, renamed = set(heavy), [], {}
+    for layer in layers:
+        if not kept(layer) or weighted(layer) or layer.name not in taken:
+            if kept(layer):
+                taken.add(layer.name)
+            out.append(layer)
+            continue
+        k = 1
+        while f"{layer.name}_{k}" in taken or f"{layer.name}_{k}" in all_names:
+            k += 1
+        new = f"{layer.name}_{k}"
+        taken.add(new)
+        renamed.setdefault(layer.name, []).append(new)
+        out.append(replace(layer, name=new))
+    for name, news in renamed.items():
+        notes.append(f"layers named {name!r} repeat: the later ones are {', '.join(news)} (as OpenCV names them)")
+    return out
 
 
 def declared_inputs(net: caffe_pb2.NetParameter, layers: list[CaffeLayer]) -> dict[str, list[int] | None]:

@@ -191,10 +191,19 @@ def test_repeated_names_of_dropped_layers_are_accepted(tmp_path):
     assert_close(flat, x.reshape(2, -1))
 
 
-def test_repeated_names_of_converted_layers_are_refused(tmp_path):
-    body = REPEATED_LOSS_NAMES.replace('name: "out"', 'name: "enc"')
+def test_repeated_names_of_converted_layers(tmp_path):
+    """A repeated layer without weights is renamed as OpenCV names it (HED's five "crop" layers);
+    two with weights under one name are refused (weights are found by name)."""
+    body = REPEATED_LOSS_NAMES.replace('name: "out"', 'name: "flat"')
+    w, b = np.random.default_rng(0).standard_normal((5, 12)).astype(np.float32), np.ones(5, np.float32)
+    proto, weights = write_net(tmp_path, body, {"enc": [w, b]})
+    model = caffe.convert(proto, weights, inputs={"data": (2, 1, 3, 4)})
+    assert {"flat", "flat_1", "enc"} <= {m.name for m in model.modules()}
+    assert any("layers named 'flat' repeat: the later ones are flat_1" in n for n in model.notes)
+    body = REPEATED_LOSS_NAMES.replace('name: "out" type: "Sigmoid"', 'name: "enc" type: "InnerProduct"').replace(
+        'bottom: "enc" top: "out"', 'bottom: "enc" top: "out" inner_product_param { num_output: 12 }')
     proto, weights = write_net(tmp_path, body, {"enc": [(5, 12), (5,)]})
-    with pytest.raises(caffe.CaffeError, match=r"layer names repeat \(enc\)"):
+    with pytest.raises(caffe.CaffeError, match=r"layers with weights share the names enc"):
         caffe.convert(proto, weights, inputs={"data": (2, 1, 3, 4)})
 
 

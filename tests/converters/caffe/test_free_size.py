@@ -197,3 +197,13 @@ def test_training_a_free_size_net_needs_a_size_it_fits(tmp_path):
         _preprocessing(args, model)
     args.input_size = "180,200"
     assert _preprocessing(args, model)["input_size"] == [180, 200]
+
+
+def test_hed_with_its_repeated_crop_names_takes_any_size_as_opencv_does(tmp_path):
+    """HED's deploy net names its five Crop layers "crop": the later ones become crop_1..crop_4, as
+    OpenCV names them, so every layer still lines up with OpenCV's."""
+    proto, weights = zoo_net(tmp_path, ZOO / "hed_deploy.prototxt", narrow=8, calibrate=photo((200, 200)))
+    model = caffe.convert(proto, weights)
+    assert model.metadata["input_shape"] == [-1, 3, -1, -1]
+    assert {"crop", "crop_4"} <= {m.name for m in model.modules()}
+    _matches_opencv_at(model, proto, weights, [(200, 200), (150, 230)])
