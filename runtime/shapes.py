@@ -73,17 +73,17 @@ def _as_list(shape) -> list[Shape]:
     return shape if isinstance(shape, list) else [shape]
 
 
-def _sequential(seq: Sequential, shapes, out) -> Shape | list[Shape]:
+def _sequential(seq: Sequential, shapes, out, seen) -> Shape | list[Shape]:
     shape: Shape | list[Shape] = shapes[0] if len(shapes) == 1 else list(shapes)
     for child in seq.children():
-        shape = _walk(child, _as_list(shape) if child.multi_input else [shape], out)
+        shape = _walk(child, _as_list(shape) if child.multi_input else [shape], out, seen)
     return shape
 
 
-def _graph(graph: Graph, shapes, out) -> Shape | list[Shape]:
+def _graph(graph: Graph, shapes, out, seen) -> Shape | list[Shape]:
     values: dict = dict(zip(graph.input_names, shapes))
     for m in graph.order():
-        values[m.name] = _walk(m, [graph.value(values, r) for r in graph.node_inputs[m.name]], out)
+        values[m.name] = _walk(m, [graph.value(values, r) for r in graph.node_inputs[m.name]], out, seen)
     outs = [graph.value(values, r) for r in graph.output_names]
     return outs[0] if len(outs) == 1 else outs
 
@@ -92,17 +92,20 @@ def _graph(graph: Graph, shapes, out) -> Shape | list[Shape]:
 WALKERS = {Sequential: _sequential, Graph: _graph}
 
 
-def _walk(module: Module, shapes, out: dict) -> Shape | list[Shape]:
+def _walk(module: Module, shapes, out: dict, seen: dict | None) -> Shape | list[Shape]:
+    if seen is not None:
+        seen[module.name] = [tuple(s) for s in shapes]
     walker = WALKERS.get(type(module))
-    shape = walker(module, shapes, out) if walker else probe(module, shapes)
+    shape = walker(module, shapes, out, seen) if walker else probe(module, shapes)
     out[module.name] = shape
     return shape
 
 
-def trace(model: Module, input_shapes: list) -> dict[str, Shape | list[Shape]]:
-    """Every module's output shape by name, for inputs of ``input_shapes`` (one per model input)."""
+def trace(model: Module, input_shapes: list, inputs: dict | None = None) -> dict[str, Shape | list[Shape]]:
+    """Every module's output shape by name, for inputs of ``input_shapes`` (one per model input);
+    ``inputs``, when given, is filled with each module's input shapes."""
     out: dict = {}
-    _walk(model, [tuple(s) for s in input_shapes], out)
+    _walk(model, [tuple(s) for s in input_shapes], out, inputs)
     return out
 
 
@@ -120,11 +123,11 @@ def _buffers_kept(model: Module):
             m.output = output
 
 
-def check(model: Module, input_shapes: list) -> dict[str, Shape | list[Shape]]:
+def check(model: Module, input_shapes: list, inputs: dict | None = None) -> dict[str, Shape | list[Shape]]:
     """``trace`` for a model in use: its buffers are left as they were. Raises ShapeError naming
     the first module that does not fit these input shapes."""
     with _buffers_kept(model):
-        return trace(model, input_shapes)
+        return trace(model, input_shapes, inputs)
 
 
 def fits(model: Module, input_shapes: list) -> bool:

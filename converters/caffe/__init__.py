@@ -26,10 +26,11 @@ from kindling.runtime.shapes import free_dims
 
 from ..weights import load_by_name
 from . import wire
-from .build import build, check_supported, dropped, dummy_data_shapes, translator_table
+from .build import build, check_supported, dropped, translator_table
 from .errors import CaffeError
+from .inputs import PROBE_SIZES, TRAINING_DATA, placeholder_hint, resolve
 from .mean import read_mean
-from .parse import CaffeLayer, cut_at, declared_inputs, layers_of, read_prototxt, unique_names
+from .parse import CaffeLayer, cut_at, layers_of, read_prototxt, unique_names
 from .translators import batch_norm_factor, set_mults
 
 __all__ = ["convert", "load_weights", "CaffeError", "CaffeLayer", "read_blobs", "read_mean"]
@@ -92,67 +93,10 @@ def _attach(layers: list[CaffeLayer], blobs: dict, caffemodel) -> None:
                          f"match the prototxt (or its layers were renamed)")
 
 
-def _parse_inputs(net, layers, given: dict | None, path, table: dict) -> dict:
-    inputs = declared_inputs(net, layers)
-    for layer in layers:
-        if layer.type == "DummyData":
-            inputs.update(zip(layer.tops, dummy_data_shapes(layer)))
-    produced = set(inputs)
-    from_dropped = set()  # tops of data layers dropped from a train_val net
-    unwritten = []  # bottoms no layer writes: a deploy net whose `input:` line was left to a tool (DIGITS)
-    for layer in layers:
-        if layer.type in ("Input", "DummyData"):
-            continue
-        if dropped(layer, table):
-            from_dropped.update(layer.tops)
-            continue
-        for b in layer.bottoms:
-            if b not in produced and b in from_dropped:
-                inputs.setdefault(b, None)  # now an input of the converted net
-                produced.add(b)
-            elif b not in produced and b not in unwritten:
-                unwritten.append(b)
-        produced.update(layer.tops)
-    for name, shape in (given or {}).items():
-        if name not in inputs and name not in unwritten:
-            raise CaffeError(f"{path}: --input names {name!r}, but the net's inputs are {list(inputs)}"
-                             + (f" (and no layer writes {', '.join(unwritten)})" if unwritten else ""))
-        inputs[name] = list(shape)
-    if not inputs:
-        raise CaffeError(f"{path}: the net declares no input (no `input:`, Input layer or data layer)"
-                         + (f"; layers read {', '.join(unwritten)}, which no layer writes: give its shape, e.g. "
-                            f"--input {unwritten[0]}=1,3,224,224" if unwritten else "") + _stage_hint(net))
-    unknown = [n for n, s in inputs.items() if not s]
-    if unknown:
-        raise CaffeError(f"{path}: no shape for input(s) {', '.join(unknown)}: give it, e.g. "
-                         f"--input {unknown[0]}=1,3,224,224")
-    return inputs
-
-
-def _placeholder_hint(shapes: dict, given: dict | None) -> str:
-    """OpenPose declares `input_dim: 1 3 1 1` and sets the image size at run time: a shape error then
-    comes from the placeholder, not the net."""
-    tiny = [n for n, s in shapes.items() if len(s) == 4 and s[2] <= 1 and s[3] <= 1 and n not in (given or {})]
-    if not tiny:
-        return ""
-    return (f"; the net declares input {tiny[0]!r} as {'x'.join(map(str, shapes[tiny[0]]))}, a placeholder its tool "
-            f"replaces at run time: give the real size, e.g. --input {tiny[0]}=1,{shapes[tiny[0]][1]},368,368")
-
-
-def _stage_hint(net) -> str:
-    """Nets that pick layers by stage (DIGITS: train / val / deploy) convert only with the right stage."""
-    rules = [r for la in [*net.layer, *net.layers] for r in [*la.include, *la.exclude]]
-    stages = sorted({s for r in rules for s in [*r.stage, *r.not_stage]})
-    return f"; this net selects layers by stage ({', '.join(stages)}): pass stages=[...] (--stage NAME)" if stages else ""
-
-
-_TRAINING_DATA = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "AnnotatedData"}
-
-
 def _data_preprocessing(layers, notes: list[str]) -> dict | None:
     """Mean and scale from a train_val data layer's transform_param, as defaults for metadata."""
     for layer in layers:
-        if layer.type in _TRAINING_DATA and layer.param.HasField("transform_param"):
+        if layer.type in TRAINING_DATA and layer.param.HasField("transform_param"):
             t = layer.param.transform_param
             out = {}
             if t.mean_value:
@@ -186,18 +130,27 @@ def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translator
     table = translator_table(translators)
     check_supported(layers, table, prototxt)
     layers = unique_names(layers, prototxt, _weighted, lambda la: not dropped(la, table), notes)
-    shapes = _parse_inputs(net, layers, inputs, prototxt, table)
     digests = {prototxt: _sha256(prototxt)}
     if caffemodel is not None:
         hasher = hashlib.sha256()
         _attach(layers, read_blobs(caffemodel, hasher), caffemodel)
         digests[Path(caffemodel)] = hasher.hexdigest()
-    try:
-        built = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net",
-                      outputs=list(outputs) if outputs else None)
-    except CaffeError as e:
-        where = "" if str(e).startswith(str(prototxt)) else f"{prototxt}: "
-        raise CaffeError(f"{where}{e}{_placeholder_hint(shapes, inputs)}") from e
+    resolved = resolve(net, layers, inputs, prototxt, table, notes)
+    shapes = resolved.shapes
+    for side in PROBE_SIZES if resolved.probe else [None]:
+        if side:
+            shapes[resolved.probe][2:] = [side, side]
+        try:
+            built = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net",
+                          outputs=list(outputs) if outputs else None)
+            break
+        except CaffeError as e:
+            if side and side != PROBE_SIZES[-1]:
+                continue  # the net does not fit this common size: try the next
+            where = "" if str(e).startswith(str(prototxt)) else f"{prototxt}: "
+            tried = (f"; tried the input sizes {', '.join(map(str, PROBE_SIZES))}: give one with --input" if side
+                     else placeholder_hint(shapes, inputs))
+            raise CaffeError(f"{where}{e}{tried}") from e
     meta = {"source": {"framework": "caffe", "files": [{"path": p.name, "sha256": d, "size": p.stat().st_size}
                                                         for p, d in digests.items()]},
             "input_names": list(shapes), "output_names": built.outputs}

@@ -52,9 +52,12 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
 
 def test_train_val_file_is_filtered_by_phase(tmp_path):
     proto, weights = write_net(tmp_path, TRAIN_VAL, {"conv1": [(4, 3, 3, 3), (4,)], "fc": [(5, 144), (5,)]})
-    with pytest.raises(caffe.CaffeError, match="no shape for input.*data.*--input data="):
-        caffe.convert(proto, weights)
-    model = caffe.convert(proto, weights, inputs={"data": [1, 3, 8, 8]})
+    with pytest.raises(caffe.CaffeError, match="no shape for input 'data'.*give the caffemodel.*--input data="):
+        caffe.convert(proto)  # the channels come from the weights
+    model = caffe.convert(proto, weights)  # 3 channels from conv1's weights, 8x8 from crop_size
+    assert model.metadata["input_shape"] == [-1, 3, 8, 8]
+    assert any("input 'data': 3 channels from conv1's weights, 8x8 from its data layer's crop_size" in n
+               for n in model.notes)
     assert [m.name for m in model.children()] == ["conv1", "fc"], "TRAIN-only dropout, data, loss, accuracy dropped"
     assert any("dropped loss (SoftmaxWithLoss)" in n for n in model.notes)
     assert model.metadata["preprocessing"] == {"mean": [104.0, 117.0, 123.0], "input_size": [8, 8]}
@@ -148,9 +151,10 @@ PYTHON_LOSS = 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "crop" botto
 def test_python_and_segnet_data_layers_are_dropped_like_a_data_layer(tmp_path, data_layer):
     blobs = {"score": [(3, 2, 3, 3), (3,)], "up": [(3, 3, 4, 4)]}
     proto, weights = write_net(tmp_path, data_layer + FCN_BODY + PYTHON_LOSS, blobs, name="val")
-    with pytest.raises(caffe.CaffeError, match="no shape for input.*data.*--input data="):
-        caffe.convert(proto, weights)
-    model = caffe.convert(proto, weights, inputs={"data": [1, 2, 6, 5]}).evaluate()
+    # without --input: 2 channels from score's weights; nothing fixes the size, which is left free
+    model = caffe.convert(proto, weights).evaluate()
+    assert model.metadata["input_shape"] == [-1, 2, -1, -1]
+    assert any("input 'data': 2 channels from score's weights; nothing fixes its size" in n for n in model.notes)
     assert any(n.startswith("dropped data (") for n in model.notes) and not any("python_param" in n for n in model.notes)
     deploy, _ = write_net(tmp_path, inputs_header({"data": (1, 2, 6, 5)}) + FCN_BODY, blobs, name="deploy")
     x = np.random.default_rng(4).standard_normal((1, 2, 6, 5)).astype(np.float32)
