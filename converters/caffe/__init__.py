@@ -6,7 +6,8 @@ model into a model of your own by layer name (the transfer-learning path).
     report = caffe.load_weights(my_model, "deploy.prototxt", "bvlc_alexnet.caffemodel")
 
 Both formats are read: the current ``layer { type: "Convolution" }`` one and the legacy V1
-``layers { type: CONVOLUTION }`` one, inputs declared by an Input layer or by ``input:`` with
+``layers { type: CONVOLUTION }`` one (a fork's own fields and V1 types with its caffe.proto,
+``proto=``), inputs declared by an Input layer or by ``input:`` with
 ``input_dim:`` / ``input_shape``, and train_val files (layers filtered by phase as Caffe does; data,
 loss and accuracy layers dropped with a note). Custom layer types are translated by functions you
 pass in (``translators={"MyType": fn}``, see translators.py for the signature); a built-in type
@@ -31,6 +32,7 @@ from .errors import CaffeError
 from .inputs import PROBE_SIZES, TRAINING_DATA, placeholder_hint, resolve
 from .mean import read_mean
 from .parse import CaffeLayer, cut_at, layers_of, read_prototxt, unique_names
+from .schema import DEFAULT, with_fork
 from .translators import batch_norm_factor, set_mults
 
 __all__ = ["convert", "load_weights", "CaffeError", "CaffeLayer", "read_blobs", "read_mean"]
@@ -96,7 +98,7 @@ def _attach(layers: list[CaffeLayer], blobs: dict, caffemodel) -> None:
 def _data_preprocessing(layers, notes: list[str]) -> dict | None:
     """Mean and scale from a train_val data layer's transform_param, as defaults for metadata."""
     for layer in layers:
-        if layer.type in TRAINING_DATA and layer.param.HasField("transform_param"):
+        if (layer.type in TRAINING_DATA or not layer.bottoms) and layer.param.HasField("transform_param"):
             t = layer.param.transform_param
             out = {}
             if t.mean_value:
@@ -115,15 +117,16 @@ def _data_preprocessing(layers, notes: list[str]) -> dict | None:
 def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translators: dict | None = None,
             softmax_loss_as_softmax: bool = False, labels: list[str] | None = None,
             preprocessing: dict | None = None, phase: str = "test", stages=(),
-            outputs: list[str] | None = None) -> nn.Module:
+            outputs: list[str] | None = None, proto=None) -> nn.Module:
     """A kindling model computing the Caffe net. Module names are the Caffe layer names. Notes
     about what was dropped or ignored are in ``model.notes``; provenance in ``model.metadata``;
     which layer each module output computes in ``model.sources`` (for converters.verify).
     ``stages`` selects layers by their include/exclude stage rules, as Caffe's NetState does
     (DIGITS nets: ``stages=["deploy"]``). ``outputs`` cuts the net at these blobs: only the layers
-    they need are converted, and they are the model's outputs."""
+    they need are converted, and they are the model's outputs. ``proto``, a fork's caffe.proto,
+    is merged into the schema the prototxt is read with (its fields and V1 layer types by name)."""
     prototxt = Path(prototxt)
-    net, notes = read_prototxt(prototxt)
+    net, notes = read_prototxt(prototxt, with_fork(proto) if proto else DEFAULT)
     layers = layers_of(net, prototxt, caffe_pb2.TEST if phase == "test" else caffe_pb2.TRAIN, stages)
     if outputs:
         layers = cut_at(layers, list(outputs), prototxt)
@@ -206,7 +209,7 @@ def _assign(module: nn.Module, layer: CaffeLayer, where: str) -> None:
 
 
 def load_weights(model: nn.Module, prototxt, caffemodel, match_all: bool = False,
-                 rename: dict[str, str] | None = None) -> dict:
+                 rename: dict[str, str] | None = None, proto=None) -> dict:
     """Copies the Caffe layers' weights into the modules of ``model`` with the same names
     (``rename`` maps Caffe layer names to yours where they differ).
 
@@ -215,7 +218,7 @@ def load_weights(model: nn.Module, prototxt, caffemodel, match_all: bool = False
     and Caffe layers with weights that no module matched. With ``match_all=True`` a skipped module
     is an error. A same-named module whose shape differs is always an error naming both shapes."""
     prototxt = Path(prototxt)
-    net, _ = read_prototxt(prototxt)
+    net, _ = read_prototxt(prototxt, with_fork(proto) if proto else DEFAULT)
     layers = {la.name: la for la in layers_of(net, prototxt)}
 
     def layer_with(name: str, blobs: list) -> CaffeLayer:

@@ -102,8 +102,10 @@ def _first_convolution(layers: list[CaffeLayer]) -> tuple[CaffeLayer, int] | Non
 
 
 def _crop_size(layers: list[CaffeLayer], name: str) -> int:
+    """The crop_size of the data layer that writes ``name`` (any type with a transform_param:
+    Data, ImageData, DeepLab's ImageSegData...)."""
     for layer in layers:
-        if layer.type in TRAINING_DATA and name in layer.tops and layer.param.HasField("transform_param"):
+        if name in layer.tops and layer.param.HasField("transform_param"):
             return int(layer.param.transform_param.crop_size)
     return 0
 

@@ -12,6 +12,7 @@ from kindling.protos import caffe_pb2
 from ..graph import Node
 
 from .errors import CaffeError
+from .schema import DEFAULT, Schema, layer_class
 
 # V1 enum names -> current type strings (Caffe's UpgradeV1LayerType).
 V1_TYPES = {
@@ -27,11 +28,11 @@ V1_TYPES = {
     "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
     "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
 }
-# V1 parameter fields that the current LayerParameter has under the same name.
-_V1_PARAMS = ["argmax_param", "concat_param", "convolution_param", "dropout_param", "dummy_data_param",
-              "eltwise_param", "exp_param", "inner_product_param", "lrn_param", "mvn_param", "pooling_param",
-              "power_param", "relu_param", "softmax_param", "slice_param", "threshold_param", "transform_param",
-              "loss_param"]
+
+
+def _camel(v1_name: str) -> str:
+    """A fork's V1 type as its current-format name: IMAGE_SEG_DATA -> ImageSegData."""
+    return "".join(part.capitalize() for part in v1_name.split("_"))
 
 
 @dataclass
@@ -72,9 +73,10 @@ def _known_field_names() -> set[str]:
     return names
 
 
-def read_prototxt(path) -> tuple[caffe_pb2.NetParameter, list[str]]:
-    """Parses a prototxt; returns the net and notes about fields this schema does not know
-    (fork additions, skipped). A syntax error names the file and line."""
+def read_prototxt(path, schema: Schema = DEFAULT) -> tuple[caffe_pb2.NetParameter, list[str]]:
+    """Parses a prototxt with ``schema`` (kindling's, or one with a fork's merged in); returns the
+    net and notes about fields kindling's converter does not use (fork additions, skipped). A
+    syntax error names the file and line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -83,20 +85,23 @@ def read_prototxt(path) -> tuple[caffe_pb2.NetParameter, list[str]]:
     if "\x00" in text:  # protobuf text never holds a NUL byte; a binary caffemodel soon does
         raise CaffeError(f"{path}: is binary (a caffemodel?), not a prototxt text file: are --prototxt and "
                          f"--caffemodel swapped?")
-    net = caffe_pb2.NetParameter()
+    net = schema.net()
     try:
         text_format.Parse(text, net, allow_unknown_field=True, allow_unknown_extension=True)
     except text_format.ParseError as e:
         m = re.match(r"(\d+):(\d+) : (.*)", str(e))
         where = f"line {m.group(1)}, column {m.group(2)}: {m.group(3)}" if m else str(e)
-        raise CaffeError(f"{path}: syntax error at {where}") from e
+        fork = re.search(r'V1LayerParameter.LayerType" has no value named (\w+)', str(e))
+        hint = (f" ({fork.group(1)} is no V1 layer type of BVLC Caffe: the net was written for a fork of Caffe; "
+                f"give the fork's caffe.proto with --proto)" if fork and schema is DEFAULT else "")
+        raise CaffeError(f"{path}: syntax error at {where}{hint}") from e
     known = _known_field_names()
     bare = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', text)  # strings out
     bare = re.sub(r"#[^\n]*", "", bare)  # comments out
     used = set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?=[:{])", bare))
     unknown = sorted(used - known)
     notes = [f"{path.name}: ignored fields this converter does not use: {', '.join(unknown)}"] if unknown else []
-    return net, notes
+    return net, [*schema.notes, *notes]
 
 
 def read_net_binary(path) -> caffe_pb2.NetParameter:
@@ -133,18 +138,23 @@ def layers_of(net: caffe_pb2.NetParameter, path, phase: int = caffe_pb2.TEST, st
     if net.layer and net.layers:
         raise CaffeError(f"{path}: mixes `layer` (current) and `layers` (V1) definitions")
     out = []
+    layer_type = layer_class(net)
+    params = layer_type.DESCRIPTOR.fields_by_name
+    v1_types = net.DESCRIPTOR.fields_by_name["layers"].message_type.fields_by_name["type"].enum_type
     for v1 in net.layers:
         if v1.HasField("layer"):
             raise CaffeError(f"{path}: V0 layer definitions (layers {{ layer {{ ... }} }}) are too old to read; "
                              f"upgrade the net with Caffe's upgrade_net_proto_text first")
         if not included(v1, phase, stages=stages):
             continue
-        p = caffe_pb2.LayerParameter()
-        for name in _V1_PARAMS:
-            if v1.HasField(name):
-                getattr(p, name).CopyFrom(getattr(v1, name))
-        kind = caffe_pb2.V1LayerParameter.LayerType.Name(v1.type)
-        out.append(CaffeLayer(v1.name, V1_TYPES.get(kind, kind), list(v1.bottom), list(v1.top), p,
+        p = layer_type()
+        for fd, value in v1.ListFields():  # the *_param messages both formats name alike (forks' too)
+            same = params.get(fd.name)
+            if fd.message_type and same is not None and same.message_type is fd.message_type \
+                    and not fd.is_repeated:
+                getattr(p, fd.name).CopyFrom(value)
+        kind = v1_types.values_by_number[v1.type].name
+        out.append(CaffeLayer(v1.name, V1_TYPES.get(kind) or _camel(kind), list(v1.bottom), list(v1.top), p,
                               lr_mult=list(v1.blobs_lr), decay_mult=list(v1.weight_decay)))
     for layer in net.layer:
         if not included(layer, phase, stages=stages):

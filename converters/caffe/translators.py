@@ -32,7 +32,12 @@ def _fail(layer: CaffeLayer, problem: str):
 
 
 def _hw(layer, p, name: str, default: int) -> tuple[int, int]:
-    """kernel/pad/stride/dilation from the repeated field or its _h/_w forms."""
+    """kernel/pad/stride/dilation from the repeated field or its _h/_w forms (DeepLab v1 calls the
+    dilation hole)."""
+    if name == "dilation" and any(p.HasField(f) for f in ("hole", "hole_h", "hole_w")):
+        if p.dilation:
+            _fail(layer, "gives both dilation and DeepLab's hole")
+        return (int(p.hole_h if p.HasField("hole_h") else p.hole), int(p.hole_w if p.HasField("hole_w") else p.hole))
     h, w = f"{name}_h", f"{name}_w"
     if h in p.DESCRIPTOR.fields_by_name and (p.HasField(h) or p.HasField(w)):
         return int(getattr(p, h)), int(getattr(p, w))
@@ -326,6 +331,14 @@ def interp(layer, shapes):
                     p.pad_beg, p.pad_end)
 
 
+def padding(layer, shapes):
+    """DeepLab v1: pad_beg and pad_end zeros around H and W, both >= 0, or both <= 0 to crop."""
+    p = layer.param.padding_param
+    if (p.pad_beg > 0 > p.pad_end) or (p.pad_beg < 0 < p.pad_end):
+        _fail(layer, f"pad_beg {p.pad_beg} and pad_end {p.pad_end} must both pad or both crop")
+    return _checked(layer, nn.Pad, [0, 0, 0, 0, p.pad_beg, p.pad_end, p.pad_beg, p.pad_end])
+
+
 def reorg(layer, shapes):
     p = layer.param.reorg_param
     if not p.HasField("stride"):
@@ -477,7 +490,8 @@ TABLE = {
     "Exp": exp, "Log": log, "Threshold": threshold, "MVN": mvn, "Reduction": reduction, "Tile": tile,
     "ArgMax": argmax, "PriorBox": prior_box, "DetectionOutput": detection_output,
     # forks: MobileNet ports, YOLO ports, DeepLab/PSPNet, R-CNN and R-FCN, SELU nets
-    "ReLU6": _simple(nn.ReLU6), "Mish": _simple(nn.Mish), "Interp": interp, "Reorg": reorg,
+    "ReLU6": _simple(nn.ReLU6), "Mish": _simple(nn.Mish), "Interp": interp, "Padding": padding,
+    "Reorg": reorg,
     "ROIPooling": roi_pooling, "PSROIPooling": psroi_pooling, "SeLu": _simple(nn.SELU),
     "SeLuDropout": lambda layer, s: nn.AlphaDropout(layer.param.selu_dropout_param.dropout_ratio, name=layer.name),
     "Split": SPLIT,
