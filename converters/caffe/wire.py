@@ -22,6 +22,8 @@ VARINT, I64, LEN, I32 = 0, 1, 2, 5
 NET_LAYER, NET_V1_LAYERS = 100, 2
 LAYER_FIELDS = {NET_LAYER: {"name": 1, "type": 2, "blobs": 7}, NET_V1_LAYERS: {"name": 4, "type": 5, "blobs": 6}}
 BLOB_SHAPE, BLOB_DATA, BLOB_DOUBLE_DATA = 7, 5, 8
+BLOB_RAW_TYPE, BLOB_RAW_DATA = 10, 12  # NVIDIA Caffe's raw storage (OpenCV's fp16 caffemodels)
+RAW_TYPES = {0: "<f8", 1: "<f4", 2: "<f2"}  # DOUBLE, FLOAT, FLOAT16
 BLOB_LEGACY = {1: 0, 2: 1, 3: 2, 4: 3}  # num, channels, height, width
 
 
@@ -80,7 +82,7 @@ def fields(buf, start: int = 0, end: int | None = None) -> Iterator[tuple[int, i
 
 
 def _blob(buf, start: int, end: int) -> np.ndarray:
-    shape, legacy, data = None, [0, 0, 0, 0], None
+    shape, legacy, data, raw, raw_type = None, [0, 0, 0, 0], None, None, 1
     floats: list[np.ndarray] = []
     for number, wire, value in fields(buf, start, end):
         if number == BLOB_SHAPE and wire == LEN:
@@ -96,6 +98,17 @@ def _blob(buf, start: int, end: int) -> np.ndarray:
         elif number == BLOB_DOUBLE_DATA and wire == LEN:
             off, n = value
             data = np.frombuffer(buf, "<f8", n // 8, off).astype(np.float32)
+        elif number == BLOB_RAW_TYPE and wire == VARINT:
+            raw_type = value
+        elif number == BLOB_RAW_DATA and wire == LEN:
+            raw = value
+    if raw is not None and data is None:
+        if raw_type not in RAW_TYPES:
+            raise WireError(f"raw blob data of type {raw_type} (integers): only DOUBLE, FLOAT and FLOAT16 are weights")
+        off, n = raw
+        kind = np.dtype(RAW_TYPES[raw_type])
+        data = np.frombuffer(buf, kind, n // kind.itemsize, off)
+        data = data if kind == np.float32 else data.astype(np.float32)
     if data is None:
         data = np.concatenate(floats) if floats else np.zeros(0, np.float32)
     if shape is None:

@@ -269,3 +269,23 @@ def test_a_photo_in_one_command_lists_what_the_detector_found(mobilenet_ssd, tmp
     both = Predictor.load(out, batch_size=2).forward([x])[0]
     assert set(one_by_one[0, 0, :, 0]) == {0.0, 1.0}
     np.testing.assert_allclose(one_by_one, both, rtol=1e-5, atol=1e-6)
+
+
+def test_opencvs_half_precision_caffemodel_of_the_face_detector(res10, tmp_path):
+    """OpenCV ships res10 as res10_300x300_ssd_iter_140000_fp16.caffemodel: NVIDIA Caffe's raw
+    storage, FLOAT16. The same weights stored so are read as OpenCV reads them."""
+    from kindling.protos import caffe_pb2
+    proto, weights, _ = res10
+    net = caffe_pb2.NetParameter.FromString(weights.read_bytes())
+    for layer in net.layer:
+        for b in layer.blobs:
+            b.raw_data = np.asarray(b.data, np.float32).astype(np.float16).tobytes()
+            b.raw_data_type = caffe_pb2.FLOAT16
+            b.ClearField("data")
+    half = tmp_path / "res10_fp16.caffemodel"
+    half.write_bytes(net.SerializeToString())
+    assert half.stat().st_size < 0.6 * weights.stat().st_size
+    model = caffe.convert(proto, half)
+    x = _res10_input()
+    rows = model.evaluate().forward(x)[0, 0]
+    _same_detections(rows, opencv_forward(proto, half, {"data": x}, ["detection_out"])[0][0, 0])
