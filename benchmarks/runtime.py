@@ -1,5 +1,6 @@
-"""Runtime speed against PyTorch, measured interleaved in one run on the same threads, and a fully
-convolutional Caffe net (FCN-8s) against OpenCV's dnn module at two sizes.
+"""Runtime speed against PyTorch, and for inference against onnxruntime too (the model exported by
+kindling export onnx, full graph optimisations), measured interleaved in one run on the same threads;
+and a fully convolutional Caffe net (FCN-8s) against OpenCV's dnn module at two sizes.
 
     python benchmarks/runtime.py [--json out.json] [--contended] [--quick]
     python benchmarks/runtime.py --fcn-only          # just FCN-8s against OpenCV dnn
@@ -35,6 +36,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
+from _cpu import CpuMeter  # noqa: E402
 
 from kindling.runtime import blas, nn  # noqa: E402
 from kindling.runtime.optim import SGD  # noqa: E402
@@ -81,6 +83,24 @@ def _torch_step(torch, tmodel, mode, tx, ty, lr):
     return step
 
 
+def _onnxruntime_step(model, mode, x):
+    """onnxruntime on the kindling model exported to ONNX (inference only: it does not train), with
+    the same threads and its full graph optimisations: the fastest CPU runtime users would pick."""
+    if mode != "inference":
+        return None
+    try:
+        import onnxruntime
+        from kindling.converters.onnx.exporter import to_onnx
+    except ImportError:
+        return None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    sess = onnxruntime.InferenceSession(to_onnx(model, input_shapes={"input": list(x.shape)}).SerializeToString(),
+                                        options, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda: sess.run(None, {name: x})
+
+
 def measure(name, mode, repeats, torch):
     builder, shape, batch, _ = WORKLOADS[name]
     rng = np.random.default_rng(0)
@@ -93,18 +113,34 @@ def measure(name, mode, repeats, torch):
     y = rng.integers(0, 10, batch)
     k = _kindling_step(model, mode, x, y, nn.ClassNLLCriterion(), SGD(learningrate=0.01))
     t = _torch_step(torch, tmodel, mode, torch.from_numpy(x), torch.from_numpy(y), 0.01)
-    for f in (k, t, k, t):  # warm up: buffers, caches, thread pools
-        f()
-    times = {"kindling": [], "torch": []}
-    for _ in range(repeats):
-        for who, f in (("kindling", k), ("torch", t)):
-            start = time.perf_counter()
+    o = _onnxruntime_step(model, mode, x)
+    steps = [("kindling", k), ("torch", t)] + ([("onnxruntime", o)] if o else [])
+    for _ in range(2):  # warm up: buffers, caches, thread pools
+        for _, f in steps:
             f()
-            times[who].append(time.perf_counter() - start)
+    times = {who: [] for who, _ in steps}
+    others = []  # cores other processes kept busy during each repetition
+    for _ in range(repeats):
+        with CpuMeter() as meter:
+            for who, f in steps:
+                start = time.perf_counter()
+                f()
+                times[who].append(time.perf_counter() - start)
+        others.append(meter.others)
     krps = batch / statistics.median(times["kindling"])
     trps = batch / statistics.median(times["torch"])
-    return {"kindling_rps": round(krps, 1), "torch_rps": round(trps, 1), "ratio": round(krps / trps, 3),
-            "target": TARGETS.get((name, mode))}
+    out = {"kindling_rps": round(krps, 1), "torch_rps": round(trps, 1), "ratio": round(krps / trps, 3),
+           "target": TARGETS.get((name, mode))}
+    if o:
+        quiet = [i for i, c in enumerate(others) if c <= 0.3]
+        orps = batch / statistics.median(times["onnxruntime"])
+        out.update(onnxruntime_rps=round(orps, 1), ratio_vs_onnxruntime=round(krps / orps, 3),
+                   others_cores_median=round(statistics.median(others), 2), quiet_repetitions=len(quiet))
+        if quiet:
+            qk = statistics.median([times["kindling"][i] for i in quiet])
+            qo = statistics.median([times["onnxruntime"][i] for i in quiet])
+            out["quiet_ratio_vs_onnxruntime"] = round(qo / qk, 3)
+    return out
 
 
 def gemm_efficiency(repeats=7):
@@ -184,7 +220,6 @@ def fcn_vs_opencv(repeats: int, tmp: Path) -> dict:
     cores other processes used (benchmarks/_cpu.py), and quiet repetitions are reported apart."""
     import cv2
 
-    from _cpu import CpuMeter
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from caffe_nets import photo, zoo_net
     from kindling.converters import caffe
@@ -254,8 +289,14 @@ def run_set(torch, repeats, label):
             r = measure(name, mode, repeats, torch)
             results[f"{name}/{mode}"] = r
             tgt = f" (target >= {r['target']})" if r["target"] else ""
+            ort = ""
+            if "onnxruntime_rps" in r:
+                quiet = (f", quiet {r['quiet_ratio_vs_onnxruntime']:.2f} over {r['quiet_repetitions']}"
+                         if "quiet_ratio_vs_onnxruntime" in r else ", no quiet repetition")
+                ort = (f"   onnxruntime {r['onnxruntime_rps']:8.1f} rec/s   kindling/onnxruntime "
+                       f"{r['ratio_vs_onnxruntime']:.2f}{quiet} (others used {r['others_cores_median']:.2f} cores)")
             print(f"[{label}] {name:9s} {mode:9s} kindling {r['kindling_rps']:8.1f} rec/s   torch {r['torch_rps']:8.1f}"
-                  f" rec/s   ratio {r['ratio']:.2f}{tgt}", flush=True)
+                  f" rec/s   ratio {r['ratio']:.2f}{tgt}{ort}", flush=True)
     return results
 
 

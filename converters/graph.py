@@ -11,11 +11,13 @@ the pointer and the graph stays acyclic. Each new module is run through the shap
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from kindling.runtime import nn
+from kindling.runtime import memory, nn
+from kindling.runtime.errors import KindlingError, TooLarge
 from kindling.runtime.shapes import ShapeError, probe
 
 ALIAS = "alias"  # a translator's answer: the node's outputs are its first input (Split, Identity)
@@ -25,7 +27,7 @@ ALIAS = "alias"  # a translator's answer: the node's outputs are its first input
 CONSTANT = "constant"
 
 
-class ConversionError(ValueError):
+class ConversionError(KindlingError):
     """A model file that cannot be converted; the message names the file and, where it applies,
     the node (layer, op)."""
 
@@ -78,16 +80,19 @@ def _wire_error(path, node: Node, terms: Terms, problem: str) -> ConversionError
 
 def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Translator, path, *,
              name: str = "net", constants=frozenset(), terms: Terms = Terms(),
-             outputs: list[str] | None = None) -> "Assembly":
+             outputs: list[str] | None = None, batch: int | None = 1) -> "Assembly":
     """Returns the model, its output tensor names, and which node each module output computes.
-    ``inputs`` maps each graph input to its shape (the batch axis is probed at 1); ``constants`` are tensor names a translator folds into its module
-    (weights, shapes): they are not wired. The outputs are ``outputs`` when given, else the
-    tensors written and not read afterwards, in the order last written (Caffe's rule for a net's
-    outputs)."""
+    ``inputs`` maps each graph input to its shape (the batch axis is probed at ``batch``; None
+    probes the shapes exactly as given, for a format's conformance suite); ``constants`` are tensor
+    names a translator folds into its module (weights, shapes): they are not wired. The outputs are
+    ``outputs`` when given, else the tensors written and not read afterwards, in the order last
+    written (Caffe's rule for a net's outputs)."""
     constants = set(constants)
-    refs: dict[str, tuple[str, tuple]] = {t: (t, tuple([1, *shape[1:]])) for t, shape in inputs.items()}
+    refs: dict[str, tuple[str, tuple]] = {t: (t, _input_shape(t, shape, path, terms, batch))
+                                          for t, shape in inputs.items()}
     producers: dict[str, tuple[Node, int]] = {}
-    graph = nn.Graph(inputs=list(inputs), outputs=list(inputs)[:1], name=name)
+    graph = nn.Graph(inputs=list(inputs), outputs=list(inputs)[:1],
+                     name=_free_name(name, {n.name for n in nodes} | set(inputs)))
     available: dict[str, None] = {}
     for node in nodes:
         wired = [t for t in node.inputs if t not in constants]
@@ -98,7 +103,7 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
         for t in wired:
             available.pop(t, None)
         shapes = [refs[t][1] for t in wired]
-        made = translate(node, shapes)
+        made = _translated(translate, node, shapes, path, terms)
         if made is CONSTANT:
             constants.update(node.outputs)
             continue
@@ -112,7 +117,10 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
         for m in made if isinstance(made, list) else [made]:
             if not m.multi_input and len(prev) != 1:
                 raise _wire_error(path, node, terms, f" takes one {terms.input}, got {len(prev)}")
-            graph.add(m, prev if m.multi_input else prev[:1])
+            try:
+                graph.add(m, prev if m.multi_input else prev[:1])
+            except ValueError as e:  # a module name used twice
+                raise _wire_error(path, node, terms, f": {e}") from e
             try:
                 out_shape = probe(m, shapes)
             except ShapeError as e:
@@ -140,6 +148,46 @@ def assemble(nodes: list[Node], inputs: dict[str, list[int]], translate: Transla
     return Assembly(simplify(graph), outputs, producers)
 
 
+def _free_name(name: str, taken: set[str]) -> str:
+    """The container's name: the net's, or name_net, name_net2, ... when a node has it (module
+    names are unique in a model; Caffe lets a net and a layer share one)."""
+    candidate, i = name, 1
+    while candidate in taken:
+        candidate, i = f"{name}_net{i if i > 1 else ''}", i + 1
+    return candidate
+
+
+def _input_shape(name: str, shape, path, terms: Terms, batch: int | None) -> tuple:
+    """The input's shape at ``batch`` (None: as given), checked: positive dimensions, a size this
+    machine can hold."""
+    dims = [int(d) for d in shape]
+    if batch is None:  # exact shapes (a conformance case): scalars and empty tensors are real inputs
+        if any(d < 0 for d in dims):
+            raise terms.error(f"{path}: input {name!r} has shape {dims}: a dimension is negative")
+    elif len(dims) < 1 or any(d < 1 for d in dims[1:]):
+        raise terms.error(f"{path}: input {name!r} has shape {dims}: every dimension after the batch "
+                          f"must be positive")
+    one = tuple(dims) if batch is None else (batch, *dims[1:])
+    try:
+        memory.check(4 * math.prod(one), f"one sample of input {name!r} {list(one)}")
+    except TooLarge as e:
+        raise terms.error(f"{path}: {e}") from e
+    return one
+
+
+def _translated(translate: Translator, node: Node, shapes, path, terms: Terms):
+    """The translator's modules; what it or a module's constructor refuses becomes one error
+    naming the file and the node (a translator's own error names the node already)."""
+    try:
+        return translate(node, shapes)
+    except ConversionError as e:
+        if str(e).startswith(f"{path}:"):
+            raise
+        raise terms.error(f"{path}: {e}") from e
+    except (ValueError, ArithmeticError) as e:  # a module refusing a setting; a value out of range
+        raise _wire_error(path, node, terms, f": {e}") from e
+
+
 @dataclass
 class Assembly:
     model: nn.Module
@@ -150,8 +198,9 @@ class Assembly:
 def simplify(graph: nn.Graph) -> nn.Module:
     """A Sequential when every node reads the previous one (a plain chain), else the Graph."""
     order = graph.order()
-    if len(graph.input_names) != 1 or len(graph.output_names) != 1 or graph.output_names[0] != order[-1].name:
-        return graph
+    if (not order or len(graph.input_names) != 1 or len(graph.output_names) != 1
+            or graph.output_names[0] != order[-1].name):
+        return graph  # (no module at all: an ONNX graph of Identity nodes)
     prev = graph.input_names[0]
     for m in order:
         if graph.node_inputs[m.name] != [prev] or m.multi_input or m.num_outputs > 1:

@@ -19,7 +19,9 @@ from typing import Protocol
 
 import numpy as np
 
+from kindling.runtime.errors import DataError
 from kindling.runtime.module import Module
+from kindling.runtime.npy import read_npz
 
 from .graph import ConversionError
 
@@ -69,10 +71,9 @@ class NpzReference:
     def __init__(self, path, input_names: list[str]):
         self.name = Path(path).name
         try:
-            with np.load(path, allow_pickle=False) as z:
-                self.arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise ConversionError(f"{path}: cannot read stored reference outputs: {e}") from e
+            self.arrays = read_npz(path)
+        except DataError as e:
+            raise ConversionError(f"cannot read stored reference outputs: {e}") from e
         missing = [n for n in input_names if n not in self.arrays]
         if missing:
             raise ConversionError(f"{path}: no arrays for the model's inputs {missing}; it holds {sorted(self.arrays)}")

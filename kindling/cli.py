@@ -1,10 +1,13 @@
 """The ``kindling`` command: one subcommand per file under ``kindling/commands/``.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+An error is one line on stderr (exit status 1) naming the file and, where there is one, the layer
+or field; ``KINDLING_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import import_module
 
@@ -12,6 +15,7 @@ COMMANDS = {
     "info": "info",
     "run": "run",
     "convert": "convert",
+    "export": "export",
     "train": "train",
     "demo": "demo",
     "serve": "serve",
@@ -37,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(command: str, e: BaseException) -> str:
+    """What the user sees for an error: kindling's own say what is wrong with which file (and layer
+    or field); anything else is a bug or the system's, named as such."""
+    if isinstance(e, (ValueError, KeyError, OSError)):
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    elif isinstance(e, MemoryError):
+        text = f"out of memory{': ' + str(e) if str(e) else ''}"
+    else:
+        text = f"internal error ({type(e).__name__}: {e}); KINDLING_DEBUG=1 shows where"
+    return f"kindling {command}: error: {' '.join(text.split())}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -47,12 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, KeyError, OSError) as e:
-        # Errors from bad input are worded for the user; no traceback unless asked.
-        import os
-        if os.environ.get("KINDLING_DEBUG"):
+    except Exception as e:  # noqa: BLE001 - one line for the user; the traceback only when asked
+        if os.environ.get("KINDLING_DEBUG") not in (None, "", "0"):
             raise
-        print(f"kindling {args.command}: error: {e}", file=sys.stderr)
+        print(_one_line(args.command, e), file=sys.stderr)
         return 1
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import struct
 import tempfile
 from collections import Counter
@@ -25,7 +27,8 @@ import numpy as np
 
 from kindling.protos import kindling_pb2 as pb
 
-from . import init
+from . import init, memory
+from .errors import KindlingError, TooLarge
 from .module import Module
 
 MAGIC = b"\x93KNDL"
@@ -42,7 +45,7 @@ DTYPES = {  # numpy dtype -> proto enum, little-endian
 NUMPY_DTYPES = {v: k for k, v in DTYPES.items()}
 
 
-class FormatError(ValueError):
+class FormatError(KindlingError):
     """A model file that cannot be read or written; the message starts with the file's path."""
 
     def __init__(self, path, problem: str):
@@ -75,10 +78,24 @@ def _attr_to_proto(value: Any) -> pb.AttrValue:
     return a
 
 
+# JSON attributes nest a level or two (Graph's node inputs); json.loads recurses once per level.
+MAX_JSON_DEPTH = 32
+_JSON_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*+"?')
+
+
+def _json(text: str):
+    depth = 0
+    for m in re.finditer(r"[\[\]{}]", _JSON_STRINGS.sub('""', text)):
+        depth += 1 if m.group() in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"JSON nests more than {MAX_JSON_DEPTH} levels deep")
+    return json.loads(text)
+
+
 _ATTR_READERS = {
     "none": lambda a: None, "b": lambda a: a.b, "i": lambda a: a.i, "f": lambda a: a.f, "s": lambda a: a.s,
     "ints": lambda a: list(a.ints.values), "floats": lambda a: list(a.floats.values),
-    "strings": lambda a: list(a.strings.values), "json": lambda a: json.loads(a.json),
+    "strings": lambda a: list(a.strings.values), "json": lambda a: _json(a.json),
 }
 
 
@@ -192,9 +209,11 @@ def _module_from_proto(d: pb.ModuleDef, fill, path) -> Module:
         attrs = {k: _attr_from_proto(v) for k, v in d.attrs.items()}
         if d.type == "Graph":
             attrs["node_inputs"] = {c.name: list(c.inputs) for c in d.children}
-        with init.deferred():  # parameters are about to be overwritten: skip random initialisation
+        # Parameters are placeholders that hold no memory until fill() has compared each with the
+        # tensor the file holds: a config saying out_features 2^31-1 costs nothing.
+        with init.deferred():
             m = cls(*children, **attrs, name=d.name)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ArithmeticError) as e:  # OverflowError: an attribute of 1e999 made an int
         raise FormatError(path, f"module {d.name!r} ({d.type}) cannot be rebuilt: {e}") from e
     m.frozen = d.frozen
     m.lr_mult.update(d.lr_mult)
@@ -238,6 +257,11 @@ def _le(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _raw(a: np.ndarray) -> memoryview:
+    """The array's bytes without a copy (a tensor with a zero in its shape has none)."""
+    return memoryview(a).cast("B") if a.size else memoryview(b"")
+
+
 def _pad(n: int) -> int:
     return -n % ALIGN
 
@@ -261,7 +285,7 @@ def save(model: Module, path, metadata: dict | None = None) -> Path:
             raise FormatError(path, f"cannot save tensor {key}: dtype {a.dtype} is not supported")
         dtype = DTYPES.get(a.dtype.newbyteorder("<"), DTYPES.get(a.dtype))
         header.tensors.add(key=key, dtype=dtype, shape=list(a.shape), offset=offset, nbytes=a.nbytes,
-                           sha256=hashlib.sha256(memoryview(a).cast("B")).digest())
+                           sha256=hashlib.sha256(_raw(a)).digest())
         entries.append(a)
         offset += a.nbytes + _pad(a.nbytes)
     header.data_size = offset
@@ -275,7 +299,7 @@ def save(model: Module, path, metadata: dict | None = None) -> Path:
             f.write(blob)
             f.write(b"\0" * _pad(len(prefix) + len(blob)))
             for a in entries:
-                f.write(memoryview(a).cast("B"))
+                f.write(_raw(a))
                 f.write(b"\0" * _pad(a.nbytes))
             f.flush()
             os.fsync(f.fileno())
@@ -337,7 +361,7 @@ def read_header(path) -> tuple[pb.ModelFile, int]:
         dtype = NUMPY_DTYPES.get(t.dtype)
         if dtype is None:
             raise FormatError(path, f"tensor {t.key} has unknown dtype {t.dtype}")
-        if t.nbytes != int(np.prod(t.shape, dtype=np.int64)) * dtype.itemsize:
+        if any(d < 0 for d in t.shape) or t.nbytes != math.prod(t.shape) * dtype.itemsize:  # no int64 wrap
             raise FormatError(path, f"tensor {t.key}: {t.nbytes} bytes do not hold shape {list(t.shape)} of {dtype}")
         if t.offset != end or t.offset + t.nbytes > header.data_size:
             raise FormatError(path, f"tensor {t.key}: offset {t.offset} is not where the previous tensor ends ({end})")
@@ -352,6 +376,11 @@ def load(path, mmap: bool = False) -> Module:
     With ``mmap=True`` tensors are copy-on-write maps of the file (fast, little memory)."""
     path = Path(path)
     header, data_start = read_header(path)
+    if not mmap:
+        try:
+            memory.check(header.data_size, f"loading {header.data_size / 1e9:.1f} GB of tensors (mmap=True maps them)")
+        except TooLarge as e:
+            raise FormatError(path, str(e)) from e
     infos = {t.key: t for t in header.tensors}
     used = set()
     f = open(path, "rb")
@@ -396,11 +425,10 @@ def load(path, mmap: bool = False) -> Module:
                 t = infos.get(key)
                 if t is None:
                     raise FormatError(path, f"module {m.name!r} ({type(m).__name__}) has no tensor {key!r} in the file")
-                a = read(t)
-                if a.shape != store[name].shape:
-                    raise FormatError(path, f"tensor {key} has shape {a.shape}, the module expects "
+                if tuple(t.shape) != store[name].shape:  # before reading: the module's is a placeholder
+                    raise FormatError(path, f"tensor {key} has shape {tuple(t.shape)}, the module expects "
                                             f"{store[name].shape}")
-                store[name] = a
+                store[name] = read(t)
                 used.add(key)
 
     try:

@@ -10,8 +10,13 @@ SqueezeNet, NIN and Caffe's MobileNets classify with a 1x1 convolution before a 
 """
 from __future__ import annotations
 
-from . import nn
+import contextlib
+
+from . import init, nn
 from .module import Module
+
+#: mixed into the seed so that a head's weights do not repeat another use of the same seed (data order)
+HEAD_SEED_PURPOSE = 0x4EAD
 
 
 def _linear(old, name: str, classes: int) -> Module:
@@ -44,14 +49,16 @@ def classifier(model: Module) -> Module:
     return heads[-1]
 
 
-def new_head(model: Module, name: str, classes: int) -> tuple[Module, Module]:
+def new_head(model: Module, name: str, classes: int, seed: int | None = None) -> tuple[Module, Module]:
     """Replaces the classifier by a fresh layer called ``name`` with ``classes`` outputs; returns
-    ``(old, new)``. The rest of the model, its weights and its wiring are kept."""
+    ``(old, new)``. The rest of the model, its weights and its wiring are kept. With ``seed`` the
+    new weights are a function of it alone (``init.seeded``), else of the global generator."""
     if classes <= 0:
         raise ValueError(f"a new head needs a positive number of classes, got {classes}")
     old = classifier(model)
     if name != old.name and any(m.name == name for m in model.modules()):
         raise ValueError(f"model {model.name!r} already has a module named {name!r}")
-    new = FRESH[type(old).__name__](old, name, classes)
+    with init.seeded(seed, HEAD_SEED_PURPOSE) if seed is not None else contextlib.nullcontext():
+        new = FRESH[type(old).__name__](old, name, classes)
     model.replace(old.name, new)
     return old, new

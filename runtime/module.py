@@ -40,6 +40,10 @@ class Module:
     #: Scratch entries derived from the weights alone in evaluate mode (never written once built):
     #: inference replicas share them (runtime/predict.py) instead of each rebuilding a copy.
     shared_scratch: tuple[str, ...] = ()
+    #: Set by subclasses that draw random numbers in training (Dropout). The trainer calls
+    #: ``seed_batch(keys)`` before each forward, one key per sample, so that every draw is a
+    #: function of the run's seed and the sample, whichever process or batch it is computed in.
+    stochastic = False
 
     def __init__(self, name: str | None = None):
         self.name = name or _auto_name(type(self))
@@ -72,6 +76,8 @@ class Module:
         (heavy layers: convolutions, pooling, Linear), a list of shapes for several outputs, or
         None: then a shape probe runs forward on zeros (kindling.runtime.shapes)."""
         return None
+    def seed_batch(self, keys) -> None:
+        """Per-sample random keys for the next training forward (used where ``stochastic``)."""
 
     @property
     def needs_param_grads(self) -> bool:

@@ -40,6 +40,7 @@ LAYERS: dict[str, str] = {
     "BatchNorm2d": "batchnorm",
     "LocalResponseNorm": "lrn",
     "Scale": "scale",
+    "InstanceNorm": "instancenorm",
     # Caffe's extra layers
     "Power": "pointwise",
     "AbsVal": "pointwise",
@@ -59,13 +60,20 @@ LAYERS: dict[str, str] = {
     "Threshold": "pointwise",
     "Reduction": "reduce",
     "ArgMax": "reduce",
+    "ReduceAxes": "reduce",
     "Tile": "rearrange",
     "Reorg": "rearrange",
-    "Interp": "resize",
+    "Interp": "interp",
     "ROIPooling": "roi",
     "PSROIPooling": "roi",
     "PriorBox": "detection",
     "DetectionOutput": "detection",
+    # ONNX's extra layers
+    "BinaryOp": "binary",
+    "Constant": "binary",
+    "Resize": "resize",
+    "StridedSlice": "index",
+    "Gather": "index",
     # shape
     "Flatten": "shape",
     "Reshape": "shape",
@@ -77,6 +85,7 @@ LAYERS: dict[str, str] = {
     "Add": "merge",
     "Mul": "merge",
     "Max": "merge",
+    "Min": "merge",
     "Graph": "graph",
     # criterions
     "ClassNLLCriterion": "criterions",

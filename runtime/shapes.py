@@ -17,9 +17,12 @@ each new input size with ``check``, which names the layer that does not fit.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 
+from . import memory
+from .errors import KindlingError, TooLarge
 from .layers.graph import Graph
 from .layers.sequential import Sequential
 from .module import Module
@@ -27,7 +30,7 @@ from .module import Module
 Shape = tuple  # of ints; a module with several outputs has a list of them
 
 
-class ShapeError(ValueError):
+class ShapeError(KindlingError):
     """A module that does not fit its input shapes; ``detail`` is the module's own complaint."""
 
     def __init__(self, module: Module, shapes, detail: str):
@@ -45,6 +48,23 @@ def shape_of(y) -> Shape | list[Shape]:
     return [tuple(np.shape(o)) for o in y] if isinstance(y, (list, tuple)) else tuple(np.shape(y))
 
 
+def _as_list(shape) -> list[Shape]:
+    return shape if isinstance(shape, list) else [shape]
+
+
+def _fits(module: Module, shapes, out) -> Shape | list[Shape]:
+    """``out`` when every output fits the memory this process has: a layer whose output at this
+    batch cannot (a stride of 0 turned 65536, an upsampling by 2^20) fails here, named."""
+    for s in _as_list(out):
+        if any(d < 0 for d in s):
+            raise ShapeError(module, shapes, f"its output shape {tuple(s)} has a negative dimension")
+        try:
+            memory.check(4 * math.prod(s), f"its output {tuple(s)} (float32)")
+        except TooLarge as e:
+            raise ShapeError(module, shapes, str(e)) from e
+    return out
+
+
 def probe(module: Module, shapes: list) -> Shape | list[Shape]:
     """The output shape (or shapes) of ``module`` for inputs of ``shapes`` (batch axis included)."""
     shapes = [tuple(int(d) for d in s) for s in shapes]
@@ -52,7 +72,7 @@ def probe(module: Module, shapes: list) -> Shape | list[Shape]:
         if len(shapes) == 1:
             known = module.output_shape(shapes[0])
             if known is not None:
-                return [tuple(s) for s in known] if isinstance(known, list) else tuple(known)
+                return _fits(module, shapes, [tuple(s) for s in known] if isinstance(known, list) else tuple(known))
         training = module.training
         module.train(False)  # a probe must not move BatchNorm's running statistics
         try:
@@ -61,21 +81,24 @@ def probe(module: Module, shapes: list) -> Shape | list[Shape]:
                 y = module.forward(xs if module.multi_input else xs[0])
         finally:
             module.train(training)
-    except (ValueError, IndexError) as e:
-        raise ShapeError(module, shapes, str(e)) from e
-    for m in module.modules():
-        m._scratch.clear()  # buffers sized for a probe are not kept, nor outputs that refer to them
-        m.output = None
-    return shape_of(y)
-
-
-def _as_list(shape) -> list[Shape]:
-    return shape if isinstance(shape, list) else [shape]
+    except ShapeError:
+        raise
+    except (ValueError, IndexError, ArithmeticError) as e:  # ZeroDivisionError: a 0-d input, a 0 size
+        raise ShapeError(module, shapes, f"{e}" if isinstance(e, ValueError) else f"{type(e).__name__}: {e}") from e
+    except MemoryError as e:  # an output that _fits could not see coming (multi-input layers)
+        raise ShapeError(module, shapes, f"its output does not fit in memory ({e})") from e
+    finally:
+        for m in module.modules():
+            m._scratch.clear()  # buffers sized for a probe are not kept, nor outputs that refer to them
+            m.output = None
+    return _fits(module, shapes, shape_of(y))
 
 
 def _sequential(seq: Sequential, shapes, out, seen) -> Shape | list[Shape]:
     shape: Shape | list[Shape] = shapes[0] if len(shapes) == 1 else list(shapes)
     for child in seq.children():
+        if isinstance(shape, list) and not child.multi_input:
+            raise ShapeError(child, shape, f"takes one input, and the module before it gives {len(shape)}")
         shape = _walk(child, _as_list(shape) if child.multi_input else [shape], out, seen)
     return shape
 
@@ -126,8 +149,10 @@ def _buffers_kept(model: Module):
 def check(model: Module, input_shapes: list, inputs: dict | None = None) -> dict[str, Shape | list[Shape]]:
     """``trace`` for a model in use: its buffers are left as they were. Raises ShapeError naming
     the first module that does not fit these input shapes."""
+    out: dict = {}
     with _buffers_kept(model):
-        return trace(model, input_shapes, inputs)
+        _walk(model, [tuple(s) for s in input_shapes], out, inputs)
+    return out
 
 
 def fits(model: Module, input_shapes: list) -> bool:

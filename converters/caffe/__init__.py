@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from kindling.protos import caffe_pb2
-from kindling.runtime import nn
+from kindling.runtime import memory, nn
+from kindling.runtime.errors import TooLarge
 from kindling.runtime.shapes import free_dims
 
 from ..weights import load_by_name
@@ -73,9 +74,12 @@ def read_blobs(caffemodel, hasher=None) -> dict[str, list[np.ndarray]]:
                 if matches(head):
                     raise CaffeError(f"{path}: {what}")
             f.seek(0)
+            memory.check(size, "reading the caffemodel")  # its blobs are held as read
             return {layer.name: layer.blobs for layer in wire.read_layers(f, size, hasher) if layer.blobs}
     except OSError as e:
         raise CaffeError(f"{path}: cannot read: {e.strerror or e}") from e
+    except TooLarge as e:
+        raise CaffeError(f"{path}: {e}") from e
     except wire.WireError as e:
         raise CaffeError(f"{path}: truncated or corrupt caffemodel: {e}") from e
 

@@ -110,6 +110,8 @@ def build(layers: list[CaffeLayer], inputs: dict, table: dict, path, notes: list
           softmax_loss_as_softmax: bool = False, name: str = "net", outputs: list[str] | None = None) -> Assembly:
     def translate(layer: CaffeLayer, shapes):
         fn = table[layer.type]
+        if not layer.bottoms:  # a lost `bottom:` (a typo, a flipped bit) would leave a translator no input
+            raise CaffeError(f"layer {layer.name!r} ({layer.type}) has no bottom: every layer it keeps reads a blob")
         if fn is SPLIT:
             return ALIAS
         differs = _DIFFERENCES.get(layer.type, lambda la: None)(layer)

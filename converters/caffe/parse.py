@@ -1,6 +1,7 @@
 """Reading Caffe net definitions: text prototxt (current and V1 format), inputs, phase rules."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,7 +57,8 @@ class CaffeLayer(Node):
         self.weights = value
 
 
-def _known_field_names() -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _known_field_names() -> frozenset[str]:
     names = set()
 
     def walk(desc):
@@ -70,7 +72,43 @@ def _known_field_names() -> set[str]:
         walk(msg)
     for e in caffe_pb2.DESCRIPTOR.enum_types_by_name.values():
         names.update(v.name for v in e.values)
-    return names
+    return frozenset(names)
+
+
+# What a prototxt may be, checked before protobuf's parser sees it: real nets are under a few MB,
+# with short lines, nested a few levels deep (layer { convolution_param { weight_filler { } } }).
+MAX_PROTOTXT_BYTES = 64 << 20
+MAX_LINE = 1 << 20
+MAX_DEPTH = 32
+
+# A string runs to its closing quote or to the end of its line (as protobuf's tokenizer reads it), so
+# every match succeeds where it starts and the scan stays linear even for unterminated strings.
+_STRINGS = re.compile(r'"(?:[^"\\\n]|\\.?)*+(?:"|$)|\'(?:[^\'\\\n]|\\.?)*+(?:\'|$)', re.MULTILINE)
+_COMMENTS = re.compile(r"#[^\n]*")
+# A field name is a word followed by ":" or "{" (or "<"). The lookbehind starts a match only at a
+# word's first character and the possessive quantifiers never backtrack, so the scan is linear:
+# with plain ones a 20,000-character word took 5 s, each start position retrying the whole word.
+_FIELD = re.compile(r"(?<![\w.])(\w++)\s*+(?=[:{<])")
+
+
+def _bare(text: str) -> str:
+    """The text with strings and comments taken out (what remains holds names and structure)."""
+    return _COMMENTS.sub("", _STRINGS.sub('""', text))
+
+
+def _check_shape(text: str, bare: str, path: Path) -> None:
+    """Line length and nesting depth within bounds (protobuf's text parser recurses per level)."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if len(line) > MAX_LINE:
+            raise CaffeError(f"{path}: line {n} is {len(line):,} characters long (at most {MAX_LINE:,}): not a "
+                             f"net definition")
+    depth = 0
+    for m in re.finditer(r"[{}<>]", bare):
+        depth += 1 if m.group() in "{<" else -1
+        if depth > MAX_DEPTH:
+            line = bare.count("\n", 0, m.start()) + 1
+            raise CaffeError(f"{path}: line {line}: blocks nest more than {MAX_DEPTH} levels deep: not a net "
+                             f"definition")
 
 
 def read_prototxt(path, schema: Schema = DEFAULT) -> tuple[caffe_pb2.NetParameter, list[str]]:
@@ -79,12 +117,18 @@ def read_prototxt(path, schema: Schema = DEFAULT) -> tuple[caffe_pb2.NetParamete
     syntax error names the file and line."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_PROTOTXT_BYTES:
+            raise CaffeError(f"{path}: {size:,} bytes is too large for a net definition (at most "
+                             f"{MAX_PROTOTXT_BYTES >> 20} MB): is it the caffemodel?")
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise CaffeError(f"{path}: cannot read: {e.strerror or e}") from e
     if "\x00" in text:  # protobuf text never holds a NUL byte; a binary caffemodel soon does
         raise CaffeError(f"{path}: is binary (a caffemodel?), not a prototxt text file: are --prototxt and "
                          f"--caffemodel swapped?")
+    bare = _bare(text)
+    _check_shape(text, bare, path)
     net = schema.net()
     try:
         text_format.Parse(text, net, allow_unknown_field=True, allow_unknown_extension=True)
@@ -95,11 +139,9 @@ def read_prototxt(path, schema: Schema = DEFAULT) -> tuple[caffe_pb2.NetParamete
         hint = (f" ({fork.group(1)} is no V1 layer type of BVLC Caffe: the net was written for a fork of Caffe; "
                 f"give the fork's caffe.proto with --proto)" if fork and schema is DEFAULT else "")
         raise CaffeError(f"{path}: syntax error at {where}{hint}") from e
-    known = _known_field_names()
-    bare = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', text)  # strings out
-    bare = re.sub(r"#[^\n]*", "", bare)  # comments out
-    used = set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?=[:{])", bare))
-    unknown = sorted(used - known)
+    except RecursionError as e:  # _check_shape bounds the depth; this is the parser's own limit
+        raise CaffeError(f"{path}: blocks nest too deeply to parse") from e
+    unknown = sorted(set(_FIELD.findall(bare)) - _known_field_names())
     notes = [f"{path.name}: ignored fields this converter does not use: {', '.join(unknown)}"] if unknown else []
     return net, [*schema.notes, *notes]
 

@@ -16,6 +16,8 @@ Your own layer types come in as an argument, not a global registry::
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from kindling.protos import caffe_pb2
@@ -52,7 +54,7 @@ def _hw(layer, p, name: str, default: int) -> tuple[int, int]:
 def _blob(layer: CaffeLayer, i: int, shape, what: str) -> np.ndarray:
     """Blob i reshaped to ``shape``; an error names the layer and both shapes when it does not fit."""
     b = layer.blobs[i]
-    if b.size != int(np.prod(shape)):
+    if b.size != math.prod(shape):  # Python ints: a hostile shape's product must not wrap
         _fail(layer, f"{what} blob has shape {list(b.shape)} ({b.size} values) but the layer needs {list(shape)}")
     return np.ascontiguousarray(b.reshape(shape), dtype=np.float32)
 
@@ -104,6 +106,8 @@ def convolution(layer: CaffeLayer, shapes):
 def deconvolution(layer: CaffeLayer, shapes):
     p = layer.param.convolution_param
     cin = _channels(layer, shapes)
+    if not p.num_output:
+        _fail(layer, "convolution_param.num_output is missing")
     with _deferred(layer):
         m = nn.ConvTranspose2d(cin, p.num_output, _hw(layer, p, "kernel", 0), _hw(layer, p, "stride", 1),
                                _hw(layer, p, "pad", 0), 0, p.group, p.bias_term, _hw(layer, p, "dilation", 1),
@@ -272,6 +276,9 @@ def reshape(layer, shapes):
     in_shape = shapes[0]
     axis = p.axis if p.axis >= 0 else len(in_shape) + 1 + p.axis
     end = len(in_shape) if p.num_axes == -1 else axis + p.num_axes
+    if not 0 <= axis <= end <= len(in_shape):  # Caffe's checks on axis and num_axes
+        _fail(layer, f"reshape_param axis {p.axis} and num_axes {p.num_axes} do not fit a "
+                     f"{len(in_shape)}-d input")
     spec = list(p.shape.dim)
     # Leading dims are kept as 0 (copy), so a 0 in the spec still copies the input dim at its position.
     target = [0] * axis + spec + [int(d) for d in in_shape[end:]]
@@ -280,6 +287,8 @@ def reshape(layer, shapes):
 
 def slice_(layer, shapes):
     p = layer.param.slice_param
+    if len(layer.tops) == 1 and not p.slice_point:  # Caffe copies the bottom to the one top
+        return nn.Identity(name=layer.name)
     axis = p.axis if p.HasField("axis") or not p.HasField("slice_dim") else p.slice_dim
     return nn.Slice(axis, list(p.slice_point), num_outputs=len(layer.tops), name=layer.name)
 

@@ -8,13 +8,17 @@ only the layer name, type and blobs are read (the structure comes from the proto
 """
 from __future__ import annotations
 
+import math
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from kindling.protos import caffe_pb2
+from kindling.runtime import memory
 
 # wire types
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
@@ -81,23 +85,37 @@ def fields(buf, start: int = 0, end: int | None = None) -> Iterator[tuple[int, i
         yield number, wire, value
 
 
+def _dims(buf, off: int, n: int) -> list[int]:
+    try:
+        return list(caffe_pb2.BlobShape.FromString(bytes(buf[off:off + n])).dim)
+    except DecodeError as e:
+        raise WireError(f"corrupt blob shape ({e})") from e
+
+
+WIDTHS = {2: "half-precision", 4: "float", 8: "double"}
+
+
+def _values(buf, off: int, n: int, dtype: str) -> np.ndarray:
+    size = np.dtype(dtype).itemsize
+    if n % size:
+        raise WireError(f"{n} bytes of {WIDTHS[size]} data is not a whole number of values")
+    return np.frombuffer(buf, dtype, n // size, off)
+
+
 def _blob(buf, start: int, end: int) -> np.ndarray:
     shape, legacy, data, raw, raw_type = None, [0, 0, 0, 0], None, None, 1
-    floats: list[np.ndarray] = []
+    unpacked = array("f")  # repeated floats written one field each (very old writers): 4 bytes per value here
     for number, wire, value in fields(buf, start, end):
         if number == BLOB_SHAPE and wire == LEN:
-            off, n = value
-            shape = list(caffe_pb2.BlobShape.FromString(bytes(buf[off:off + n])).dim)
+            shape = _dims(buf, *value)
         elif number in BLOB_LEGACY and wire == VARINT:
             legacy[BLOB_LEGACY[number]] = value
         elif number == BLOB_DATA and wire == LEN:  # packed floats: an array over the buffer
-            off, n = value
-            data = np.frombuffer(buf, "<f4", n // 4, off)
-        elif number == BLOB_DATA and wire == I32:  # unpacked repeated float (very old writers)
-            floats.append(np.frombuffer(buf, "<f4", 1, value))
+            data = _values(buf, *value, "<f4")
+        elif number == BLOB_DATA and wire == I32:
+            unpacked.frombytes(bytes(buf[value:value + 4]))
         elif number == BLOB_DOUBLE_DATA and wire == LEN:
-            off, n = value
-            data = np.frombuffer(buf, "<f8", n // 8, off).astype(np.float32)
+            data = _values(buf, *value, "<f8").astype(np.float32)
         elif number == BLOB_RAW_TYPE and wire == VARINT:
             raw_type = value
         elif number == BLOB_RAW_DATA and wire == LEN:
@@ -105,15 +123,14 @@ def _blob(buf, start: int, end: int) -> np.ndarray:
     if raw is not None and data is None:
         if raw_type not in RAW_TYPES:
             raise WireError(f"raw blob data of type {raw_type} (integers): only DOUBLE, FLOAT and FLOAT16 are weights")
-        off, n = raw
-        kind = np.dtype(RAW_TYPES[raw_type])
-        data = np.frombuffer(buf, kind, n // kind.itemsize, off)
-        data = data if kind == np.float32 else data.astype(np.float32)
+        data = _values(buf, *raw, RAW_TYPES[raw_type])
+        data = data if data.dtype == np.float32 else data.astype(np.float32)
     if data is None:
-        data = np.concatenate(floats) if floats else np.zeros(0, np.float32)
+        data = np.frombuffer(unpacked, "<f4") if unpacked else np.zeros(0, np.float32)
     if shape is None:
         shape = legacy if any(legacy) else [data.size]
-    if int(np.prod(shape)) != data.size:
+    # Python ints: a product of 2^32 x 2^32 must not wrap around to 0 as an int64 would
+    if any(d < 0 for d in shape) or math.prod(shape) != data.size:
         raise WireError(f"blob of shape {shape} holds {data.size} values")
     return data.reshape(shape)
 
@@ -121,6 +138,7 @@ def _blob(buf, start: int, end: int) -> np.ndarray:
 def _layer(buf, kind: int) -> RawLayer:
     spec = LAYER_FIELDS[kind]
     layer = RawLayer(v1=kind == NET_V1_LAYERS)
+    blobs = []
     for number, wire, value in fields(buf):
         if number == spec["name"] and wire == LEN:
             off, n = value
@@ -133,8 +151,12 @@ def _layer(buf, kind: int) -> RawLayer:
                 layer.type = caffe_pb2.V1LayerParameter.LayerType.Name(value) \
                     if value in caffe_pb2.V1LayerParameter.LayerType.values() else str(value)
         elif number == spec["blobs"] and wire == LEN:
-            off, n = value
+            blobs.append(value)
+    for i, (off, n) in enumerate(blobs):  # read once the name is known (it may come after them)
+        try:
             layer.blobs.append(_blob(buf, off, off + n))
+        except WireError as e:
+            raise WireError(f"layer {layer.name!r}: blob {i}: {e}") from e
     return layer
 
 
@@ -162,6 +184,7 @@ def _read_layers(f: BinaryIO, size: int, update) -> Iterator[RawLayer]:
             f.seek(pos + used2)
             if pos + used2 + n > size:
                 raise WireError(f"truncated: a field of {n} bytes at offset {pos} runs past the end of the file")
+            memory.check(n, f"the layer at offset {pos} ({n:,} bytes)")
             # np.empty, not bytearray: no zero-fill pass over hundreds of MB before the read
             buf = memoryview(np.empty(n, np.uint8))
             for start in range(0, n, _CHUNK):  # hashed chunk by chunk: VGG16's fc6 is 400 MB of one layer

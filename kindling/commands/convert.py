@@ -4,7 +4,8 @@ The flags every framework shares (output, labels, preprocessing, input shapes, t
 are defined once here, in a parent parser; each framework adds its own in a module of its own
 (``convert_<framework>.py``) that exposes HELP, ``add_arguments(parser)`` and
 ``convert(args, *, inputs, labels, preprocessing) -> Module``. After converting, every framework
-goes through the same check, atomic save and summary.
+goes through the same checks and summary, all before the atomic save: a command that fails
+writes nothing.
 """
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from importlib import import_module
 
 import numpy as np
 
-HELP = "convert a model from another framework (caffe, tf, torch) into kindling's native format"
+HELP = "convert a model from another framework (caffe, tf, torch, onnx) into kindling's native format"
 
 # framework -> module under kindling/commands/ with its flags and its convert()
-FRAMEWORKS = {"caffe": "convert_caffe", "tf": "convert_tf", "torch": "convert_torch"}
+FRAMEWORKS = {"caffe": "convert_caffe", "tf": "convert_tf", "torch": "convert_torch", "onnx": "convert_onnx"}
 
 
 def _shape(text: str) -> tuple[str, list[int]]:
@@ -86,8 +87,9 @@ def _preprocessing(args) -> dict | None:
 
 
 def _check(model, inputs: str, expected: str) -> bool:
-    x = np.load(inputs, allow_pickle=False).astype(np.float32)
-    want = np.load(expected, allow_pickle=False)
+    from kindling.runtime.npy import read_npy
+    x = read_npy(inputs).astype(np.float32)
+    want = read_npy(expected)
     y = np.asarray(model.evaluate().forward(x))
     if y.shape != want.shape:
         print(f"check: output shape {y.shape} differs from expected {want.shape}", file=sys.stderr)
@@ -120,8 +122,8 @@ def _verified(model, args) -> bool:
     reference = _reference(args, model)
     inputs = None
     if args.verify_input:
-        with np.load(args.verify_input, allow_pickle=False) as z:
-            inputs = {k: np.asarray(z[k], np.float32) for k in z.files}
+        from kindling.runtime.npy import read_npz
+        inputs = {k: np.asarray(v, np.float32) for k, v in read_npz(args.verify_input).items()}
     elif getattr(reference, "inputs", None) is None:
         inputs = random_inputs(model)
     report = verify(model, reference, inputs, atol=args.tolerance, rtol=args.tolerance)
@@ -137,20 +139,25 @@ def _verified(model, args) -> bool:
     return True
 
 
-def _summary(model, args, seconds: float) -> str:
-    from kindling.runtime.shapes import trace
+def _description(model, args) -> str:
+    """What the summary says about the model, worked out BEFORE the save (tracing the output shape
+    may find a layer too large for this machine: then nothing is written)."""
+    from kindling.runtime import shapes
+    from kindling.runtime.errors import KindlingError
     params = sum(int(np.prod(p.shape)) for _, p, _ in model.named_parameters())
     shape = model.metadata.get("input_shape")
+    source = ", ".join(f["path"] for f in model.metadata.get("source", {}).get("files", []))
     out_shape = ""
     if shape:
         sample = model.metadata.get("sample_shape") or [1, *shape[1:]]
-        out_shape = f", output shape {_listed(trace(model, [sample])[model.name])}"
+        try:
+            out_shape = f", output shape {_listed(shapes.trace(model, [sample])[model.name])}"
+        except KindlingError as e:
+            raise KindlingError(f"{source or args.framework}: tracing the converted model: {e}") from e
         if sample != [1, *shape[1:]]:
             out_shape += f" at input {sample} (it takes any size that fits {shape})"
-    source = ", ".join(f["path"] for f in model.metadata.get("source", {}).get("files", []))
     return (f"converted {source or args.framework} -> {args.output}: {sum(1 for _ in model.modules()) - 1} layers "
-            f"({type(model).__name__}), {params:,} parameters{out_shape}, in {seconds:.2f} s, "
-            f"peak memory {_peak_rss_mb():.0f} MB")
+            f"({type(model).__name__}), {params:,} parameters{out_shape}")
 
 
 def _listed(shape):
@@ -168,8 +175,9 @@ def run(args) -> int:
         return 1
     if args.verify and not _verified(model, args):
         return 1
+    description = _description(model, args)
     kindling.save(model, args.output)
     for note in getattr(model, "notes", []):
         print(f"note: {note}")
-    print(_summary(model, args, time.perf_counter() - start))
+    print(f"{description}, in {time.perf_counter() - start:.2f} s, peak memory {_peak_rss_mb():.0f} MB")
     return 0

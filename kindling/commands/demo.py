@@ -54,11 +54,10 @@ def write_digits(root: Path) -> int:
 def run(args) -> int:
     import kindling
     from kindling.converters import caffe
-    from kindling.runtime import nn
     from kindling.runtime.data import ImageFolder, Pipeline
-    from kindling.runtime.head import new_head
-    from kindling.runtime.optim import (SGD, Loss, Optimizer, Top1Accuracy, Trigger, TrainSummary,
-                                        ValidationSummary)
+    from kindling.runtime.finetune import FineTune, fine_tuner, prepare_model
+    from kindling.runtime.optim import Top1Accuracy
+    from kindling.runtime.optim.checkpoint import snapshots
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     src = args.lenet or _default_fixtures()
@@ -87,20 +86,16 @@ def run(args) -> int:
     print(f"3. the Caffe LeNet as trained on MNIST, on {len(val_set)} held-out digits: {before}")
 
     print("4. fine-tuning: new last layer ip2_digits, conv layers kept trainable")
-    new_head(model, "ip2_digits", 10)
-    model.replace("prob", nn.LogSoftmax(name="prob"))  # trained through ClassNLL: log-probabilities
-    opt = Optimizer(model, train_set, nn.ClassNLLCriterion(),
-                    SGD(learningrate=0.01, momentum=0.9, dampening=0.0, nesterov=True, weightdecay=1e-4),
-                    Trigger.max_epoch(args.epochs), batch_size=32, seed=args.seed)
-    opt.set_validation(Trigger.every_epoch(), val_set, [Top1Accuracy(), Loss()])
-    opt.set_checkpoint(out / "checkpoints", Trigger.every_epoch())
-    opt.set_train_summary(TrainSummary(out / "logs", "demo"))
-    opt.set_val_summary(ValidationSummary(out / "logs", "demo"))
+    settings = FineTune(epochs=args.epochs, batch_size=32, lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                        new_head="ip2_digits:10", checkpoint=str(out / "checkpoints"), log_dir=str(out / "logs"),
+                        app_name="demo", seed=args.seed)
+    prepare_model(model, settings, classes=10)
+    opt = fine_tuner(model, train_set, val_set, settings, classes=10)
     logging.getLogger("kindling.optim").setLevel(logging.WARNING)  # per-iteration lines: kindling train prints them
     opt.optimize()
     after = model.evaluate(val_set, [Top1Accuracy()], batch_size=128)
     print(f"5. after {args.epochs} epochs of fine-tuning: {after}")
-    snaps = sorted((out / "checkpoints").glob("model.*"), key=lambda p: int(p.name.split(".")[1]))
+    snaps = snapshots(out / "checkpoints")
     print(f"   validated snapshot: {snaps[-1]}  (kindling info {snaps[-1]})")
     print(f"   TensorBoard: tensorboard --logdir {out / 'logs'}")
     return 0 if after[0][1].result()[0] > before[0][1].result()[0] else 1

@@ -39,7 +39,8 @@ def run(args) -> int:
     import os
 
     import kindling
-    from kindling.runtime.shapes import trace
+    from kindling.runtime.errors import KindlingError
+    from kindling.runtime.shapes import ShapeError, trace
     model = kindling.load(args.model)
     meta = model.metadata
     recorded = meta.get("input_shape")
@@ -48,10 +49,13 @@ def run(args) -> int:
     if shape and len(meta.get("input_names") or [None]) == 1:
         if args.input_shape and recorded and (len(shape) != len(recorded) or any(
                 r > 0 and r != d for r, d in zip(recorded[1:], shape[1:]))):
-            raise ValueError(f"--input-shape {shape} does not fit the model's {recorded} (-1: any size that fits)")
+            raise KindlingError(f"--input-shape {shape} does not fit the model's {recorded} (-1: any size that fits)")
         sample = meta.get("sample_shape") or [1] * len(shape)
         shape = [d if d > 0 else max(s, 1) for d, s in zip(shape, sample)]
-        shapes = trace(model, [shape])
+        try:
+            shapes = trace(model, [shape])
+        except ShapeError as e:
+            raise KindlingError(f"{args.model}: tracing the input shape {shape}: {e}") from e
     rows = [("layer", "type", "output shape", "params")]
     total = 0
     for m in model.modules():

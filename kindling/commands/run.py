@@ -30,16 +30,17 @@ def add_arguments(p):
 
 
 def _read_inputs(path: str, names: list[str]) -> list[np.ndarray]:
+    from kindling.runtime.npy import read_npy, read_npz
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            missing = [n for n in names if n not in z.files]
-            if missing:
-                raise ValueError(f"{path}: no arrays named {missing}; the model's inputs are {names}, "
-                                 f"the file has {z.files}")
-            return [np.asarray(z[n], np.float32) for n in names]
+        arrays = read_npz(path)
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise ValueError(f"{path}: no arrays named {missing}; the model's inputs are {names}, "
+                             f"the file has {sorted(arrays)}")
+        return [np.asarray(arrays[n], np.float32) for n in names]
     if len(names) > 1:
         raise ValueError(f"the model has {len(names)} inputs {names}: give an .npz with one array per input")
-    return [np.asarray(np.load(path, allow_pickle=False), np.float32)]
+    return [np.asarray(read_npy(path), np.float32)]
 
 
 def _write_atomic(path: Path, save) -> None:

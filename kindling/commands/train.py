@@ -4,13 +4,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from kindling.runtime.spark.optimizer import DEFAULT_EXCHANGE, EXCHANGES
+
 HELP = "fine-tune a model on image folders (class sub-folders), with validation and checkpoints"
 
 
 def add_arguments(p):
     p.add_argument("--model", help="the base model (.kdl), e.g. from `kindling convert`")
     p.add_argument("--resume", help="continue from a checkpoint DIR/model.N (and DIR/optimMethod.N)")
-    p.add_argument("--train", required=True, help="folder of class sub-folders of training images")
+    p.add_argument("--train", required=True, help="folder of class sub-folders of training images (with --master: "
+                                                  "any URI Spark reads: a path, file://, hdfs://, s3a://)")
     p.add_argument("--val", help="folder of validation images (default: --val-fraction of --train)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="stratified split when no --val (default 0.2)")
     p.add_argument("--labels", help="the classes in index order, one per line (default: the --train sub-folders, "
@@ -41,6 +44,13 @@ def add_arguments(p):
     p.add_argument("--augment", action="store_true", help="random crops and flips for training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    spark = p.add_argument_group("on Apache Spark (pip install kindling[spark]; Java 17 or 21)")
+    spark.add_argument("--master", help="train on Spark: local[N], spark://HOST:7077, yarn (or what spark-submit set)")
+    spark.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                       help="a Spark setting, e.g. spark.executor.memory=4g (repeatable)")
+    spark.add_argument("--num-tasks", type=int, help="barrier tasks (default: every free task slot)")
+    spark.add_argument("--exchange", default=DEFAULT_EXCHANGE, choices=sorted(EXCHANGES),
+                       help="how the tasks combine gradients (default socket: point to point, sharded)")
 
 
 def _floats(text):
@@ -78,22 +88,30 @@ def _check_size(model, size) -> None:
         raise ValueError(f"input size {size[0]}x{size[1]}: {e}") from e
 
 
+def settings(args):
+    """The command line as fine-tuning settings (``kindling.runtime.finetune.FineTune``)."""
+    from kindling.runtime.finetune import FineTune
+    return FineTune(epochs=args.epochs, batch_size=args.batch_size, optim=args.optim, lr=args.lr,
+                    momentum=args.momentum, dampening=args.dampening, nesterov=args.nesterov,
+                    weight_decay=args.weight_decay, schedule=args.schedule, new_head=args.new_head,
+                    freeze=[n.strip() for n in (args.freeze or "").split(",") if n.strip()],
+                    checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, log_dir=args.log_dir,
+                    app_name=args.app_name, seed=args.seed, workers=args.workers)
+
+
 def run(args) -> int:
     import kindling
-    from kindling.runtime import nn
-    from kindling.runtime.data import ImageFolder, Pipeline, read_labels, write_labels
-    from kindling.runtime.head import classifier, new_head
-    from kindling.runtime.optim import (SGD, Adam, Loss, Optimizer, Top1Accuracy, Top5Accuracy, Trigger,
-                                        TrainSummary, ValidationSummary)
+    from kindling.runtime.data import read_labels
     from kindling.runtime.optim.checkpoint import load_checkpoint
-    from kindling.runtime.optim.schedules import parse
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if bool(args.model) == bool(args.resume):
         raise ValueError("give exactly one of --model and --resume")
+    s = settings(args)
     method = None
     if args.resume:
         model, method = load_checkpoint(args.resume)
+        s.new_head, s.freeze = None, []  # the snapshot has its head and frozen layers already
     else:
         model = kindling.load(args.model)
     pre = _preprocessing(args, model)
@@ -104,68 +122,88 @@ def run(args) -> int:
             raise ValueError(f"--labels {args.labels} differs from the classes {args.resume} was trained on "
                              f"({len(trained)}: {', '.join(trained[:5])}{', ...' if len(trained) > 5 else ''})")
         labels = labels or trained
-    train_pipe = Pipeline.from_metadata(pre, train=args.augment)
-    data = ImageFolder(args.train, train_pipe, labels=labels)
+    if not args.master:
+        train_set, val_set, classes = _local_data(args, pre, labels)
+        return _train(args, s, model, method, pre, train_set, val_set, classes, (len(train_set), len(val_set)))
+    spark = _spark_session(args)
+    try:
+        s.spark = {"num_tasks": args.num_tasks, "exchange": args.exchange,
+                   "pipeline": _pipeline(pre, args.augment), "val_pipeline": _pipeline(pre, False)}
+        return _train(args, s, model, method, pre, *_spark_data(spark, args, labels))
+    finally:
+        spark.stop()
+
+
+def _pipeline(pre, train):
+    from kindling.runtime.data import Pipeline
+    return Pipeline.from_metadata(pre, train=train)
+
+
+def _local_data(args, pre, labels):
+    """(train set, validation set, classes) from local folders."""
+    from kindling.runtime.data import ImageFolder
+    data = ImageFolder(args.train, _pipeline(pre, args.augment), labels=labels)
     if args.val:
-        train_set = data
-        val_set = ImageFolder(args.val, Pipeline.from_metadata(pre), labels=data.labels)
-    else:
-        train_set, val_set = data.split(args.val_fraction, seed=args.seed)
-        val_set = val_set.with_pipeline(Pipeline.from_metadata(pre))
-    if args.new_head and not args.resume:
-        name, _, classes = args.new_head.partition(":")
-        classes = int(classes or len(data.labels))
-        if classes != len(data.labels):
-            raise ValueError(f"--new-head {args.new_head}: the training folder has {len(data.labels)} classes")
-        old, _ = new_head(model, name, classes)
-        print(f"replaced {old.name} ({_outputs(old)} outputs) by a new {name} with {classes} outputs")
-    if args.freeze:
-        model.freeze(*[n.strip() for n in args.freeze.split(",") if n.strip()])
-    if method is None:
-        schedule = parse(args.schedule) if args.schedule else None
-        if args.optim == "adam":
-            method = Adam(learningrate=args.lr, weightdecay=args.weight_decay, learningrate_schedule=schedule)
-        else:
-            method = SGD(learningrate=args.lr, weightdecay=args.weight_decay, momentum=args.momentum,
-                         dampening=0.0 if args.nesterov and args.dampening is None else args.dampening,
-                         nesterov=args.nesterov, learningrate_schedule=schedule)
-    model.metadata = {**model.metadata, "labels": data.labels, "preprocessing": pre}
-    last = list(model.modules())[-1]
-    if isinstance(last, nn.Softmax):
-        # Caffe deploy nets end in Softmax (Caffe trained them through SoftmaxWithLoss): train
-        # through LogSoftmax + ClassNLL instead, which is the same loss, computed stably.
-        model.replace(last.name, nn.LogSoftmax(last.axis, name=last.name))
-        print(f"{last.name}: Softmax trained as LogSoftmax (outputs are log-probabilities)")
-    out = classifier(model)
-    criterion = nn.ClassNLLCriterion() if _ends_in_log_softmax(model) else nn.CrossEntropyCriterion()
-    opt = Optimizer(model, train_set, criterion, method, Trigger.max_epoch(args.epochs), args.batch_size,
-                    seed=args.seed, workers=args.workers)
-    metrics = [Top1Accuracy()] + ([Top5Accuracy()] if len(data.labels) > 5 else []) + [Loss(criterion)]
-    opt.set_validation(Trigger.every_epoch(), val_set, metrics)
-    every = Trigger.several_iteration(args.checkpoint_every) if args.checkpoint_every else Trigger.every_epoch()
-    opt.set_checkpoint(args.checkpoint, every)
-    if args.log_dir:
-        opt.set_train_summary(TrainSummary(args.log_dir, args.app_name))
-        opt.set_val_summary(ValidationSummary(args.log_dir, args.app_name))
-    print(f"training {type(model).__name__} on {len(train_set)} images of {len(data.labels)} classes, "
-          f"validating on {len(val_set)}; head {out.name}")
+        return data, ImageFolder(args.val, _pipeline(pre, False), labels=data.labels), data.labels
+    train_set, val_set = data.split(args.val_fraction, seed=args.seed)
+    return train_set, val_set.with_pipeline(_pipeline(pre, False)), data.labels
+
+
+def _spark_session(args):
+    from pyspark.sql import SparkSession
+    builder = SparkSession.builder.appName(args.app_name).master(args.master)
+    # the log lines say how far training is; a file costs Spark 4 MB by default when it packs files
+    # into partitions, which cuts a folder of small images into many tiny tasks: count 128 KB
+    settings = {"spark.ui.showConsoleProgress": "false", "spark.sql.files.openCostInBytes": "131072"}
+    if args.master.startswith("local"):  # everything on this machine: keep it on loopback
+        settings.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
+    for item in args.conf:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--conf {item}: expected KEY=VALUE")
+        settings[key.strip()] = value.strip()
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    return spark
+
+
+def _spark_data(spark, args, labels):
+    """(train DataFrame, validation DataFrame, classes): images read by Spark on the executors;
+    without --val the same stratified split as a local run (only the labels come to the driver)."""
+    from kindling.runtime.data.dataset import stratified_split
+    from kindling.runtime.spark.data import image_folder_dataframe, labels_of, subset
+    data = image_folder_dataframe(spark, args.train, labels)
+    classes = labels_of(data)
+    if args.val:
+        val = image_folder_dataframe(spark, args.val, classes)
+        return data, val, classes, (data.count(), val.count())
+    ys = [r[1] for r in data.select("index", "label").orderBy("index").collect()]
+    train, val = stratified_split(ys, args.val_fraction, args.seed)
+    return subset(spark, data, train), subset(spark, data, val), classes, (len(train), len(val))
+
+
+def _train(args, s, model, method, pre, train_set, val_set, classes, sizes=None) -> int:
+    from kindling.runtime.data import write_labels
+    from kindling.runtime.finetune import fine_tuner, prepare_model
+    from kindling.runtime.head import classifier
+    from kindling.runtime.optim.checkpoint import snapshots
+
+    for note in prepare_model(model, s, len(classes)):
+        print(note)
+    model.metadata = {**model.metadata, "labels": classes, "preprocessing": pre}
+    opt = fine_tuner(model, train_set, val_set, s, len(classes), method)
+    where = f" on Spark ({args.master})" if args.master else ""
+    print(f"training {type(model).__name__}{where} on {sizes[0]} images of {len(classes)} classes, "
+          f"validating on {sizes[1]}; head {classifier(model).name}")
     Path(args.checkpoint).mkdir(parents=True, exist_ok=True)
-    labels_file = write_labels(Path(args.checkpoint) / "labels.txt", data.labels)
+    labels_file = write_labels(Path(args.checkpoint) / "labels.txt", classes)
     opt.optimize()
-    snaps = sorted(Path(args.checkpoint).glob("model.*"), key=lambda p: int(p.name.split(".")[1]))
+    snaps = snapshots(args.checkpoint)
     print(f"snapshots: {args.checkpoint} (latest {snaps[-1].name if snaps else 'none'}; classes in {labels_file.name})")
     if args.log_dir:
         print(f"TensorBoard logs: {Path(args.log_dir) / args.app_name} (tensorboard --logdir {args.log_dir})")
     if opt.last_validation:
         print("final validation: " + ", ".join(f"{k} {v:.4f}" for k, v in opt.last_validation["results"].items()))
     return 0
-
-
-def _outputs(layer) -> int:
-    return getattr(layer, "out_features", None) or layer.out_channels
-
-
-def _ends_in_log_softmax(model) -> bool:
-    from kindling.runtime import nn
-    last = list(model.modules())[-1]
-    return isinstance(last, nn.LogSoftmax)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 log = logging.getLogger("kindling.data")
@@ -44,11 +46,11 @@ def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
 def _class_folders(root: Path) -> list[str]:
     for bad, problem in ROOT_PROBLEMS:
         if bad(root):
-            raise ValueError(f"{root}: {problem}")
+            raise DataError(f"{root}: {problem}")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
     if not folders:
         loose = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir())
-        raise ValueError(f"{root}: no class sub-folders: images go in {root / '<class>'}/"
+        raise DataError(f"{root}: no class sub-folders: images go in {root / '<class>'}/"
                          + (f" ({loose} images lie directly in {root})" if loose else ""))
     return folders
 
@@ -72,17 +74,24 @@ class DataSet:
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple["Subset", "Subset"]:
         """A stratified (train, validation) split: each class split in the same proportion."""
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"split: val_fraction must be in (0, 1), got {val_fraction}")
-        rng = np.random.default_rng(seed)
-        labels = np.array([self.label(i) for i in range(len(self))])
-        train, val = [], []
-        for c in np.unique(labels):
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            k = int(round(len(idx) * val_fraction))
-            val += idx[:k].tolist()
-            train += idx[k:].tolist()
-        return Subset(self, sorted(train), "train"), Subset(self, sorted(val), "validation")
+        train, val = stratified_split([self.label(i) for i in range(len(self))], val_fraction, seed)
+        return Subset(self, train, "train"), Subset(self, val, "validation")
+
+
+def stratified_split(labels, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(train, validation) indices, each sorted: every class split in the same proportion, the
+    choice a function of the seed (the same for a local folder and a Spark DataFrame of it)."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"split: val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(len(idx) * val_fraction))
+        val += idx[:k].tolist()
+        train += idx[k:].tolist()
+    return sorted(train), sorted(val)
 
 
 def _nfc(name: str) -> str:
@@ -103,11 +112,11 @@ class ImageFolder(DataSet):
         index = {_nfc(name): i for i, name in enumerate(self.labels)}
         unknown = sorted(d for d in folders if _nfc(d) not in index)
         if unknown:
-            raise ValueError(f"{self.root}: class folders {unknown} are not among the labels {self.labels}")
+            raise DataError(f"{self.root}: class folders {unknown} are not among the labels {self.labels}")
         found = {d: _walk(self.root / d) for d in folders}
         self.samples = [(p, index[_nfc(d)]) for d in folders for p in found[d][0]]
         if not self.samples:
-            raise ValueError(f"{self.root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise DataError(f"{self.root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         empty = [d for d in folders if not found[d][0]]
         if empty:
             log.warning("%s: class folders without images (kept as classes): %s", self.root, ", ".join(empty))

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 import weakref
+from typing import NamedTuple
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from ..errors import DataError
 
 log = logging.getLogger("kindling.data")
 
@@ -16,13 +19,18 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarr
     return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
 
 
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one sample's random preprocessing (crops, flips) in one epoch."""
+    return np.random.default_rng([seed, epoch, int(index)])
+
+
 def _load(dataset, i, seed, epoch, strict):
     try:
-        x, y = dataset.load(int(i), np.random.default_rng([seed, epoch, int(i)]))
+        x, y = dataset.load(int(i), sample_rng(seed, epoch, i))
         return np.asarray(x, np.float32), y
     except Exception as e:  # a corrupt image: skipped with a warning naming the file
         if strict:
-            raise ValueError(f"{dataset.source(int(i))}: cannot load: {e}") from e
+            raise DataError(f"{dataset.source(int(i))}: cannot load: {e}") from e
         _warn_once(dataset, int(i), e)
         return None
 
@@ -41,27 +49,46 @@ def _warn_once(dataset, i: int, error) -> None:
         log.warning("skipping %s: %s (not repeated in later epochs)", dataset.source(i), error)
 
 
-def batches(dataset, batch_size: int, *, seed: int = 0, epoch: int = 1, shuffle: bool = True, start: int = 0,
-            workers: int = 2, prefetch: int = 2, strict: bool = False):
-    """Yields (x, y) batches of the epoch, beginning with batch number ``start`` (for resuming)."""
+class Batch(NamedTuple):
+    """A batch, with where its samples came from: their data set indices (``indices``, bad images
+    left out) and the batch's number in its epoch (``position``)."""
+    x: np.ndarray
+    y: np.ndarray
+    indices: np.ndarray
+    position: int
+
+
+def batches(dataset, batch_size: int, **kwargs):
+    """Yields (x, y) batches of the epoch, beginning with batch number ``start`` (for resuming);
+    the keywords are ``indexed_batches``'."""
+    for b in indexed_batches(dataset, batch_size, **kwargs):
+        yield b.x, b.y
+
+
+def indexed_batches(dataset, batch_size: int, *, seed: int = 0, epoch: int = 1, shuffle: bool = True, start: int = 0,
+                    workers: int = 2, prefetch: int = 2, strict: bool = False):
+    """Yields the epoch's ``Batch``es from batch number ``start`` on; a batch whose every image is
+    unreadable is left out (the next batch keeps its own position)."""
     order = epoch_order(len(dataset), seed, epoch, shuffle)
     chunks = [order[i:i + batch_size] for i in range(start * batch_size, len(order), batch_size)]
     if not chunks:
         return
     if hasattr(dataset, "take"):  # in-memory: one fancy-indexing gather per batch
-        for chunk in chunks:
-            yield dataset.take(chunk)
+        for k, chunk in enumerate(chunks):
+            x, y = dataset.take(chunk)
+            yield Batch(x, y, chunk, start + k)
         return
 
-    def make(chunk):
-        loaded = [s for s in (_load(dataset, i, seed, epoch, strict) for i in chunk) if s is not None]
-        if not loaded:
+    def assemble(chunk, loaded, k):
+        kept = [(i, s) for i, s in zip(chunk, loaded) if s is not None]
+        if not kept:
             return None
-        return np.stack([x for x, _ in loaded]), np.asarray([y for _, y in loaded])
+        return Batch(np.stack([s[0] for _, s in kept]), np.asarray([s[1] for _, s in kept]),
+                     np.asarray([i for i, _ in kept]), start + k)
 
     if workers <= 0:
-        for chunk in chunks:
-            b = make(chunk)
+        for k, chunk in enumerate(chunks):
+            b = assemble(chunk, [_load(dataset, i, seed, epoch, strict) for i in chunk], k)
             if b is not None:
                 yield b
         return
@@ -71,11 +98,13 @@ def batches(dataset, batch_size: int, *, seed: int = 0, epoch: int = 1, shuffle:
             return [pool.submit(_load, dataset, i, seed, epoch, strict) for i in chunk]
         pending = [submit(c) for c in chunks[:prefetch + 1]]
         nxt = prefetch + 1
+        k = 0
         while pending:
             futures = pending.pop(0)
             if nxt < len(chunks):
                 pending.append(submit(chunks[nxt]))
                 nxt += 1
-            loaded = [s for s in (f.result() for f in futures) if s is not None]
-            if loaded:
-                yield np.stack([x for x, _ in loaded]), np.asarray([y for _, y in loaded])
+            b = assemble(chunks[k], [f.result() for f in futures], k)
+            k += 1
+            if b is not None:
+                yield b

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..errors import DataError
 
 # Twice Pillow's warning threshold (89,478,485), where Pillow itself refuses an image: a
 # 13,000 x 13,000 panorama still decodes; one RGB copy of it is about 0.5 GB.
@@ -48,8 +49,9 @@ def max_pixels() -> int:
     return value
 
 
-class ImageError(ValueError):
-    """Bytes or a file that do not decode to an image: not an image, truncated, or too large."""
+class ImageError(DataError):
+    """Bytes or a file that do not decode to an image: not an image, truncated, or too large. A
+    file's error starts with its path."""
 
 
 class ImageTooLarge(ImageError):
@@ -110,20 +112,25 @@ class Decode(Step):
         if isinstance(source, Image.Image):
             return self._finish(source)
         encoded = isinstance(source, (bytes, bytearray, memoryview))
+        # A file is read whole first: Pillow reads a chunk at the length the file declares, and from
+        # a file object a declared 2 GB is allocated before the read finds 300 bytes (from memory,
+        # a read stops at what there is). An image file is small next to its decoded pixels.
+        data = source if encoded else Path(source).read_bytes()
+        where = "" if encoded else f"{source}: "
         try:
-            opened = Image.open(io.BytesIO(source) if encoded else Path(source))
+            opened = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as e:  # Pillow's own limit, met before kindling's
-            raise ImageTooLarge(f"{e} Raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) if you trust the "
-                                f"file") from e
+            raise ImageTooLarge(f"{where}{e} Raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) if you trust "
+                                f"the file") from e
         except Image.UnidentifiedImageError as e:
-            raise ImageError(f"not an image that Pillow can read ({_what(source, encoded)})") from e
-        except (FileNotFoundError, IsADirectoryError, PermissionError):
-            raise  # the file system's answer, not the image's
+            raise ImageError(f"{where}not an image that Pillow can read ({_what(data)})") from e
+        except MemoryError:
+            raise
         except Exception as e:  # a header Pillow chokes on: OSError, SyntaxError, struct.error, ...
-            raise ImageError(f"a broken image header ({type(e).__name__}: {e})") from e
+            raise ImageError(f"{where}a broken image header ({type(e).__name__}: {e})") from e
         # closed at once: a multi-frame file (GIF, TIFF) would otherwise hold its handle until GC
         with opened as img:
-            self._check_size(img)
+            self._check_size(img, where)
             try:
                 if self.at_least and img.format == "JPEG":
                     img.draft(img.mode, (self.at_least, self.at_least))  # square: either side may end up shorter
@@ -132,25 +139,24 @@ class Decode(Step):
             except MemoryError:
                 raise
             except Exception as e:  # whatever a decoder raises on hostile bytes
-                raise ImageError(f"{img.format or 'image'} data cannot be decoded ({e})") from e
+                raise ImageError(f"{where}{img.format or 'image'} data cannot be decoded ({e})") from e
 
-    def _check_size(self, img) -> None:
+    def _check_size(self, img, where: str = "") -> None:
         limit = self.max_pixels if self.max_pixels is not None else max_pixels()
         w, h = img.size
         if w * h > limit:
             setting = "max_pixels" if self.max_pixels is not None else (
                 "KINDLING_MAX_PIXELS" if os.environ.get("KINDLING_MAX_PIXELS") else "the default limit")
-            raise ImageTooLarge(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} ({setting})")
+            raise ImageTooLarge(f"{where}image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} "
+                                f"({setting})")
 
     def _finish(self, img):
         return _eight_bit(_upright(img)).convert("L" if self.gray else "RGB")
 
 
-def _what(source, encoded: bool) -> str:
-    if not encoded:
-        return str(source)
-    head = bytes(source[:8])
-    return f"{len(source):,} bytes starting {head!r}" if source else "no bytes"
+def _what(data) -> str:
+    head = bytes(data[:8])
+    return f"{len(data):,} bytes starting {head!r}" if len(data) else "no bytes"
 
 
 class Resize(Step):

@@ -110,20 +110,28 @@ class Tanh(_Elementwise):
 
 
 class SELU(_Elementwise):
-    """scale * (x if x > 0 else alpha * (exp(x) - 1)), with the self-normalising constants."""
+    """gamma * (x if x > 0 else alpha * (exp(x) - 1)), by default with the self-normalising
+    constants (ONNX's Selu takes others)."""
     ALPHA = 1.6732632423543772848170429916717
     SCALE = 1.0507009873554804934193349852946
 
+    def __init__(self, alpha: float = ALPHA, gamma: float = SCALE, name: str | None = None):
+        super().__init__(name)
+        self.alpha, self.gamma = float(alpha), float(gamma)
+
+    def config(self):
+        return {"alpha": self.alpha, "gamma": self.gamma}
+
     def _f(self, x, out):
         np.expm1(np.minimum(x, 0), out=out)
-        out *= np.float32(self.ALPHA)
+        out *= np.float32(self.alpha)
         np.copyto(out, x, where=x > 0)
-        out *= np.float32(self.SCALE)
+        out *= np.float32(self.gamma)
         return out
 
     def _df(self, x, y, g, out):
-        # d/dx = scale for x > 0, else scale * alpha * exp(x) = y + scale * alpha
-        slope = np.where(x > 0, np.float32(self.SCALE), y + np.float32(self.SCALE * self.ALPHA))
+        # d/dx = gamma for x > 0, else gamma * alpha * exp(x) = y + gamma * alpha
+        slope = np.where(x > 0, np.float32(self.gamma), y + np.float32(self.gamma * self.alpha))
         return np.multiply(g, slope, out=out)
 
 
@@ -196,16 +204,23 @@ class Swish(_Elementwise):
 
 
 class HardSigmoid(_Elementwise):
-    """relu6(x + 3) / 6, as Keras and PyTorch define it (MobileNetV3)."""
+    """max(0, min(1, alpha * x + beta)); by default relu6(x + 3) / 6, as Keras and PyTorch define it
+    (MobileNetV3); ONNX's HardSigmoid defaults to alpha 0.2."""
+
+    def __init__(self, alpha: float = 1 / 6, beta: float = 0.5, name: str | None = None):
+        super().__init__(name)
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def config(self):
+        return {"alpha": self.alpha, "beta": self.beta}
 
     def _f(self, x, out):
-        np.add(x, np.float32(3), out=out)
-        np.clip(out, 0, 6, out=out)
-        out /= np.float32(6)
-        return out
+        np.multiply(x, np.float32(self.alpha), out=out)
+        out += np.float32(self.beta)
+        return np.clip(out, 0, 1, out=out)
 
     def _df(self, x, y, g, out):
-        return np.multiply(g, ((x > -3) & (x < 3)) * np.float32(1 / 6), out=out)
+        return np.multiply(g, np.float32(self.alpha) * ((y > 0) & (y < 1)), out=out)
 
 
 class HardSwish(_Elementwise):

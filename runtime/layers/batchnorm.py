@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import init
 from ..module import Module
 
 
@@ -14,11 +15,13 @@ class BatchNorm2d(Module):
                  name: str | None = None):
         super().__init__(name)
         self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), float(momentum), affine
+        if self.num_features < 1:
+            raise ValueError(f"BatchNorm2d {self.name!r}: num_features must be positive, got {self.num_features}")
         if affine:
-            self.params["weight"] = np.ones(num_features, np.float32)
-            self.params["bias"] = np.zeros(num_features, np.float32)
-        self.buffers["running_mean"] = np.zeros(num_features, np.float32)
-        self.buffers["running_var"] = np.ones(num_features, np.float32)
+            self.params["weight"] = init.constant(self.num_features, 1.0)
+            self.params["bias"] = init.constant(self.num_features, 0.0)
+        self.buffers["running_mean"] = init.constant(self.num_features, 0.0)
+        self.buffers["running_var"] = init.constant(self.num_features, 1.0)
 
     def config(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum, "affine": self.affine}

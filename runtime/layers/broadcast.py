@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import init
 from ..module import Module
 from .merge import _unbroadcast
 
 
 def _aligned(t: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     """``t`` reshaped to broadcast against an ``ndim``-d tensor from ``axis`` on."""
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for an input with {ndim} axes")
     axis = axis % ndim
     return t.reshape((1,) * axis + t.shape + (1,) * (ndim - axis - t.ndim))
 
@@ -19,7 +22,7 @@ class Bias(Module):
         super().__init__(name)
         self.shape = [int(shape)] if np.isscalar(shape) else [int(s) for s in shape]
         self.axis = int(axis)
-        self.params["bias"] = np.zeros(self.shape, np.float32)
+        self.params["bias"] = init.constant(self.shape, 0.0)
 
     def config(self):
         return {"shape": list(self.shape), "axis": self.axis}

@@ -63,9 +63,9 @@ class Conv2d(Module):
         self.stride = pair(stride, "stride", self.name)
         self.padding = pair(padding, "padding", self.name)
         self.dilation = pair(dilation, "dilation", self.name)
-        if groups <= 0 or in_channels % groups or out_channels % groups:
+        if in_channels <= 0 or out_channels <= 0 or groups <= 0 or in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d {self.name!r}: in_channels ({in_channels}) and out_channels ({out_channels}) "
-                             f"must both be divisible by groups ({groups})")
+                             f"must be positive and divisible by groups ({groups})")
         if min(self.kernel_size + self.stride + self.dilation) <= 0 or min(self.padding) < 0:
             raise ValueError(f"Conv2d {self.name!r}: kernel, stride and dilation must be positive and padding >= 0")
         self.in_channels, self.out_channels, self.groups, self.has_bias = in_channels, out_channels, groups, bias

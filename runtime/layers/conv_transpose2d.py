@@ -13,7 +13,7 @@ import numpy as np
 from .. import blas
 from ..init import kaiming_uniform
 from ..module import Module
-from .conv2d import pair
+from .conv2d import _Shape, pair
 
 
 class ConvTranspose2d(Module):
@@ -25,9 +25,12 @@ class ConvTranspose2d(Module):
         self.padding = pair(padding, "padding", self.name)
         self.output_padding = pair(output_padding, "output_padding", self.name)
         self.dilation = pair(dilation, "dilation", self.name)
-        if groups <= 0 or in_channels % groups or out_channels % groups:
+        if in_channels <= 0 or out_channels <= 0 or groups <= 0 or in_channels % groups or out_channels % groups:
             raise ValueError(f"ConvTranspose2d {self.name!r}: in_channels ({in_channels}) and out_channels "
-                             f"({out_channels}) must both be divisible by groups ({groups})")
+                             f"({out_channels}) must be positive and divisible by groups ({groups})")
+        if min(self.kernel_size + self.stride + self.dilation) <= 0 or min(self.padding + self.output_padding) < 0:
+            raise ValueError(f"ConvTranspose2d {self.name!r}: kernel, stride and dilation must be positive and "
+                             f"padding >= 0")
         if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
             raise ValueError(f"ConvTranspose2d {self.name!r}: output_padding {self.output_padding} must be smaller "
                              f"than stride or dilation")
@@ -43,6 +46,10 @@ class ConvTranspose2d(Module):
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
                 "output_padding": list(self.output_padding), "groups": self.groups, "bias": self.has_bias,
                 "dilation": list(self.dilation)}
+
+    def output_shape(self, shape) -> tuple:
+        n, _, _, _, out = self._geometry(_Shape(shape))
+        return (n, self.out_channels, *out)
 
     def _geometry(self, x):
         if x.ndim != 4 or x.shape[1] != self.in_channels:

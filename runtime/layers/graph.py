@@ -39,6 +39,8 @@ class Graph(Container):
         self._order: list[Module] | None = None
         for m in modules:
             self.add(m, inputs=(node_inputs or {}).get(m.name, []))
+        if modules:  # built whole (a loaded file): its wiring is checked now, not at the first forward
+            self.order()
 
     def config(self):
         return {"inputs": list(self.input_names), "outputs": list(self.output_names),
@@ -96,6 +98,17 @@ class Graph(Container):
             if _split_ref(ref)[0] not in known:
                 raise ValueError(f"Graph {self.name!r}: output {ref!r} is no graph input or node; "
                                  f"known: {', '.join(sorted(known))}")
+        for m in self.modules_list:
+            refs = self.node_inputs[m.name]
+            if not m.multi_input and len(refs) != 1:
+                raise ValueError(f"Graph {self.name!r}: node {m.name!r} takes one input, wired to {len(refs)}")
+        for ref in [r for refs in self.node_inputs.values() for r in refs] + self.output_names:
+            node, index = _split_ref(ref)
+            outputs = by_name[node].num_outputs if node in by_name else 1
+            if (outputs > 1) != (index is not None) or (index is not None and index >= outputs):
+                raise ValueError(f"Graph {self.name!r}: {ref!r} does not name an output of {node!r}, which has "
+                                 f"{outputs}" + (f" (read them as '{node}:0' .. '{node}:{outputs - 1}')"
+                                                 if outputs > 1 else " (read it as {node!r})"))
         order, state = [], {}
 
         def visit(name, path):

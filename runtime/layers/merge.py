@@ -1,4 +1,4 @@
-"""Joins: Concat, Add, Mul, Max. Each works two ways:
+"""Joins: Concat, Add, Mul, Max, Min. Each works two ways:
 
 - with branches, ``Concat(branch_a, branch_b)`` feeds the same input to every branch and joins
   their outputs (BigDL's Concat / ConcatTable + CAddTable);
@@ -140,13 +140,15 @@ class Mul(_Join):
 
 
 class Max(_Join):
-    """Elementwise maximum; the gradient goes to the first input holding the maximum."""
+    """Elementwise maximum with broadcasting; the gradient goes to the first input holding the
+    maximum (Caffe's Eltwise MAX)."""
+    reduce = staticmethod(np.maximum)
 
     def join(self, xs):
-        out = np.array(xs[0], np.float32, copy=True)
+        out = xs[0]
         for x in xs[1:]:
-            np.maximum(out, x, out=out)
-        return out
+            out = self.reduce(out, x)
+        return np.array(out, np.float32, copy=True) if out is xs[0] else out
 
     def join_backward(self, xs, grad_out):
         g = np.asarray(grad_out, np.float32)
@@ -157,6 +159,11 @@ class Max(_Join):
             taken |= hit
             grads.append(_unbroadcast(np.where(hit, g, np.float32(0)), x.shape))
         return grads
+
+
+class Min(Max):
+    """Elementwise minimum with broadcasting; the gradient goes to the first input holding it."""
+    reduce = staticmethod(np.minimum)
 
 
 def _weighted_sum(xs, coeffs, out) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import init
 from ..module import Module
 
 
@@ -14,7 +15,7 @@ class Normalize(Module):
         super().__init__(name)
         self.num_channels, self.across_spatial = int(num_channels), bool(across_spatial)
         self.channel_shared, self.eps = bool(channel_shared), float(eps)
-        self.params["weight"] = np.ones(1 if channel_shared else num_channels, np.float32)
+        self.params["weight"] = init.constant(1 if channel_shared else self.num_channels, 1.0)
 
     def config(self):
         return {"num_channels": self.num_channels, "across_spatial": self.across_spatial,

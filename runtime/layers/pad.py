@@ -1,6 +1,11 @@
-"""Constant padding of any axes, where a negative amount crops (PyTorch's F.pad semantics): the
-explicit padding of TensorFlow's Pad/PadV2 ops and of its asymmetric SAME convolutions, and the
-crops of its StridedSlice/Slice/BatchToSpaceND on activations."""
+"""Padding of any axes, where a negative amount crops (PyTorch's F.pad semantics): the explicit
+padding of TensorFlow's Pad/PadV2 ops and of its asymmetric SAME convolutions, the crops of its
+StridedSlice/Slice/BatchToSpaceND on activations, and ONNX's Pad with its reflect, edge and wrap
+modes (numpy's reflect, edge and wrap; PyTorch's reflect, replicate and circular).
+
+A constant pad fills the borders and copies the input once. The other modes gather: ``np.pad``
+applied to the positions 0..n-1 of an axis says which input element each output element copies,
+so the backward pass is the matching scatter-add."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,17 +16,22 @@ from ..module import Module
 class Pad(Module):
     """``pads`` holds (before, after) for every axis, batch first, as a flat list
     [b0, a0, b1, a1, ...]: ``Pad([0, 0, 0, 0, 1, 2, 1, 2])`` adds one row above, two below, one
-    column left and two right of (N, C, H, W). Padded entries hold ``value``."""
+    column left and two right of (N, C, H, W). Padded entries hold ``value`` (mode "constant"), or
+    mirror the input without its edge ("reflect"), repeat the edge ("edge"), or wrap around
+    ("wrap")."""
+    MODES = ("constant", "reflect", "edge", "wrap")
 
-    def __init__(self, pads, value: float = 0.0, name: str | None = None):
+    def __init__(self, pads, value: float = 0.0, mode: str = "constant", name: str | None = None):
         super().__init__(name)
         self.pads = [int(p) for p in pads]
         if not self.pads or len(self.pads) % 2:
             raise ValueError(f"Pad {self.name!r}: pads must hold a (before, after) pair per axis, got {self.pads}")
-        self.value = float(value)
+        if mode not in self.MODES:
+            raise ValueError(f"Pad {self.name!r}: unknown mode {mode!r}; known: {', '.join(self.MODES)}")
+        self.value, self.mode = float(value), mode
 
     def config(self):
-        return {"pads": list(self.pads), "value": self.value}
+        return {"pads": list(self.pads), "value": self.value, "mode": self.mode}
 
     def _pairs(self, shape) -> list[tuple[int, int]]:
         if len(self.pads) != 2 * len(shape):
@@ -55,8 +65,27 @@ class Pad(Module):
             buf = self._scratch[key] = np.empty([shape[i] for i in order], np.float32).transpose(np.argsort(order))
         return buf
 
+    def _sources(self, shape) -> list[tuple[int, np.ndarray]]:
+        """(axis, the input position each output position copies) for each padded axis (modes
+        other than constant)."""
+        out = []
+        for axis, ((b, a), n) in enumerate(zip(self._pairs(shape), shape)):
+            if b == a == 0:
+                continue
+            kept = np.arange(max(-b, 0), n - max(-a, 0))
+            if self.mode == "reflect" and max(b, a) >= kept.size:
+                raise ValueError(f"Pad {self.name!r}: reflect padding of {max(b, a)} needs an axis longer than that; "
+                                 f"axis {axis} has {kept.size}")
+            out.append((axis, np.pad(kept, (max(b, 0), max(a, 0)), mode=self.mode)))
+        return out
+
     def forward(self, x):
         x = np.asarray(x, np.float32)
+        if self.mode != "constant":
+            for axis, src in self._sources(x.shape):
+                x = np.take(x, src, axis=axis)
+            self.output = x
+            return x
         pairs = self._pairs(x.shape)
         out = self._out_buffer(x, self.output_shape(x.shape))
         src, dst = self._windows(x.shape, pairs)
@@ -72,7 +101,23 @@ class Pad(Module):
 
     def backward(self, x, grad_out):
         shape = np.shape(x)
+        if self.mode != "constant":
+            return self._gathered_backward(shape, np.asarray(grad_out, np.float32))
         src, dst = self._windows(shape, self._pairs(shape))
         gx = np.zeros(shape, np.float32)
         gx[src] = np.asarray(grad_out, np.float32)[dst]
         return gx
+
+    def _gathered_backward(self, shape, g):
+        """Each gather's scatter-add, last axis first."""
+        sources = self._sources(shape)
+        shapes = [tuple(shape)]
+        for axis, src in sources[:-1]:
+            shapes.append(shapes[-1][:axis] + (len(src),) + shapes[-1][axis + 1:])
+        for (axis, src), in_shape in zip(reversed(sources), reversed(shapes)):
+            gx = np.zeros(in_shape, np.float32)
+            index = [slice(None)] * g.ndim
+            index[axis] = src
+            np.add.at(gx, tuple(index), g)
+            g = gx
+        return g

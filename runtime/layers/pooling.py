@@ -42,6 +42,9 @@ class _Pool2d(Module):
         self.stride = pair(stride, "stride", self.name) if stride is not None else self.kernel_size
         self.padding = pair(padding, "padding", self.name)
         self.ceil_mode, self.global_pooling = bool(ceil_mode), bool(global_pooling)
+        if min((*(self.kernel_size or (1, 1)), *(self.stride or (1, 1)))) <= 0 or min(self.padding) < 0:
+            raise ValueError(f"{type(self).__name__} {self.name!r}: kernel {self.kernel_size} and stride {self.stride} "
+                             f"must be positive and padding {self.padding} at least 0")
         if self.kernel_size and any(p >= k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"{type(self).__name__} {self.name!r}: padding {self.padding} must be smaller than "
                              f"the kernel {self.kernel_size}")

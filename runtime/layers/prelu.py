@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import init as initializers
 from ..module import Module
 
 
@@ -10,7 +11,7 @@ class PReLU(Module):
     def __init__(self, num_parameters: int = 1, init: float = 0.25, name: str | None = None):
         super().__init__(name)
         self.num_parameters = int(num_parameters)
-        self.params["weight"] = np.full(self.num_parameters, init, np.float32)
+        self.params["weight"] = initializers.constant(self.num_parameters, init)
 
     def config(self):
         return {"num_parameters": self.num_parameters}

@@ -20,6 +20,8 @@ class Crop(Module):
         return {"axis": self.axis, "offset": list(self.offset)}
 
     def _slices(self, x, ref):
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError(f"Crop {self.name!r}: axis {self.axis} is out of range for an input with {x.ndim} axes")
         axis = self.axis % x.ndim
         n = x.ndim - axis
         if self.offset and len(self.offset) not in (1, n):
@@ -74,6 +76,8 @@ class Slice(Module):
         self.axis = int(axis)
         self.slice_points = [int(p) for p in slice_points]
         self.num_outputs = len(self.slice_points) + 1 if self.slice_points else int(num_outputs or 2)
+        if self.num_outputs < 2:
+            raise ValueError(f"Slice {self.name!r}: gives at least 2 outputs, got num_outputs {self.num_outputs}")
 
     def config(self):
         return {"axis": self.axis, "slice_points": list(self.slice_points), "num_outputs": self.num_outputs}
@@ -101,6 +105,8 @@ class ShuffleChannel(Module):
     def __init__(self, group: int, name: str | None = None):
         super().__init__(name)
         self.group = int(group)
+        if self.group < 1:
+            raise ValueError(f"ShuffleChannel {self.name!r}: group must be positive, got {self.group}")
 
     def config(self):
         return {"group": self.group}
@@ -126,9 +132,16 @@ class Upsample(Module):
     def __init__(self, scale: int = 2, name: str | None = None):
         super().__init__(name)
         self.scale = int(scale)
+        if self.scale < 1:
+            raise ValueError(f"Upsample {self.name!r}: scale must be positive, got {self.scale}")
 
     def config(self):
         return {"scale": self.scale}
+
+    def output_shape(self, shape) -> tuple:
+        if len(shape) != 4:
+            raise ValueError(f"Upsample {self.name!r} expects (N, C, H, W), got {tuple(shape)}")
+        return (*shape[:2], shape[2] * self.scale, shape[3] * self.scale)
 
     def forward(self, x):
         s = self.scale
@@ -158,6 +171,10 @@ class Tile(Module):
         if not -ndim <= self.axis < ndim:
             raise ValueError(f"Tile {self.name!r}: axis {self.axis} is out of range for an input with {ndim} axes")
         return self.axis % ndim
+
+    def output_shape(self, shape) -> tuple:
+        a = self._axis(len(shape))
+        return (*shape[:a], shape[a] * self.tiles, *shape[a + 1:])
 
     def forward(self, x):
         x = np.asarray(x, np.float32)

@@ -1,5 +1,6 @@
-"""Caffe's layers that reduce trailing axes: Reduction (sum, |sum|, sum of squares, mean) and
-ArgMax (the top-k indices or values: a segmentation net's per-pixel labels)."""
+"""Layers that reduce axes: Caffe's Reduction (sum, |sum|, sum of squares, mean of trailing axes)
+and ArgMax (the top-k indices or values: a segmentation net's per-pixel labels); ReduceAxes (sum,
+mean, max, min over any axes: ONNX's Reduce* ops)."""
 from __future__ import annotations
 
 import numpy as np
@@ -98,3 +99,52 @@ class ArgMax(Module):
 
     def backward(self, x, grad_out):
         raise RuntimeError(f"ArgMax {self.name!r} is not differentiable (Caffe defines no backward for it)")
+
+
+_REDUCE_AXES = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}
+
+
+class ReduceAxes(Module):
+    """Sum, mean, max or min over ``axes`` (None: every axis), keeping them as size 1 with
+    ``keepdims`` (ONNX's ReduceSum/ReduceMean/ReduceMax/ReduceMin, torch.amax). The gradient of max
+    and min is shared evenly among tied elements, as torch.amax's."""
+
+    def __init__(self, op: str = "mean", axes=None, keepdims: bool = True, name: str | None = None):
+        super().__init__(name)
+        if op not in _REDUCE_AXES:
+            raise ValueError(f"ReduceAxes {self.name!r}: unknown op {op!r}; known: {', '.join(_REDUCE_AXES)}")
+        self.op, self.keepdims = op, bool(keepdims)
+        self.axes = None if axes is None else [int(a) for a in axes]
+
+    def config(self):
+        return {"op": self.op, "axes": self.axes, "keepdims": self.keepdims}
+
+    def _axes(self, ndim):
+        if self.axes is None:
+            return tuple(range(ndim))
+        return tuple(_canonical(a, ndim, f"ReduceAxes {self.name!r}") for a in self.axes)
+
+    def forward(self, x):
+        x = np.asarray(x, np.float32)
+        axes = self._axes(x.ndim)
+        fn = _REDUCE_AXES[self.op]
+        if self.op in ("sum", "mean"):
+            y = fn(x, axis=axes, keepdims=True, dtype=np.float64)
+        else:  # an empty set's max is -inf, its min +inf (ONNX)
+            y = fn(x, axis=axes, keepdims=True, initial=-np.inf if self.op == "max" else np.inf)
+        self._kept = y.astype(np.float32)
+        self.output = self._kept if self.keepdims else self._kept.reshape(
+            [d for i, d in enumerate(x.shape) if i not in axes])
+        return self.output
+
+    def backward(self, x, grad_out):
+        x = np.asarray(x, np.float32)
+        axes = self._axes(x.ndim)
+        g = np.asarray(grad_out, np.float32).reshape(self._kept.shape)
+        if self.op == "sum":
+            return np.broadcast_to(g, x.shape).astype(np.float32)
+        if self.op == "mean":
+            count = int(np.prod([x.shape[a] for a in axes]))
+            return np.broadcast_to(g / np.float32(count), x.shape).astype(np.float32)
+        hit = (x == self._kept).astype(np.float32)
+        return hit * (g / hit.sum(axis=axes, keepdims=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import init
 from ..module import Module
 
 
@@ -12,14 +13,16 @@ class Scale(Module):
         super().__init__(name)
         self.shape = [int(shape)] if np.isscalar(shape) else [int(s) for s in shape]
         self.has_bias, self.axis = bool(bias), int(axis)
-        self.params["weight"] = np.ones(self.shape, np.float32)
+        self.params["weight"] = init.constant(self.shape, 1.0)
         if bias:
-            self.params["bias"] = np.zeros(self.shape, np.float32)
+            self.params["bias"] = init.constant(self.shape, 0.0)
 
     def config(self):
         return {"shape": list(self.shape), "bias": self.has_bias, "axis": self.axis}
 
     def _view(self, x: np.ndarray):
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError(f"Scale {self.name!r}: axis {self.axis} is out of range for an input with {x.ndim} axes")
         axis = self.axis % x.ndim
         if tuple(x.shape[axis:axis + len(self.shape)]) != tuple(self.shape):
             raise ValueError(f"Scale {self.name!r}: weight shape {self.shape} does not match input dims from axis "

@@ -67,6 +67,9 @@ class Adam(_Decayed):
         self.learningrate_decay, self.beta1, self.beta2 = float(learningrate_decay), float(beta1), float(beta2)
         self.epsilon, self.weightdecay = float(epsilon), float(weightdecay)
 
+    def slot_names(self):
+        return ("m", "v")
+
     def hyper(self):
         return {"learningrate": self.learningrate, "learningrate_decay": self.learningrate_decay, "beta1": self.beta1,
                 "beta2": self.beta2, "epsilon": self.epsilon, "weightdecay": self.weightdecay}
@@ -84,6 +87,9 @@ class RMSprop(_Decayed):
         _check("RMSprop", learningrate_decay=learningrate_decay, decayrate=decayrate, epsilon=epsilon)
         self.learningrate_decay, self.decayrate, self.epsilon = float(learningrate_decay), float(decayrate), float(epsilon)
 
+    def slot_names(self):
+        return ("square",)
+
     def hyper(self):
         return {"learningrate": self.learningrate, "learningrate_decay": self.learningrate_decay,
                 "decayrate": self.decayrate, "epsilon": self.epsilon}
@@ -99,6 +105,9 @@ class Adagrad(_Decayed):
         super().__init__(learningrate, learningrate_schedule)
         _check("Adagrad", learningrate_decay=learningrate_decay, weightdecay=weightdecay)
         self.learningrate_decay, self.weightdecay = float(learningrate_decay), float(weightdecay)
+
+    def slot_names(self):
+        return ("variance",)
 
     def hyper(self):
         return {"learningrate": self.learningrate, "learningrate_decay": self.learningrate_decay,

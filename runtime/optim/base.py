@@ -51,17 +51,34 @@ class OptimMethod:
         return self.learningrate
 
     def update(self, model: Module) -> None:
-        lr = self.current_learning_rate()
-        self.state["learning_rate"] = lr
+        """One step on every trainable parameter of ``model`` that has a gradient."""
+        self.apply(self.entries(model))
+
+    @staticmethod
+    def entries(model: Module):
+        """(key, weight, gradient, lr_mult, decay_mult) of each parameter an update changes."""
         for m in model.modules():
             if m.frozen:
                 continue
             for pname, w in m.params.items():
                 g = m.grads.get(pname)
-                if g is None:
-                    continue
-                self._step(f"{m.name}.{pname}", w, g, lr, m.lr_mult.get(pname, 1.0), m.decay_mult.get(pname, 1.0))
+                if g is not None:
+                    yield f"{m.name}.{pname}", w, g, m.lr_mult.get(pname, 1.0), m.decay_mult.get(pname, 1.0)
+
+    def apply(self, entries, lr: float | None = None) -> None:
+        """One step on the given arrays (whole parameters, or the slices of them a distributed
+        task owns: every method's maths is elementwise) at ``lr`` (default: the schedule's rate
+        now), then the iteration count moves on. With no entries it only keeps the count, as the
+        driver of a distributed run does while its tasks update the weights."""
+        lr = self.current_learning_rate() if lr is None else float(lr)
+        self.state["learning_rate"] = lr
+        for key, w, g, lr_mult, decay_mult in entries:
+            self._step(key, w, g, lr, lr_mult, decay_mult)
         self.state["iteration"] += 1
+
+    def slot_names(self) -> tuple[str, ...]:
+        """The per-parameter buffers this method keeps (what parameter averaging averages)."""
+        return ()
 
     def slot(self, key: str, name: str, like: np.ndarray, init=None) -> np.ndarray:
         """A per-parameter buffer (momentum, moments), created on first use."""

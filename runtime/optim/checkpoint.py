@@ -2,13 +2,18 @@
 
 A model snapshot's metadata records the iteration, epoch and training loss and, once validation
 has run, the latest results and the data set they came from: that record is what makes a
-snapshot *validated* (serving loads only those)."""
+snapshot *validated* (serving loads only those).
+
+The optim method is written first and the model last, each through a temp file renamed into
+place: a process killed while writing leaves the earlier snapshots as they were and never a
+``model.N`` without its ``optimMethod.N``. Every run writes into the one folder it is given (no
+folder per run, unlike BigDL); iteration numbers go on across ``optimize()`` calls and resumes.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-import kindling
-
+from .. import format as kdl
 from .base import OptimMethod
 
 
@@ -21,9 +26,15 @@ def save_checkpoint(folder, model, optim_method: OptimMethod, state: dict, valid
     if validation:
         training["validation"] = validation
     meta = {**metadata, "training": training}
-    path = kindling.save(model, folder / f"model.{it}", metadata=meta)
     optim_method.save(folder / f"optimMethod.{it}")
-    return path
+    return kdl.save(model, folder / f"model.{it}", metadata=meta)
+
+
+def snapshots(folder) -> list[Path]:
+    """The complete snapshots in ``folder`` (``model.N`` with its ``optimMethod.N``), oldest first."""
+    found = [p for p in Path(folder).glob("model.*") if p.name.split(".", 1)[1].isdigit()
+             and p.with_name("optimMethod." + p.name.split(".", 1)[1]).exists()]
+    return sorted(found, key=lambda p: int(p.name.split(".", 1)[1]))
 
 
 def load_checkpoint(model_path):
@@ -34,4 +45,4 @@ def load_checkpoint(model_path):
     optim_path = model_path.with_name("optimMethod." + model_path.name.split(".", 1)[1])
     if not optim_path.exists():
         raise ValueError(f"{optim_path}: the optim method state for {model_path.name} is missing")
-    return kindling.load(model_path), OptimMethod.load(optim_path)
+    return kdl.load(model_path), OptimMethod.load(optim_path)

@@ -37,6 +37,10 @@ class ContinuousResult(ValidationResult):
         return f"({type(self).__name__[:-6] or 'Value'}: {value:.4f}, count: {count})"
 
 
+# result types by name: a distributed validation sums each task's (total, count) into its type
+RESULT_TYPES = {c.__name__: c for c in (ValidationResult, AccuracyResult, LossResult, ContinuousResult)}
+
+
 class ValidationMethod:
     higher_is_better = True
 

@@ -17,11 +17,8 @@ import logging
 import sys
 import time
 
-import numpy as np
-
-from ..data import batches
 from .checkpoint import load_checkpoint, save_checkpoint
-from .validation import evaluate
+from .engine import LocalEngine
 
 log = logging.getLogger("kindling.optim")
 
@@ -41,11 +38,26 @@ def java_number(x) -> str:
     return f"{mantissa}E{int(exp)}"
 
 
+def is_spark_dataset(data) -> bool:
+    """A Spark DataFrame or RDD (told apart without importing pyspark)."""
+    return type(data).__module__.split(".")[0] == "pyspark"
+
+
 class Optimizer:
+    """The training loop (BigDL's Optimizer). Given a Spark DataFrame or RDD instead of a local
+    DataSet it is a ``kindling.runtime.spark.DistriOptimizer``, as BigDL's ``Optimizer.create``
+    chose; the loop is the same, only the engine that runs an iteration differs."""
+
+    def __new__(cls, model=None, training_set=None, *args, **kwargs):
+        if cls is Optimizer and is_spark_dataset(training_set):
+            from kindling.runtime.spark.optimizer import DistriOptimizer  # pyspark is optional: load it when used
+            return super().__new__(DistriOptimizer)
+        return super().__new__(cls)
+
     def __init__(self, model, training_set, criterion, optim_method, end_trigger, batch_size: int = 32, *,
                  seed: int = 0, workers: int = 2, strict_data: bool = False, progress: bool | None = None):
         if batch_size <= 0:
-            raise ValueError(f"Optimizer: batch_size must be positive, got {batch_size}")
+            raise ValueError(f"{type(self).__name__}: batch_size must be positive, got {batch_size}")
         self.model, self.training_set, self.criterion = model, training_set, criterion
         self.optim_method, self.end_trigger, self.batch_size = optim_method, end_trigger, int(batch_size)
         self.seed, self.workers, self.strict_data = int(seed), int(workers), strict_data
@@ -57,6 +69,16 @@ class Optimizer:
         self.metadata: dict = dict(getattr(model, "metadata", {}) or {})
         self.metadata.pop("training", None)
         self.history: list[dict] = []
+        self.engine = self._engine()
+
+    def _engine(self):
+        """What runs an iteration; DistriOptimizer gives a Spark engine."""
+        return LocalEngine(self.training_set, self.workers, self.strict_data)
+
+    @classmethod
+    def create(cls, model, training_set, criterion, *args, **kwargs) -> "Optimizer":
+        """BigDL's factory: a DistriOptimizer for a Spark DataFrame or RDD, else a local one."""
+        return Optimizer(model, training_set, criterion, *args, **kwargs)
 
     # ---- configuration (BigDL's setters) -------------------------------------------------
     def set_validation(self, trigger, val_set, metrics, batch_size: int | None = None) -> "Optimizer":
@@ -91,108 +113,108 @@ class Optimizer:
         s["seed"] = self.seed
         return s
 
-    def _prepare_model(self):
-        m = self.model
-        m.train()
-        m.propagate_down = False  # nobody needs the gradient w.r.t. the images
-        m.skip_frozen_prefix = True  # frozen leading layers are not back-propagated at all
-
     def optimize(self):
-        self._prepare_model()
         state = self._state()
-        n = len(self.training_set)
-        per_epoch = -(-n // self.batch_size)
-        wall = time.perf_counter()
-        bar = self._bar(per_epoch)
-        done = False
-        loss = None
-        while not done:
-            epoch = state["epoch"]
-            self.optim_method.set_epoch(epoch)
-            fresh_epoch, yielded = state["position"] == 0, False
-            seen = state["position"] * self.batch_size
-            for x, y in batches(self.training_set, self.batch_size, seed=self.seed, epoch=epoch,
-                                start=state["position"], workers=self.workers, strict=self.strict_data):
-                yielded = True
-                start = time.perf_counter()
-                lr_used = self.optim_method.current_learning_rate()
-                hyper = self.optim_method.hyper_parameters()
-                loss = self._step(x, y)
-                took = time.perf_counter() - start
-                state["position"] += 1
-                state["epoch_end"] = state["position"] >= per_epoch
-                trig = {**state, "loss": loss, "score": self._score()}
-                self._log(epoch, seen, n, state["iteration"], time.perf_counter() - wall, len(y), took, loss,
-                          hyper, lr_used)
-                seen += len(y)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch)
-                self._after_iteration(trig, loss, len(y) / took, lr_used)
-                if self.end_trigger(trig):
-                    done = True
-                    break
-                if state["epoch_end"]:
-                    break
-            if state.get("epoch_end") or state["position"] >= per_epoch:
-                state["epoch"] += 1
-                state["position"] = 0
-                state["epoch_end"] = False
-                self.optim_method.set_epoch(state["epoch"])
-            if fresh_epoch and not yielded:
-                raise ValueError(f"{getattr(self.training_set, 'name', 'training set')}: no usable samples")
-        if bar is not None:
-            bar.close()
+        engine = self.engine
+        engine.start(self)
+        try:
+            self._loop(engine, state)
+            engine.pull()
+        finally:
+            engine.close()
         for s in (self.train_summary, self.val_summary):
             if s is not None:
                 s.flush()
         return self.model
 
-    def _step(self, x, y) -> float:
-        m = self.model
-        m.zero_grad()
-        out = m.forward(x)
-        loss = float(self.criterion.forward(out, y))
-        m.backward(x, self.criterion.backward(out, y))
-        self.optim_method.update(m)
-        return loss
+    def _loop(self, engine, state) -> None:
+        n = engine.samples
+        per_epoch = engine.iterations_per_epoch(self.batch_size)
+        wall = time.perf_counter()
+        bar = self._bar(per_epoch)
+        done, loss = False, None
+        try:
+            while not done:
+                epoch = state["epoch"]
+                self.optim_method.set_epoch(epoch)
+                fresh_epoch, trained, exhausted = state["position"] == 0, False, False
+                seen = state["position"] * self.batch_size
+                steps = engine.steps(epoch, state["position"])
+                while True:
+                    lr_used = self.optim_method.current_learning_rate()
+                    hyper = self.optim_method.hyper_parameters()
+                    step = next(steps, None)
+                    if step is None:
+                        exhausted = True
+                        break
+                    state["position"] = step.position + 1
+                    state["epoch_end"] = state["position"] >= per_epoch
+                    if step.records:
+                        trained, loss = True, step.loss
+                        self._log(epoch, seen, n, state["iteration"], time.perf_counter() - wall, step.records,
+                                  step.seconds, loss, hyper, lr_used)
+                        seen += step.records
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss or 0:.4f}", epoch=epoch)
+                    trig = {**state, "loss": loss, "score": self._score()}
+                    self._after_iteration(trig, step, lr_used)
+                    if self.end_trigger(trig):
+                        done = True
+                        break
+                    if state["epoch_end"]:
+                        break
+                steps.close()
+                if fresh_epoch and not trained:
+                    raise ValueError(f"{_name(self.training_set, 'training set')}: no usable samples")
+                if exhausted or state.get("epoch_end"):  # on to the next epoch (also when done: resume there)
+                    state["epoch"] += 1
+                    state["position"] = 0
+                    state["epoch_end"] = False
+                    self.optim_method.set_epoch(state["epoch"])
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _score(self):
         return self.last_validation["score"] if self.last_validation else None
 
-    def _after_iteration(self, trig, loss, throughput, lr):
+    def _after_iteration(self, trig, step, lr):
         it = trig["iteration"]
-        self.history.append({"iteration": it, "epoch": trig["epoch"], "loss": loss})
-        if self.train_summary is not None:
-            self.train_summary.add_scalar("Loss", loss, it)
-            self.train_summary.add_scalar("Throughput", throughput, it)
-            self.train_summary.add_scalar("LearningRate", lr, it)
-            hist = self.train_summary.trigger("Parameters")
-            if hist is not None and hist(trig):
-                for name, w, _ in self.model.named_parameters():
-                    self.train_summary.add_histogram(name, w, it)
+        if step.records:
+            self.history.append({"iteration": it, "epoch": trig["epoch"], "loss": step.loss, "records": step.records,
+                                 "seconds": step.seconds, "parts": step.parts})
+            if self.train_summary is not None:
+                self.train_summary.add_scalar("Loss", step.loss, it)
+                self.train_summary.add_scalar("Throughput", step.records / max(step.seconds, 1e-9), it)
+                self.train_summary.add_scalar("LearningRate", lr, it)
+                hist = self.train_summary.trigger("Parameters")
+                if hist is not None and hist(trig):
+                    self.engine.pull()
+                    for name, w, _ in self.model.named_parameters():
+                        self.train_summary.add_histogram(name, w, it)
         if self.validation is not None and self.validation[0](trig):
             self._validate(trig)
             trig["score"] = self._score()
         if self.checkpoint is not None and self.checkpoint[1](trig):
+            self.engine.pull()
             path = save_checkpoint(self.checkpoint[0], self.model, self.optim_method, trig, self._validation_record(),
                                    self.metadata)
             log.info("[Iteration %d] saved %s and optimMethod.%d", it, path, it)
 
     def _validate(self, trig):
         _, val_set, metrics, batch_size = self.validation
-        results = evaluate(self.model, val_set, metrics, batch_size, workers=self.workers)
+        results = self.engine.evaluate(val_set, metrics, batch_size)
         for line in str(results).splitlines():
             log.info("[Epoch %d][Iteration %d] %s", trig["epoch"], trig["iteration"], line)
         score = results.score()
-        self.last_validation = {"dataset": getattr(val_set, "name", "validation"), "results": results.as_dict(),
+        self.last_validation = {"dataset": _name(val_set, "validation"), "results": results.as_dict(),
                                 "count": results[0][1].count if results else 0, "score": score}
         if score is not None:
             self.optim_method.on_validation(score)  # a Plateau schedule's mode says which way is better
         if self.val_summary is not None:
             for m, r in results:
                 self.val_summary.add_scalar(str(m), r.result()[0], trig["iteration"])
-        self.model.train()
 
     def _validation_record(self):
         if not self.last_validation:
@@ -213,6 +235,11 @@ class Optimizer:
             return None
         from tqdm import tqdm
         return tqdm(total=total, unit="batch", leave=False, file=sys.stderr)
+
+
+def _name(data, default: str) -> str:
+    name = getattr(data, "name", None)
+    return name if isinstance(name, str) else default
 
 
 LocalOptimizer = Optimizer

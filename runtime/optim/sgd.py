@@ -60,6 +60,9 @@ class SGD(OptimMethod):
                 "weightdecay": self.weightdecay, "momentum": self.momentum, "dampening": self.dampening,
                 "nesterov": self.nesterov}
 
+    def slot_names(self):
+        return ("momentum",) if self.momentum else ()
+
     def _default_rate(self):
         return self.learningrate / (1 + self.state["iteration"] * self.learningrate_decay)
 

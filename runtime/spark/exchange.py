@@ -90,10 +90,13 @@ class DriverExchange(Exchange):
 
     def reduce_scatter(self, flat):
         lo, hi = self.shard(flat.size)
-        total = np.zeros(hi - lo, np.float32)
         # Each task needs only its own slice of the others' vectors, but allGather sends every
         # message to everyone: send the whole vector once, keep the slice.
-        for vec in self._gather(np.asarray(flat, np.float32).ravel()):
+        first, *rest = self._gather(np.asarray(flat, np.float32).ravel())
+        # Rank order from the first slice, not from zeros (0 + -0.0 is +0.0): SocketExchange adds
+        # its first two pieces in one pass and gets the same bits.
+        total = first[lo:hi].copy()
+        for vec in rest:
             total += vec[lo:hi]
         self._sum = total
         return total

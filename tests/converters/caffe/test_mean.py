@@ -78,3 +78,36 @@ def test_a_train_val_mean_file_is_noted(tmp_path):
     assert any("imagenet_mean.binaryproto: give it with --mean-file" in n for n in model.notes)
     model = caffe.convert(proto, inputs={"data": [1, 3, 28, 28]}, preprocessing={"mean": [1.0, 2.0, 3.0]})
     assert not any("--mean-file" in n for n in model.notes)
+
+
+def _npy(header: str, data: bytes = b"") -> bytes:
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + data
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"", r"not a .npy file \(0 bytes"),                                             # numpy: EOFError
+    (_npy("{'descr': '<f4',"), r"damaged .npy header|not a .npy header"),           # numpy: SyntaxError
+    (_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (10000000000,), }"),
+     r"the header says \(10000000000,\) of float32"),                             # numpy: 37 GiB allocated first
+    (_npy("{'descr': 'V4', 'fortran_order': False, 'shape': (3,), }", bytes(12)),
+     r"dtype 'V4' is not a plain number type"),
+])
+def test_hostile_npy_mean_files_are_named(tmp_path, content, problem):
+    path = tmp_path / "mean.npy"
+    path.write_bytes(content)
+    with pytest.raises(caffe.CaffeError, match=rf"^{path}: ({problem})"):
+        caffe.read_mean(path)
+
+
+def test_mean_files_without_finite_values_or_values_at_all(tmp_path):
+    np.save(tmp_path / "nan.npy", np.array([1.0, np.nan, 3.0]))
+    with pytest.raises(caffe.CaffeError, match="nan.npy: the mean image holds values that are not finite"):
+        caffe.read_mean(tmp_path / "nan.npy")
+    np.save(tmp_path / "empty.npy", np.zeros((3, 0, 0), np.float32))
+    with pytest.raises(caffe.CaffeError, match=r"empty.npy: a mean file holds one image .* got shape \[3, 0, 0\]"):
+        caffe.read_mean(tmp_path / "empty.npy")
+    blob = caffe_pb2.BlobProto()
+    blob.shape.dim.extend([1 << 32, 1 << 32])  # 2^64 values claimed, none held: no int64 wrap to 0
+    (tmp_path / "wrap.binaryproto").write_bytes(blob.SerializeToString())
+    with pytest.raises(caffe.CaffeError, match=r"wrap.binaryproto: a mean file holds 0 values for the shape"):
+        caffe.read_mean(tmp_path / "wrap.binaryproto")

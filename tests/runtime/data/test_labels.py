@@ -43,3 +43,15 @@ def test_a_labels_file_fixes_class_indices_for_an_image_folder(tmp_path):
     data = ImageFolder(tmp_path / "images", Pipeline.from_metadata({"input_size": [4, 4]}), labels=read_labels(labels))
     assert data.labels == ["wasp", "bee", "ant"]
     assert {data.source(i).split("/")[-2]: data.label(i) for i in range(len(data))} == {"ant": 2, "bee": 1}
+
+
+def test_bad_labels_files_are_data_errors_naming_file_and_line(tmp_path):
+    from kindling.runtime.errors import DataError
+    path = tmp_path / "labels.txt"
+    path.write_bytes(b"cat\ndog\nbi\xffrd\n")
+    with pytest.raises(DataError, match=rf"^{path}: line 3 is not UTF-8 text \(byte 0xff\)"):
+        read_labels(path)
+    path.write_bytes(b"cat\ncat\n")
+    with pytest.raises(DataError, match="label 'cat' appears twice"):
+        read_labels(path)
+    assert issubclass(DataError, ValueError)

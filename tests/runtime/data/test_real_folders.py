@@ -300,3 +300,54 @@ def test_labels_match_folders_whatever_their_unicode_form(tmp_path):
     assert saved == [composed, "tea"]
     data = ImageFolder(tmp_path, Pipeline(), labels=[composed, "tea"])  # labels a snapshot stored on Linux
     assert sorted(data.label(i) for i in range(len(data))) == [0, 1]
+
+
+# what Decode says of bytes that are not a whole image
+DAMAGED = r"(not an image that Pillow can read|a broken image header|\w+ data cannot be decoded)"
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0" + bytes(40), b"\x89PNG\r\n\x1a\n" + bytes(30), b"GIF89a\xff",
+                                     b"BM" + bytes(60), b"II*\x00" + bytes(20)],
+                         ids=["empty", "jpeg-header", "png-header", "gif", "bmp", "tiff"])
+def test_a_damaged_image_is_one_data_error_naming_it(tmp_path, content):
+    """Pillow raises OSError, SyntaxError, struct.error, ValueError... for damaged files; the
+    pipeline raises one DataError that names the file (the loader then skips it, serving answers
+    with it)."""
+    from kindling.runtime.data import Decode
+    from kindling.runtime.errors import DataError
+    path = tmp_path / "img.jpg"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=rf"^{path}: {DAMAGED}"):
+        Pipeline.from_metadata({"input_size": [8, 8]})(path)
+    with pytest.raises(DataError, match=rf"^{DAMAGED}"):  # bytes: whoever holds them names them (image i of a request)
+        Decode()(content)
+
+
+def test_a_chunk_length_of_2gb_is_not_allocated(tmp_path):
+    """Found by tests/fuzz: a 386-byte 16-bit PNG whose chunk claims 2 GB made Pillow ask the file
+    object for 2 GB (allocated before the read), a MemoryError under a memory limit. Decoding
+    from the file's bytes in memory reads only what is there."""
+    import os
+    import resource
+    from pathlib import Path
+
+    from kindling.runtime.errors import DataError
+    png = Path(__file__).resolve().parents[2] / "fixtures" / "hostile" / "png_chunk_claims_2gb.png"
+    pid = os.fork()
+    if pid == 0:  # a child under `ulimit -v`: what it has now plus 512 MB
+        code = 3
+        try:
+            vm = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize:")).split()[1])
+            resource.setrlimit(resource.RLIMIT_AS, ((vm << 10) + (512 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
+            try:
+                Pipeline.from_metadata({"input_size": [8, 8]})(png)
+                code = 0
+            except DataError as e:
+                code = 0 if str(e).startswith(f"{png}: ") else 1
+            except MemoryError:
+                code = 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, {1: "unnamed error", 2: "MemoryError", 3: "other"}.get(
+        os.waitstatus_to_exitcode(status))
