@@ -3,7 +3,8 @@ max pooling's argmax indices and the max-unpooling that puts values back at them
 
 Work happens in NHWC (the memory order a Conv2d output already has): one strided view per kernel
 offset, so a k x k window costs k*k vectorized passes, never a loop over pixels. Images are shared
-among kindling's threads (numpy's loops are single-threaded).
+among kindling's threads (numpy's loops are single-threaded); max pooling of fewer images than
+threads shares out bands of output rows instead.
 """
 from __future__ import annotations
 
@@ -98,11 +99,20 @@ class _Pool2d(Module):
         k, s, p, o = self.geometry(*x.shape[2:])
         return x.shape, (k, s, p, o), self._padded(x.transpose(0, 2, 3, 1), k, s, p, o)
 
+    #: whether a band of output rows can be pooled from its band of input rows alone (max: yes;
+    #: average: its divisor depends on where the band lies)
+    rows_apart = False
+
     def forward(self, x):
         (n, c, h, w), (k, s, p, o), xp = self._prepared(x)
         out = self._buffer("out", (n, o[0], o[1], c))
-        pool.run(n, lambda _, lo, hi: self._pool(xp[lo:hi], out[lo:hi], k, s, p, o, (h, w)),
-                 pieces_per_thread=pool.pieces_for(xp.size, _SHARED_MIN_ELEMENTS))
+        pieces = pool.pieces_for(xp.size, _SHARED_MIN_ELEMENTS)
+        if n >= pool.max_threads or not self.rows_apart:
+            pool.run(n, lambda _, lo, hi: self._pool(xp[lo:hi], out[lo:hi], k, s, p, o, (h, w)),
+                     pieces_per_thread=pieces)
+        else:  # fewer images than threads (batch-1 inference): bands of output rows are shared out
+            pool.run(o[0], lambda _, r0, r1: self._pool(xp[:, r0 * s[0]:(r1 - 1) * s[0] + k[0]], out[:, r0:r1], k,
+                                                        s, p, (r1 - r0, o[1]), (h, w)), pieces_per_thread=pieces)
         self._out = out
         self.output = out.transpose(0, 3, 1, 2)
         return self.output
@@ -121,6 +131,7 @@ class MaxPool2d(_Pool2d):
     float (Caffe's mask top; PyTorch's return_indices, whose int64 they equal). The indices get no
     gradient."""
     pad_value = -np.inf
+    rows_apart = True
 
     def __init__(self, kernel_size=None, stride=None, padding=0, ceil_mode: bool = False,
                  global_pooling: bool = False, return_indices: bool = False, name: str | None = None):
@@ -167,11 +178,9 @@ class MaxPool2d(_Pool2d):
         return super().backward(x, grad_out[0] if self.return_indices else grad_out)
 
     def _pool(self, xp, out, k, s, p, o, hw):
-        n, hp, wp, c = xp.shape
-        if k == s and hp == o[0] * k[0] and wp == o[1] * k[1] and xp.flags.c_contiguous:
-            # Non-overlapping windows tiling the input: one reduction over a reshaped view.
-            np.max(xp.reshape(n, o[0], k[0], o[1], k[1], c), axis=(2, 4), out=out)
-            return
+        # One maximum per kernel offset over strided views, windows overlapping or not: for
+        # windows that tile the input this is 3x faster than np.max over two axes of a reshaped
+        # view (FCN's 2x2 pools of a 422x422x16 map: 13 ms against 40-50 ms).
         np.copyto(out, self._offset(xp, 0, 0, s, o))
         for i in range(k[0]):
             for j in range(k[1]):
