@@ -44,7 +44,7 @@ def test_deeplab_v1_reads_with_its_forks_proto(tmp_path):
     interp, crop = model.find("fc8_interp"), model.find("fc8_crop")
     assert (type(interp).__name__, interp.zoom) == ("Interp", 8)
     assert (type(crop).__name__, crop.pads[4:]) == ("Pad", [-7, -8, -7, -8])
-    assert model.metadata["input_shape"] == [-1, -1, -1, -1]  # no layer fixes even the channels
+    assert model.metadata["input_shape"] == [-1, 3, -1, -1]
     # DeepLab sizes its inputs 16k + 2 (crop_size 514 = 32 * 16 + 2) so that the scores, zoomed by
     # 8 and cropped 7 and 8, come out at the input's size
     y = model.evaluate().forward(np.zeros((1, 3, 66, 66), np.float32))
