@@ -100,7 +100,7 @@ def _unpooling_sizes(layers: list[CaffeLayer]) -> list[CaffeLayer]:
                              f"pooling mask), got {len(layer.bottoms)}")
         if layer.type == "Upsample" and len(layer.bottoms) == 2 and layer.bottoms[1] in pooled_from:
             layer = replace(layer, inputs=[*layer.bottoms, pooled_from[layer.bottoms[1]]])
-        if layer.type == "Pooling" and len(layer.tops) == 2:
+        if layer.type == "Pooling" and len(layer.tops) == 2 and layer.bottoms:  # none: refused by translate
             pooled_from[layer.tops[1]] = layer.bottoms[0]
         out.append(layer)
     return out
