@@ -1,7 +1,9 @@
 """Runtime speed against PyTorch, and for inference against onnxruntime too (the model exported by
-kindling export onnx, full graph optimisations), measured interleaved in one run on the same threads.
+kindling export onnx, full graph optimisations), measured interleaved in one run on the same threads;
+and a fully convolutional Caffe net (FCN-8s) against OpenCV's dnn module at two sizes.
 
     python benchmarks/runtime.py [--json out.json] [--contended] [--quick]
+    python benchmarks/runtime.py --fcn-only          # just FCN-8s against OpenCV dnn
 
 For each workload and mode (inference; training = forward + backward + SGD step) it alternates a
 kindling batch and a PyTorch batch, so both see the same machine weather, and reports the median
@@ -204,6 +206,77 @@ def steady_state(iterations=200):
             "growth_mb": round(rss[iterations] - rss[10], 1)}
 
 
+# ---- a fully convolutional Caffe net against OpenCV's dnn module --------------------------------------
+FCN_PROTOTXT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "caffe" / "zoo" / "fcn8s_voc_deploy.prototxt"
+FCN_NARROW = 4  # FCN-8s with a quarter of VGG-16's channels: the real topology, seconds instead of minutes
+FCN_SIZES = ((224, 224), (375, 500))  # a square crop and a photo's own size: the net takes any size
+FCN_SCORES = {"score_fr", "upscore2", "score_pool4", "upscore_pool4", "score_pool3", "upscore8"}
+QUIET = 0.3  # cores other processes may use in a repetition that counts as quiet
+
+
+def fcn_vs_opencv(repeats: int, tmp: Path) -> dict:
+    """Batch-1 inference of FCN-8s (converted from the real prototxt, seeded weights) at two
+    sizes, kindling and OpenCV dnn alternating on the same threads; each repetition records the
+    cores other processes used (benchmarks/_cpu.py), and quiet repetitions are reported apart."""
+    import cv2
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from caffe_nets import photo, zoo_net
+    from kindling.converters import caffe
+    cv2.setNumThreads(THREADS)
+    proto, weights = zoo_net(tmp, FCN_PROTOTXT, narrow=FCN_NARROW, keep_widths=FCN_SCORES)
+    model = caffe.convert(proto, weights).evaluate()
+    net = cv2.dnn.readNetFromCaffe(str(proto), str(weights))
+    results = {}
+    for size in FCN_SIZES:
+        x = photo(size)
+        ours = model.forward(x).copy()
+        net.setInput(x)
+        theirs = net.forward()
+        err = float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-12))
+        reps = []
+        for _ in range(repeats):
+            rep = {}
+            for who in ("kindling", "opencv"):
+                with CpuMeter() as cpu:
+                    start = time.perf_counter()
+                    if who == "kindling":
+                        model.forward(x)
+                    else:
+                        net.setInput(x)
+                        net.forward()
+                    rep[who] = time.perf_counter() - start
+                rep[f"{who}_others"] = cpu.others
+            reps.append(rep)
+        row = {"max_rel_error": err}
+        for label, subset in (("all", reps), ("quiet", [r for r in reps if max(r["kindling_others"],
+                                                                                   r["opencv_others"]) <= QUIET])):
+            if not subset:
+                row[label] = None
+                continue
+            k = statistics.median(r["kindling"] for r in subset)
+            o = statistics.median(r["opencv"] for r in subset)
+            row[label] = {"repetitions": len(subset), "kindling_ms": round(1000 * k, 1),
+                          "opencv_ms": round(1000 * o, 1), "ratio": round(o / k, 3),
+                          "others_median": round(statistics.median(max(r["kindling_others"], r["opencv_others"])
+                                                                   for r in subset), 2)}
+        results[f"{size[0]}x{size[1]}"] = row
+    return results
+
+
+def _print_fcn(results: dict) -> None:
+    for size, row in results.items():
+        for label in ("all", "quiet"):
+            r = row[label]
+            if r is None:
+                print(f"[fcn8s/{FCN_NARROW} {size} {label}] no repetition had others <= {QUIET} cores", flush=True)
+                continue
+            print(f"[fcn8s/{FCN_NARROW} {size} {label}] kindling {r['kindling_ms']:7.1f} ms   opencv "
+                  f"{r['opencv_ms']:7.1f} ms   ratio {r['ratio']:.2f} (target >= 1.0; opencv time / kindling time)"
+                  f"   {r['repetitions']} repetitions, others median {r['others_median']:.2f} cores "
+                  f"(outputs agree to {row['max_rel_error']:.1e})", flush=True)
+
+
 def _burn():
     while True:
         pass
@@ -233,7 +306,21 @@ def main(argv=None):
     ap.add_argument("--contended", action="store_true", help="repeat the set with a neighbour busy on one core")
     ap.add_argument("--repeats", type=int, default=9, help="interleaved timed batches per workload and framework")
     ap.add_argument("--steady-iterations", type=int, default=200)
+    ap.add_argument("--fcn-only", action="store_true",
+                    help="only the fully convolutional net (FCN-8s) against OpenCV dnn, at two sizes")
+    ap.add_argument("--fcn-repeats", type=int, default=15, help="interleaved batch-1 runs per size and side")
     args = ap.parse_args(argv)
+    if args.fcn_only:
+        import tempfile
+        blas.set_threads(THREADS)
+        with tempfile.TemporaryDirectory() as tmp:
+            results = fcn_vs_opencv(args.fcn_repeats, Path(tmp))
+        _print_fcn(results)
+        if args.json:
+            with open(f"{args.json}.tmp", "w") as f:
+                json.dump({"fcn_vs_opencv": results, "threads": THREADS}, f, indent=2)
+            os.replace(f"{args.json}.tmp", args.json)
+        return
 
     import torch
     torch.set_num_threads(THREADS)
@@ -255,6 +342,10 @@ def main(argv=None):
     report["vgg_largest_conv_gflops"] = g
     print(f"VGG largest conv {g['shape']}: layer {g['layer']} GFLOP/s, its GEMM {g['gemm_in_layer']}, bare sgemm "
           f"{g['bare_sgemm']} -> layer/bare {g['layer_vs_bare']:.2f}, gemm/bare {g['gemm_vs_bare']:.2f} (target >= 0.70)")
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        report["fcn_vs_opencv"] = fcn_vs_opencv(args.fcn_repeats, Path(tmp))
+    _print_fcn(report["fcn_vs_opencv"])
     s = steady_state(args.steady_iterations)
     report["steady_state"] = s
     print(f"steady state (VGG-style training): RSS {s['rss_mb_after_10']} MB after 10 iterations, "

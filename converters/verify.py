@@ -136,10 +136,41 @@ def _outputs_of(module: Module, y) -> list[tuple[str, np.ndarray]]:
     return [(module.name, y)]
 
 
-def _compare(ours: np.ndarray, theirs, atol: float, rtol: float) -> tuple[float | None, float | None, bool, str]:
+def _matched_rows(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray | None:
+    """Detections (rows [image, label, score, box...]) are a set: the reference's rows reordered to
+    match ours (same image and label, nearest values), its all-zero padding dropped (OpenCV pads to
+    keep_top_k rows and sorts by score; Caffe groups by label). None when the counts differ."""
+    ours, theirs = ours.reshape(-1, ours.shape[-1]), theirs.reshape(-1, theirs.shape[-1])
+    theirs = theirs[np.abs(theirs).sum(axis=1) > 0] if len(theirs) > len(ours) else theirs
+    if (ours[:, 1] == -1).all() and not np.abs(theirs).any():
+        return ours  # no detections on either side (Caffe writes a row of -1 per image, OpenCV zeros)
+    if theirs.shape != ours.shape:
+        return None
+    free = list(range(len(theirs)))
+    matched = np.empty_like(theirs)
+    for i, row in enumerate(ours):
+        same = [j for j in free if theirs[j, 0] == row[0] and theirs[j, 1] == row[1]] or free
+        j = min(same, key=lambda j: float(np.abs(theirs[j] - row).max()))
+        free.remove(j)
+        matched[i] = theirs[j]
+    return matched
+
+
+# Module types whose output rows are a set, compared as such (see _matched_rows).
+ROW_SETS = {"DetectionOutput"}
+
+
+def _compare(ours: np.ndarray, theirs, atol: float, rtol: float,
+             rows_are_a_set: bool = False) -> tuple[float | None, float | None, bool, str]:
     if theirs is None:
         return None, None, True, "the reference cannot align it"
     theirs = np.asarray(theirs, np.float32)
+    if rows_are_a_set and ours.ndim >= 2:
+        matched = _matched_rows(ours, theirs)
+        if matched is None:
+            return None, None, False, f"{ours.reshape(-1, ours.shape[-1]).shape[0]} rows (detections) vs the " \
+                                      f"reference's {len(theirs.reshape(-1, theirs.shape[-1]))}"
+        theirs = matched.reshape(ours.shape)
     if theirs.shape != ours.shape:
         if theirs.size != ours.size:
             return None, None, False, f"shape {list(ours.shape)} vs the reference's {list(theirs.shape)}"
@@ -163,7 +194,7 @@ def verify(model: Module, reference: Reference, inputs: dict[str, np.ndarray] | 
     theirs = reference.run(inputs, [sources[ref] for _, ref, _ in wanted])
     report = Report(reference.name)
     for m, ref, y in wanted:
-        diff, rel, ok, note = _compare(y, theirs.get(sources[ref]), atol, rtol)
+        diff, rel, ok, note = _compare(y, theirs.get(sources[ref]), atol, rtol, type(m).__name__ in ROW_SETS)
         report.rows.append(Row(ref, type(m).__name__, sources[ref], tuple(y.shape), diff, rel, ok, note))
         if not ok:
             break
@@ -171,10 +202,13 @@ def verify(model: Module, reference: Reference, inputs: dict[str, np.ndarray] | 
 
 
 def random_inputs(model: Module, seed: int = 0, batch: int = 2) -> dict[str, np.ndarray]:
-    """Seeded standard-normal inputs of the model's declared input shape (batch ``batch``)."""
+    """Seeded standard-normal inputs of the model's declared input shape (batch ``batch``); the
+    dimensions it leaves free take the size it was declared with (its sample shape)."""
     meta = model.metadata or {}
     names = meta.get("input_names") or ["input"]
     shape = meta.get("input_shape")
+    if shape and meta.get("sample_shape"):
+        shape = [d if d > 0 else s for d, s in zip(shape, meta["sample_shape"])]
     if not shape or len(names) != 1 or any(d <= 0 for d in shape[1:]):
         raise ValueError("verify: the model's input shape is not fixed; give the inputs (--verify-input FILE.npz)")
     rng = np.random.default_rng(seed)

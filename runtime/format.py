@@ -107,8 +107,8 @@ def _attr_from_proto(a: pb.AttrValue) -> Any:
 
 
 # ---- metadata -----------------------------------------------------------------------------------
-_METADATA_KEYS = {"source", "input_shape", "input_names", "output_names", "labels", "preprocessing", "training",
-                  "extra"}
+_METADATA_KEYS = {"source", "input_shape", "sample_shape", "input_names", "output_names", "labels", "preprocessing",
+                  "training", "extra"}
 
 
 def metadata_to_proto(meta: dict | None) -> pb.Metadata:
@@ -124,6 +124,7 @@ def metadata_to_proto(meta: dict | None) -> pb.Metadata:
         for f in src.get("files", []):
             m.source.files.add(path=str(f.get("path", "")), sha256=f.get("sha256", ""), size=int(f.get("size", 0)))
     m.input_shape.extend(int(d) for d in meta.get("input_shape") or [])
+    m.sample_shape.extend(int(d) for d in meta.get("sample_shape") or [])
     m.input_names.extend(meta.get("input_names") or [])
     m.output_names.extend(meta.get("output_names") or [])
     m.labels.extend(str(label) for label in meta.get("labels") or [])
@@ -158,7 +159,7 @@ def metadata_from_proto(m: pb.Metadata) -> dict:
     if m.has_source:
         meta["source"] = {"framework": m.source.framework,
                           "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in m.source.files]}
-    for key in ("input_shape", "input_names", "output_names", "labels"):
+    for key in ("input_shape", "sample_shape", "input_names", "output_names", "labels"):
         if getattr(m, key):
             meta[key] = list(getattr(m, key))
     if m.has_preprocessing:

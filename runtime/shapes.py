@@ -6,9 +6,17 @@ A module that knows its output shape says so (``Module.output_shape``: convoluti
 Linear) and nothing is computed; any other runs forward once in evaluate mode on a zero input that
 is a broadcast view, so no memory is touched until a layer that must compute reads it.
 Containers are walked as they run, so every module inside them gets its shape too.
+
+Free dimensions follow one rule, read by every consumer: a converted net records -1 in its input
+shape for each dimension it does not fix (the batch always; H and W unless a layer fixes them: an
+InnerProduct after a non-global pooling, a Reshape with fixed dims, a Crop against a fixed
+reference). ``free_dims`` finds them by probing: a dimension is free when the net also fits it
+doubled (doubling keeps whatever divisibility the net's strides need). A model in use then checks
+each new input size with ``check``, which names the layer that does not fit.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -86,19 +94,19 @@ def probe(module: Module, shapes: list) -> Shape | list[Shape]:
     return _fits(module, shapes, shape_of(y))
 
 
-def _sequential(seq: Sequential, shapes, out) -> Shape | list[Shape]:
+def _sequential(seq: Sequential, shapes, out, seen) -> Shape | list[Shape]:
     shape: Shape | list[Shape] = shapes[0] if len(shapes) == 1 else list(shapes)
     for child in seq.children():
         if isinstance(shape, list) and not child.multi_input:
             raise ShapeError(child, shape, f"takes one input, and the module before it gives {len(shape)}")
-        shape = _walk(child, _as_list(shape) if child.multi_input else [shape], out)
+        shape = _walk(child, _as_list(shape) if child.multi_input else [shape], out, seen)
     return shape
 
 
-def _graph(graph: Graph, shapes, out) -> Shape | list[Shape]:
+def _graph(graph: Graph, shapes, out, seen) -> Shape | list[Shape]:
     values: dict = dict(zip(graph.input_names, shapes))
     for m in graph.order():
-        values[m.name] = _walk(m, [graph.value(values, r) for r in graph.node_inputs[m.name]], out)
+        values[m.name] = _walk(m, [graph.value(values, r) for r in graph.node_inputs[m.name]], out, seen)
     outs = [graph.value(values, r) for r in graph.output_names]
     return outs[0] if len(outs) == 1 else outs
 
@@ -107,15 +115,62 @@ def _graph(graph: Graph, shapes, out) -> Shape | list[Shape]:
 WALKERS = {Sequential: _sequential, Graph: _graph}
 
 
-def _walk(module: Module, shapes, out: dict) -> Shape | list[Shape]:
+def _walk(module: Module, shapes, out: dict, seen: dict | None) -> Shape | list[Shape]:
+    if seen is not None:
+        seen[module.name] = [tuple(s) for s in shapes]
     walker = WALKERS.get(type(module))
-    shape = walker(module, shapes, out) if walker else probe(module, shapes)
+    shape = walker(module, shapes, out, seen) if walker else probe(module, shapes)
     out[module.name] = shape
     return shape
 
 
-def trace(model: Module, input_shapes: list) -> dict[str, Shape | list[Shape]]:
-    """Every module's output shape by name, for inputs of ``input_shapes`` (one per model input)."""
+def trace(model: Module, input_shapes: list, inputs: dict | None = None) -> dict[str, Shape | list[Shape]]:
+    """Every module's output shape by name, for inputs of ``input_shapes`` (one per model input);
+    ``inputs``, when given, is filled with each module's input shapes."""
     out: dict = {}
-    _walk(model, [tuple(s) for s in input_shapes], out)
+    _walk(model, [tuple(s) for s in input_shapes], out, inputs)
     return out
+
+
+@contextlib.contextmanager
+def _buffers_kept(model: Module):
+    """A model in use keeps its buffers (and outputs, and the weight layouts evaluate mode built)
+    through a probe, which would otherwise drop them."""
+    saved = [(m, dict(m._scratch), m.output) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, scratch, output in saved:
+            m._scratch.clear()
+            m._scratch.update(scratch)
+            m.output = output
+
+
+def check(model: Module, input_shapes: list, inputs: dict | None = None) -> dict[str, Shape | list[Shape]]:
+    """``trace`` for a model in use: its buffers are left as they were. Raises ShapeError naming
+    the first module that does not fit these input shapes."""
+    out: dict = {}
+    with _buffers_kept(model):
+        _walk(model, [tuple(s) for s in input_shapes], out, inputs)
+    return out
+
+
+def fits(model: Module, input_shapes: list) -> bool:
+    """Whether ``model`` fits these input shapes (``check`` without the error)."""
+    try:
+        check(model, input_shapes)
+    except ShapeError:
+        return False
+    return True
+
+
+def free_dims(model: Module, shape) -> list[int]:
+    """``shape`` (one input, which the model fits) with -1 for the batch and for every other
+    dimension the model also fits doubled: the dimensions no layer fixes."""
+    shape = [int(d) for d in shape]
+    free = [-1]
+    for i in range(1, len(shape)):
+        doubled = [1, *shape[1:]]
+        doubled[i] *= 2
+        free.append(-1 if fits(model, [doubled]) else shape[i])
+    return free

@@ -6,7 +6,8 @@ model into a model of your own by layer name (the transfer-learning path).
     report = caffe.load_weights(my_model, "deploy.prototxt", "bvlc_alexnet.caffemodel")
 
 Both formats are read: the current ``layer { type: "Convolution" }`` one and the legacy V1
-``layers { type: CONVOLUTION }`` one, inputs declared by an Input layer or by ``input:`` with
+``layers { type: CONVOLUTION }`` one (a fork's own fields and V1 types with its caffe.proto,
+``proto=``), inputs declared by an Input layer or by ``input:`` with
 ``input_dim:`` / ``input_shape``, and train_val files (layers filtered by phase as Caffe does; data,
 loss and accuracy layers dropped with a note). Custom layer types are translated by functions you
 pass in (``translators={"MyType": fn}``, see translators.py for the signature); a built-in type
@@ -23,13 +24,16 @@ import numpy as np
 from kindling.protos import caffe_pb2
 from kindling.runtime import memory, nn
 from kindling.runtime.errors import TooLarge
+from kindling.runtime.shapes import free_dims
 
 from ..weights import load_by_name
 from . import wire
-from .build import build, check_supported, dropped, dummy_data_shapes, translator_table
+from .build import build, check_supported, dropped, translator_table
 from .errors import CaffeError
+from .inputs import PROBE_SIZES, TRAINING_DATA, placeholder_hint, resolve
 from .mean import read_mean
-from .parse import CaffeLayer, check_unique_names, declared_inputs, layers_of, read_prototxt
+from .parse import CaffeLayer, cut_at, layers_of, read_prototxt, unique_names
+from .schema import DEFAULT, with_fork
 from .translators import batch_norm_factor, set_mults
 
 __all__ = ["convert", "load_weights", "CaffeError", "CaffeLayer", "read_blobs", "read_mean"]
@@ -80,79 +84,25 @@ def read_blobs(caffemodel, hasher=None) -> dict[str, list[np.ndarray]]:
         raise CaffeError(f"{path}: truncated or corrupt caffemodel: {e}") from e
 
 
+def _weighted(layer: CaffeLayer) -> bool:
+    return layer.type in WEIGHTED or (layer.type == "Scale" and len(layer.bottoms) == 1)
+
+
 def _attach(layers: list[CaffeLayer], blobs: dict, caffemodel) -> None:
     missing = []
     for layer in layers:
         layer.blobs = blobs.get(layer.name, [])
-        one_bottom_scale = layer.type == "Scale" and len(layer.bottoms) == 1
-        if not layer.blobs and (layer.type in WEIGHTED or one_bottom_scale):
+        if not layer.blobs and _weighted(layer):
             missing.append(f"{layer.name} ({layer.type})")
     if missing:
         raise CaffeError(f"{caffemodel}: no weights for layers {', '.join(missing)}: the caffemodel does not "
                          f"match the prototxt (or its layers were renamed)")
 
 
-def _parse_inputs(net, layers, given: dict | None, path, table: dict) -> dict:
-    inputs = declared_inputs(net, layers)
-    for layer in layers:
-        if layer.type == "DummyData":
-            inputs.update(zip(layer.tops, dummy_data_shapes(layer)))
-    produced = set(inputs)
-    from_dropped = set()  # tops of data layers dropped from a train_val net
-    unwritten = []  # bottoms no layer writes: a deploy net whose `input:` line was left to a tool (DIGITS)
-    for layer in layers:
-        if layer.type in ("Input", "DummyData"):
-            continue
-        if dropped(layer, table):
-            from_dropped.update(layer.tops)
-            continue
-        for b in layer.bottoms:
-            if b not in produced and b in from_dropped:
-                inputs.setdefault(b, None)  # now an input of the converted net
-                produced.add(b)
-            elif b not in produced and b not in unwritten:
-                unwritten.append(b)
-        produced.update(layer.tops)
-    for name, shape in (given or {}).items():
-        if name not in inputs and name not in unwritten:
-            raise CaffeError(f"{path}: --input names {name!r}, but the net's inputs are {list(inputs)}"
-                             + (f" (and no layer writes {', '.join(unwritten)})" if unwritten else ""))
-        inputs[name] = list(shape)
-    if not inputs:
-        raise CaffeError(f"{path}: the net declares no input (no `input:`, Input layer or data layer)"
-                         + (f"; layers read {', '.join(unwritten)}, which no layer writes: give its shape, e.g. "
-                            f"--input {unwritten[0]}=1,3,224,224" if unwritten else "") + _stage_hint(net))
-    unknown = [n for n, s in inputs.items() if not s]
-    if unknown:
-        raise CaffeError(f"{path}: no shape for input(s) {', '.join(unknown)}: give it, e.g. "
-                         f"--input {unknown[0]}=1,3,224,224")
-    return inputs
-
-
-def _placeholder_hint(shapes: dict, given: dict | None) -> str:
-    """OpenPose declares `input_dim: 1 3 1 1` and sets the image size at run time: a shape error then
-    comes from the placeholder, not the net."""
-    tiny = [n for n, s in shapes.items() if len(s) == 4 and s[2] <= 1 and s[3] <= 1 and n not in (given or {})]
-    if not tiny:
-        return ""
-    return (f"; the net declares input {tiny[0]!r} as {'x'.join(map(str, shapes[tiny[0]]))}, a placeholder its tool "
-            f"replaces at run time: give the real size, e.g. --input {tiny[0]}=1,{shapes[tiny[0]][1]},368,368")
-
-
-def _stage_hint(net) -> str:
-    """Nets that pick layers by stage (DIGITS: train / val / deploy) convert only with the right stage."""
-    rules = [r for la in [*net.layer, *net.layers] for r in [*la.include, *la.exclude]]
-    stages = sorted({s for r in rules for s in [*r.stage, *r.not_stage]})
-    return f"; this net selects layers by stage ({', '.join(stages)}): pass stages=[...] (--stage NAME)" if stages else ""
-
-
-_TRAINING_DATA = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "AnnotatedData"}
-
-
 def _data_preprocessing(layers, notes: list[str]) -> dict | None:
     """Mean and scale from a train_val data layer's transform_param, as defaults for metadata."""
     for layer in layers:
-        if layer.type in _TRAINING_DATA and layer.param.HasField("transform_param"):
+        if (layer.type in TRAINING_DATA or not layer.bottoms) and layer.param.HasField("transform_param"):
             t = layer.param.transform_param
             out = {}
             if t.mean_value:
@@ -170,33 +120,52 @@ def _data_preprocessing(layers, notes: list[str]) -> dict | None:
 
 def convert(prototxt, caffemodel=None, *, inputs: dict | None = None, translators: dict | None = None,
             softmax_loss_as_softmax: bool = False, labels: list[str] | None = None,
-            preprocessing: dict | None = None, phase: str = "test", stages=()) -> nn.Module:
+            preprocessing: dict | None = None, phase: str = "test", stages=(),
+            outputs: list[str] | None = None, proto=None) -> nn.Module:
     """A kindling model computing the Caffe net. Module names are the Caffe layer names. Notes
     about what was dropped or ignored are in ``model.notes``; provenance in ``model.metadata``;
     which layer each module output computes in ``model.sources`` (for converters.verify).
     ``stages`` selects layers by their include/exclude stage rules, as Caffe's NetState does
-    (DIGITS nets: ``stages=["deploy"]``)."""
+    (DIGITS nets: ``stages=["deploy"]``). ``outputs`` cuts the net at these blobs: only the layers
+    they need are converted, and they are the model's outputs. ``proto``, a fork's caffe.proto,
+    is merged into the schema the prototxt is read with (its fields and V1 layer types by name)."""
     prototxt = Path(prototxt)
-    net, notes = read_prototxt(prototxt)
+    net, notes = read_prototxt(prototxt, with_fork(proto) if proto else DEFAULT)
     layers = layers_of(net, prototxt, caffe_pb2.TEST if phase == "test" else caffe_pb2.TRAIN, stages)
+    if outputs:
+        layers = cut_at(layers, list(outputs), prototxt)
     table = translator_table(translators)
     check_supported(layers, table, prototxt)
-    check_unique_names([la for la in layers if not dropped(la, table)], prototxt)
-    shapes = _parse_inputs(net, layers, inputs, prototxt, table)
+    layers = unique_names(layers, prototxt, _weighted, lambda la: not dropped(la, table), notes)
     digests = {prototxt: _sha256(prototxt)}
     if caffemodel is not None:
         hasher = hashlib.sha256()
         _attach(layers, read_blobs(caffemodel, hasher), caffemodel)
         digests[Path(caffemodel)] = hasher.hexdigest()
-    try:
-        built = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net")
-    except CaffeError as e:
-        raise CaffeError(f"{e}{_placeholder_hint(shapes, inputs)}") from e
+    resolved = resolve(net, layers, inputs, prototxt, table, notes)
+    shapes = resolved.shapes
+    for side in PROBE_SIZES if resolved.probe else [None]:
+        if side:
+            shapes[resolved.probe][2:] = [side, side]
+        try:
+            built = build(layers, shapes, table, prototxt, notes, softmax_loss_as_softmax, name=net.name or "net",
+                          outputs=list(outputs) if outputs else None)
+            break
+        except CaffeError as e:
+            if side and side != PROBE_SIZES[-1]:
+                continue  # the net does not fit this common size: try the next
+            where = "" if str(e).startswith(str(prototxt)) else f"{prototxt}: "
+            tried = (f"; tried the input sizes {', '.join(map(str, PROBE_SIZES))}: give one with --input" if side
+                     else placeholder_hint(shapes, inputs))
+            raise CaffeError(f"{where}{e}{tried}") from e
     meta = {"source": {"framework": "caffe", "files": [{"path": p.name, "sha256": d, "size": p.stat().st_size}
                                                         for p, d in digests.items()]},
             "input_names": list(shapes), "output_names": built.outputs}
     if len(shapes) == 1:
-        meta["input_shape"] = [-1, *list(shapes.values())[0][1:]]
+        declared = list(shapes.values())[0]
+        meta["input_shape"] = free_dims(built.model, declared)
+        if min(meta["input_shape"][1:], default=1) < 0:
+            meta["sample_shape"] = [1, *declared[1:]]
     if labels:
         meta["labels"] = list(labels)
     pre = {**(_data_preprocessing(layers, [] if (preprocessing or {}).get("mean") else notes) or {}),
@@ -244,7 +213,7 @@ def _assign(module: nn.Module, layer: CaffeLayer, where: str) -> None:
 
 
 def load_weights(model: nn.Module, prototxt, caffemodel, match_all: bool = False,
-                 rename: dict[str, str] | None = None) -> dict:
+                 rename: dict[str, str] | None = None, proto=None) -> dict:
     """Copies the Caffe layers' weights into the modules of ``model`` with the same names
     (``rename`` maps Caffe layer names to yours where they differ).
 
@@ -253,7 +222,7 @@ def load_weights(model: nn.Module, prototxt, caffemodel, match_all: bool = False
     and Caffe layers with weights that no module matched. With ``match_all=True`` a skipped module
     is an error. A same-named module whose shape differs is always an error naming both shapes."""
     prototxt = Path(prototxt)
-    net, _ = read_prototxt(prototxt)
+    net, _ = read_prototxt(prototxt, with_fork(proto) if proto else DEFAULT)
     layers = {la.name: la for la in layers_of(net, prototxt)}
 
     def layer_with(name: str, blobs: list) -> CaffeLayer:

@@ -4,6 +4,8 @@ Caffe semantics the converted model does not follow (noted, never silent).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from kindling.protos import caffe_pb2
 
 from ..graph import ALIAS, Assembly, Terms, assemble
@@ -86,8 +88,26 @@ def _kept(layers: list[CaffeLayer], table: dict, notes: list[str], softmax_loss_
                          f"{'feeds data' if layer.type == 'Python' else 'used in training only'}")
 
 
+def _unpooling_sizes(layers: list[CaffeLayer]) -> list[CaffeLayer]:
+    """SegNet's Upsample reads a Pooling's mask, whose indices count places in that pooling's
+    input: that input becomes the Upsample's third bottom, so the unpooling can check that it makes
+    an output of the same size (else the values land in the wrong places, or Caffe stops)."""
+    pooled_from: dict[str, str] = {}
+    out = []
+    for layer in layers:
+        if layer.type == "Upsample" and len(layer.bottoms) > 2:
+            raise CaffeError(f"layer {layer.name!r} (Upsample): takes one bottom (nearest) or two (values and a max "
+                             f"pooling mask), got {len(layer.bottoms)}")
+        if layer.type == "Upsample" and len(layer.bottoms) == 2 and layer.bottoms[1] in pooled_from:
+            layer = replace(layer, inputs=[*layer.bottoms, pooled_from[layer.bottoms[1]]])
+        if layer.type == "Pooling" and len(layer.tops) == 2 and layer.bottoms:  # none: refused by translate
+            pooled_from[layer.tops[1]] = layer.bottoms[0]
+        out.append(layer)
+    return out
+
+
 def build(layers: list[CaffeLayer], inputs: dict, table: dict, path, notes: list[str],
-          softmax_loss_as_softmax: bool = False, name: str = "net") -> Assembly:
+          softmax_loss_as_softmax: bool = False, name: str = "net", outputs: list[str] | None = None) -> Assembly:
     def translate(layer: CaffeLayer, shapes):
         fn = table[layer.type]
         if not layer.bottoms:  # a lost `bottom:` (a typo, a flipped bit) would leave a translator no input
@@ -99,5 +119,5 @@ def build(layers: list[CaffeLayer], inputs: dict, table: dict, path, notes: list
             notes.append(f"{layer.name} ({layer.type}): {differs}")
         return fn(layer, shapes)
 
-    return assemble(list(_kept(layers, table, notes, softmax_loss_as_softmax)), inputs, translate, path,
-                    name=name, terms=TERMS)
+    return assemble(_unpooling_sizes(list(_kept(layers, table, notes, softmax_loss_as_softmax))), inputs, translate,
+                    path, name=name, terms=TERMS, outputs=outputs)

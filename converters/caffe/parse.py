@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -13,6 +13,7 @@ from kindling.protos import caffe_pb2
 from ..graph import Node
 
 from .errors import CaffeError
+from .schema import DEFAULT, Schema, layer_class
 
 # V1 enum names -> current type strings (Caffe's UpgradeV1LayerType).
 V1_TYPES = {
@@ -28,11 +29,11 @@ V1_TYPES = {
     "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
     "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
 }
-# V1 parameter fields that the current LayerParameter has under the same name.
-_V1_PARAMS = ["argmax_param", "concat_param", "convolution_param", "dropout_param", "dummy_data_param",
-              "eltwise_param", "exp_param", "inner_product_param", "lrn_param", "mvn_param", "pooling_param",
-              "power_param", "relu_param", "softmax_param", "slice_param", "threshold_param", "transform_param",
-              "loss_param"]
+
+
+def _camel(v1_name: str) -> str:
+    """A fork's V1 type as its current-format name: IMAGE_SEG_DATA -> ImageSegData."""
+    return "".join(part.capitalize() for part in v1_name.split("_"))
 
 
 @dataclass
@@ -110,9 +111,10 @@ def _check_shape(text: str, bare: str, path: Path) -> None:
                              f"definition")
 
 
-def read_prototxt(path) -> tuple[caffe_pb2.NetParameter, list[str]]:
-    """Parses a prototxt; returns the net and notes about fields this schema does not know
-    (fork additions, skipped). A syntax error names the file and line."""
+def read_prototxt(path, schema: Schema = DEFAULT) -> tuple[caffe_pb2.NetParameter, list[str]]:
+    """Parses a prototxt with ``schema`` (kindling's, or one with a fork's merged in); returns the
+    net and notes about fields kindling's converter does not use (fork additions, skipped). A
+    syntax error names the file and line."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -127,18 +129,21 @@ def read_prototxt(path) -> tuple[caffe_pb2.NetParameter, list[str]]:
                          f"--caffemodel swapped?")
     bare = _bare(text)
     _check_shape(text, bare, path)
-    net = caffe_pb2.NetParameter()
+    net = schema.net()
     try:
         text_format.Parse(text, net, allow_unknown_field=True, allow_unknown_extension=True)
     except text_format.ParseError as e:
         m = re.match(r"(\d+):(\d+) : (.*)", str(e))
         where = f"line {m.group(1)}, column {m.group(2)}: {m.group(3)}" if m else str(e)
-        raise CaffeError(f"{path}: syntax error at {where}") from e
+        fork = re.search(r'V1LayerParameter.LayerType" has no value named (\w+)', str(e))
+        hint = (f" ({fork.group(1)} is no V1 layer type of BVLC Caffe: the net was written for a fork of Caffe; "
+                f"give the fork's caffe.proto with --proto)" if fork and schema is DEFAULT else "")
+        raise CaffeError(f"{path}: syntax error at {where}{hint}") from e
     except RecursionError as e:  # _check_shape bounds the depth; this is the parser's own limit
         raise CaffeError(f"{path}: blocks nest too deeply to parse") from e
     unknown = sorted(set(_FIELD.findall(bare)) - _known_field_names())
     notes = [f"{path.name}: ignored fields this converter does not use: {', '.join(unknown)}"] if unknown else []
-    return net, notes
+    return net, [*schema.notes, *notes]
 
 
 def read_net_binary(path) -> caffe_pb2.NetParameter:
@@ -175,18 +180,23 @@ def layers_of(net: caffe_pb2.NetParameter, path, phase: int = caffe_pb2.TEST, st
     if net.layer and net.layers:
         raise CaffeError(f"{path}: mixes `layer` (current) and `layers` (V1) definitions")
     out = []
+    layer_type = layer_class(net)
+    params = layer_type.DESCRIPTOR.fields_by_name
+    v1_types = net.DESCRIPTOR.fields_by_name["layers"].message_type.fields_by_name["type"].enum_type
     for v1 in net.layers:
         if v1.HasField("layer"):
             raise CaffeError(f"{path}: V0 layer definitions (layers {{ layer {{ ... }} }}) are too old to read; "
                              f"upgrade the net with Caffe's upgrade_net_proto_text first")
         if not included(v1, phase, stages=stages):
             continue
-        p = caffe_pb2.LayerParameter()
-        for name in _V1_PARAMS:
-            if v1.HasField(name):
-                getattr(p, name).CopyFrom(getattr(v1, name))
-        kind = caffe_pb2.V1LayerParameter.LayerType.Name(v1.type)
-        out.append(CaffeLayer(v1.name, V1_TYPES.get(kind, kind), list(v1.bottom), list(v1.top), p,
+        p = layer_type()
+        for fd, value in v1.ListFields():  # the *_param messages both formats name alike (forks' too)
+            same = params.get(fd.name)
+            if fd.message_type and same is not None and same.message_type is fd.message_type \
+                    and not fd.is_repeated:
+                getattr(p, fd.name).CopyFrom(value)
+        kind = v1_types.values_by_number[v1.type].name
+        out.append(CaffeLayer(v1.name, V1_TYPES.get(kind) or _camel(kind), list(v1.bottom), list(v1.top), p,
                               lr_mult=list(v1.blobs_lr), decay_mult=list(v1.weight_decay)))
     for layer in net.layer:
         if not included(layer, phase, stages=stages):
@@ -197,14 +207,35 @@ def layers_of(net: caffe_pb2.NetParameter, path, phase: int = caffe_pb2.TEST, st
     return out
 
 
-def check_unique_names(layers: list[CaffeLayer], path) -> None:
-    """Module names are layer names, so the layers that are converted need their own names. Caffe
-    itself allows repeats (BVLC's mnist_autoencoder names two loss layers "loss"), so callers pass
-    only the layers they keep."""
-    names = [la.name for la in layers]
-    dup = sorted({n for n in names if names.count(n) > 1})
+def unique_names(layers: list[CaffeLayer], path, weighted, kept, notes: list[str]) -> list[CaffeLayer]:
+    """Module names are layer names. Caffe allows repeats (HED names five Crop layers "crop";
+    BVLC's mnist_autoencoder two loss layers "loss"): among the ``kept`` layers (those that become
+    modules), a repeated one without weights is renamed name_1, name_2, ... as OpenCV does, with a
+    note; two layers with weights under one name are refused, since the caffemodel's weights are
+    found by name. The layers stay in their order."""
+    heavy = [la.name for la in layers if kept(la) and weighted(la)]
+    dup = sorted({n for n in heavy if heavy.count(n) > 1})
     if dup:
-        raise CaffeError(f"{path}: layer names repeat ({', '.join(dup)}); each layer needs its own name")
+        raise CaffeError(f"{path}: layers with weights share the names {', '.join(dup)}; each needs its own name "
+                         f"(the caffemodel's weights are found by layer name)")
+    all_names = {la.name for la in layers if kept(la)}
+    taken, out, renamed = set(heavy), [], {}
+    for layer in layers:
+        if not kept(layer) or weighted(layer) or layer.name not in taken:
+            if kept(layer):
+                taken.add(layer.name)
+            out.append(layer)
+            continue
+        k = 1
+        while f"{layer.name}_{k}" in taken or f"{layer.name}_{k}" in all_names:
+            k += 1
+        new = f"{layer.name}_{k}"
+        taken.add(new)
+        renamed.setdefault(layer.name, []).append(new)
+        out.append(replace(layer, name=new))
+    for name, news in renamed.items():
+        notes.append(f"layers named {name!r} repeat: the later ones are {', '.join(news)} (as OpenCV names them)")
+    return out
 
 
 def declared_inputs(net: caffe_pb2.NetParameter, layers: list[CaffeLayer]) -> dict[str, list[int] | None]:
@@ -224,3 +255,21 @@ def declared_inputs(net: caffe_pb2.NetParameter, layers: list[CaffeLayer]) -> di
             for i, top in enumerate(layer.tops):
                 inputs[top] = shapes[i] if i < len(shapes) else (shapes[0] if shapes else None)
     return inputs
+
+
+def cut_at(layers: list[CaffeLayer], outputs: list[str], path) -> list[CaffeLayer]:
+    """Only the layers that the ``outputs`` blobs need (a detector's backbone, a classifier's
+    features), in order. A blob is what its last writer left in it, as in Caffe: cutting at
+    "conv5" after an in-place ReLU keeps the ReLU."""
+    written = {t for la in layers for t in la.tops}
+    unknown = [o for o in outputs if o not in written]
+    if unknown:
+        raise CaffeError(f"{path}: --outputs names {', '.join(map(repr, unknown))}, which no layer writes; the net's "
+                         f"blobs are {', '.join(sorted(written))}")
+    needed, kept = set(outputs), []
+    for layer in reversed(layers):
+        if needed & set(layer.tops):
+            needed -= set(layer.tops)
+            needed |= set(layer.bottoms)
+            kept.append(layer)
+    return kept[::-1]

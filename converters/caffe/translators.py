@@ -34,7 +34,12 @@ def _fail(layer: CaffeLayer, problem: str):
 
 
 def _hw(layer, p, name: str, default: int) -> tuple[int, int]:
-    """kernel/pad/stride/dilation from the repeated field or its _h/_w forms."""
+    """kernel/pad/stride/dilation from the repeated field or its _h/_w forms (DeepLab v1 calls the
+    dilation hole)."""
+    if name == "dilation" and any(p.HasField(f) for f in ("hole", "hole_h", "hole_w")):
+        if p.dilation:
+            _fail(layer, "gives both dilation and DeepLab's hole")
+        return (int(p.hole_h if p.HasField("hole_h") else p.hole), int(p.hole_w if p.HasField("hole_w") else p.hole))
     h, w = f"{name}_h", f"{name}_w"
     if h in p.DESCRIPTOR.fields_by_name and (p.HasField(h) or p.HasField(w)):
         return int(getattr(p, h)), int(getattr(p, w))
@@ -300,9 +305,11 @@ def permute(layer, shapes):
 def upsample(layer, shapes):
     """One bottom: nearest-neighbour (YOLOv3 Caffe). Two bottoms (values, a max pooling's mask):
     SegNet's unpooling, each value put where the mask says in an upsample_h x upsample_w output,
-    or scale x the input less pad_out (scale_h/scale_w, else scale) when those are not both given."""
+    or scale x the input less pad_out (scale_h/scale_w, else scale) when those are not both given.
+    build.py adds a third: the input of the pooling that made the mask, whose size the output must
+    have (see nn.MaxUnpool2d)."""
     p = layer.param.upsample_param
-    if len(layer.bottoms) == 2:
+    if len(layer.bottoms) in (2, 3):
         if p.HasField("upsample_h") and p.HasField("upsample_w"):
             size = (p.upsample_h, p.upsample_w)
             if min(size) <= 1:
@@ -315,11 +322,85 @@ def upsample(layer, shapes):
         if (pad_out[0] and scale[0] != 2) or (pad_out[1] and scale[1] != 2):
             _fail(layer, "pad_out_h / pad_out_w need a scale of 2")
         return nn.MaxUnpool2d(scale, pad_out=pad_out, name=layer.name)
-    if len(layer.bottoms) > 2:
-        _fail(layer, f"takes one bottom (nearest) or two (values and a max pooling mask), got {len(layer.bottoms)}")
     if p.HasField("scale_h") and p.scale_h != p.scale_w:
         _fail(layer, f"different scales for height and width ({p.scale_h}, {p.scale_w}) are not supported")
     return nn.Upsample(p.scale_h or p.scale, name=layer.name)
+
+
+# ---- fork layers zoo nets ship ------------------------------------------------------------------
+def interp(layer, shapes):
+    """DeepLab/PSPNet: the output size from height/width, or from shrink_factor and zoom_factor
+    (either or both) of the input less the cropping; Caffe's precedence between them."""
+    p = layer.param.interp_param
+    shrink, zoom = p.HasField("shrink_factor"), p.HasField("zoom_factor")
+    if not (shrink or zoom) and not (p.HasField("height") and p.HasField("width")):
+        _fail(layer, "interp_param needs zoom_factor, shrink_factor, or height and width")
+    size = (p.height, p.width) if not (shrink or zoom) else None
+    return _checked(layer, nn.Interp, size, p.zoom_factor if zoom else 1, p.shrink_factor if shrink else 1,
+                    p.pad_beg, p.pad_end)
+
+
+def padding(layer, shapes):
+    """DeepLab v1: pad_beg and pad_end zeros around H and W, both >= 0, or both <= 0 to crop."""
+    p = layer.param.padding_param
+    if (p.pad_beg > 0 > p.pad_end) or (p.pad_beg < 0 < p.pad_end):
+        _fail(layer, f"pad_beg {p.pad_beg} and pad_end {p.pad_end} must both pad or both crop")
+    return _checked(layer, nn.Pad, [0, 0, 0, 0, p.pad_beg, p.pad_end, p.pad_beg, p.pad_end])
+
+
+def reorg(layer, shapes):
+    p = layer.param.reorg_param
+    if not p.HasField("stride"):
+        _fail(layer, "reorg_param.stride is missing")
+    return _checked(layer, nn.Reorg, p.stride, p.reverse)
+
+
+def roi_pooling(layer, shapes):
+    p = layer.param.roi_pooling_param
+    if len(layer.bottoms) != 2:
+        _fail(layer, f"takes two bottoms (features, regions), got {len(layer.bottoms)}")
+    return _checked(layer, nn.ROIPooling, p.pooled_h, p.pooled_w, p.spatial_scale)
+
+
+def psroi_pooling(layer, shapes):
+    p = layer.param.psroi_pooling_param
+    if len(layer.bottoms) != 2:
+        _fail(layer, f"takes two bottoms (features, regions), got {len(layer.bottoms)}")
+    if not (p.HasField("output_dim") and p.HasField("group_size") and p.HasField("spatial_scale")):
+        _fail(layer, "psroi_pooling_param needs spatial_scale, output_dim and group_size")
+    return _checked(layer, nn.PSROIPooling, p.output_dim, p.group_size, p.spatial_scale)
+
+
+# ---- SSD's detection head ------------------------------------------------------------------------
+def prior_box(layer, shapes):
+    p = layer.param.prior_box_param
+    if len(layer.bottoms) != 2:
+        _fail(layer, f"takes two bottoms (a feature map and the image), got {len(layer.bottoms)}")
+    if p.HasField("img_size") and (p.HasField("img_h") or p.HasField("img_w")):
+        _fail(layer, "give img_size or img_h/img_w, not both")
+    if p.HasField("step") and (p.HasField("step_h") or p.HasField("step_w")):
+        _fail(layer, "give step or step_h/step_w, not both")
+    img = ((p.img_h, p.img_w) if p.HasField("img_h") or p.HasField("img_w")
+           else (p.img_size, p.img_size) if p.HasField("img_size") else None)
+    step = ((p.step_h, p.step_w) if p.HasField("step_h") or p.HasField("step_w")
+            else (p.step, p.step) if p.HasField("step") else None)
+    return _checked(layer, nn.PriorBox, list(p.min_size), list(p.max_size), list(p.aspect_ratio), p.flip, p.clip,
+                    list(p.variance) or [0.1], img, step, p.offset)
+
+
+def detection_output(layer, shapes):
+    p = layer.param.detection_output_param
+    if not p.HasField("num_classes"):
+        _fail(layer, "detection_output_param.num_classes is missing")
+    if len(layer.bottoms) != 3:
+        _fail(layer, f"SSD's DetectionOutput takes three bottoms (locations, confidences, priors), this one "
+                     f"{len(layer.bottoms)}" + (" (YOLO ports give their region output this name too: pass a "
+                                                 "translator for it)" if len(layer.bottoms) == 1 else ""))
+    n = p.nms_param
+    return _checked(layer, nn.DetectionOutput, p.num_classes, p.share_location, p.background_label_id,
+                    n.nms_threshold, n.top_k if n.HasField("top_k") else -1, n.eta,
+                    caffe_pb2.PriorBoxParameter.CodeType.Name(p.code_type), p.variance_encoded_in_target,
+                    p.keep_top_k, p.confidence_threshold if p.HasField("confidence_threshold") else None)
 
 
 def _simple(cls, **fixed):
@@ -416,7 +497,12 @@ TABLE = {
     "Slice": slice_, "Crop": crop, "Permute": permute, "Normalize": normalize,
     "ShuffleChannel": shuffle_channel, "Axpy": _simple(nn.Axpy), "Upsample": upsample,
     "Exp": exp, "Log": log, "Threshold": threshold, "MVN": mvn, "Reduction": reduction, "Tile": tile,
-    "ArgMax": argmax,
+    "ArgMax": argmax, "PriorBox": prior_box, "DetectionOutput": detection_output,
+    # forks: MobileNet ports, YOLO ports, DeepLab/PSPNet, R-CNN and R-FCN, SELU nets
+    "ReLU6": _simple(nn.ReLU6), "Mish": _simple(nn.Mish), "Interp": interp, "Padding": padding,
+    "Reorg": reorg,
+    "ROIPooling": roi_pooling, "PSROIPooling": psroi_pooling, "SeLu": _simple(nn.SELU),
+    "SeLuDropout": lambda layer, s: nn.AlphaDropout(layer.param.selu_dropout_param.dropout_ratio, name=layer.name),
     "Split": SPLIT,
     # training only
     "Data": DROP, "ImageData": DROP, "HDF5Data": DROP, "MemoryData": DROP, "WindowData": DROP,
@@ -425,6 +511,11 @@ TABLE = {
     "MultinomialLogisticLoss": DROP, "Silence": DROP, "HDF5Output": DROP,
     "DenseImageData": DROP,  # SegNet's data layer
     "Python": DROP,  # one without bottoms feeds data (FCN); one with bottoms is refused (build.check_supported)
+    # forks' training and evaluation layers (SSD, R-CNN and R-FCN with OHEM, YOLO ports, PSPNet, HED)
+    "MultiBoxLoss": DROP, "DetectionEvaluate": DROP, "SmoothL1Loss": DROP,
+    "SmoothL1LossOHEM": DROP, "SoftmaxWithLossOHEM": DROP, "BoxAnnotatorOHEM": DROP, "RegionLoss": DROP,
+    "Yolov3": DROP, "YoloSeg": DROP, "EvalDetection": DROP, "BoxData": DROP, "SegAccuracy": DROP,
+    "SegmentationEvaluate": DROP, "ImageLabelmapData": DROP, "ImageSegData": DROP, "MatWrite": DROP,
 }
 # Input layers and DummyData that feed the net define its inputs (converters/caffe/build.py).
 INPUT_TYPES = {"Input", "DummyData"}

@@ -26,6 +26,8 @@ VARINT, I64, LEN, I32 = 0, 1, 2, 5
 NET_LAYER, NET_V1_LAYERS = 100, 2
 LAYER_FIELDS = {NET_LAYER: {"name": 1, "type": 2, "blobs": 7}, NET_V1_LAYERS: {"name": 4, "type": 5, "blobs": 6}}
 BLOB_SHAPE, BLOB_DATA, BLOB_DOUBLE_DATA = 7, 5, 8
+BLOB_RAW_TYPE, BLOB_RAW_DATA = 10, 12  # NVIDIA Caffe's raw storage (OpenCV's fp16 caffemodels)
+RAW_TYPES = {0: "<f8", 1: "<f4", 2: "<f2"}  # DOUBLE, FLOAT, FLOAT16
 BLOB_LEGACY = {1: 0, 2: 1, 3: 2, 4: 3}  # num, channels, height, width
 
 
@@ -90,15 +92,18 @@ def _dims(buf, off: int, n: int) -> list[int]:
         raise WireError(f"corrupt blob shape ({e})") from e
 
 
+WIDTHS = {2: "half-precision", 4: "float", 8: "double"}
+
+
 def _values(buf, off: int, n: int, dtype: str) -> np.ndarray:
     size = np.dtype(dtype).itemsize
     if n % size:
-        raise WireError(f"{n} bytes of {'float' if size == 4 else 'double'} data is not a whole number of values")
+        raise WireError(f"{n} bytes of {WIDTHS[size]} data is not a whole number of values")
     return np.frombuffer(buf, dtype, n // size, off)
 
 
 def _blob(buf, start: int, end: int) -> np.ndarray:
-    shape, legacy, data = None, [0, 0, 0, 0], None
+    shape, legacy, data, raw, raw_type = None, [0, 0, 0, 0], None, None, 1
     unpacked = array("f")  # repeated floats written one field each (very old writers): 4 bytes per value here
     for number, wire, value in fields(buf, start, end):
         if number == BLOB_SHAPE and wire == LEN:
@@ -111,6 +116,15 @@ def _blob(buf, start: int, end: int) -> np.ndarray:
             unpacked.frombytes(bytes(buf[value:value + 4]))
         elif number == BLOB_DOUBLE_DATA and wire == LEN:
             data = _values(buf, *value, "<f8").astype(np.float32)
+        elif number == BLOB_RAW_TYPE and wire == VARINT:
+            raw_type = value
+        elif number == BLOB_RAW_DATA and wire == LEN:
+            raw = value
+    if raw is not None and data is None:
+        if raw_type not in RAW_TYPES:
+            raise WireError(f"raw blob data of type {raw_type} (integers): only DOUBLE, FLOAT and FLOAT16 are weights")
+        data = _values(buf, *raw, RAW_TYPES[raw_type])
+        data = data if data.dtype == np.float32 else data.astype(np.float32)
     if data is None:
         data = np.frombuffer(unpacked, "<f4") if unpacked else np.zeros(0, np.float32)
     if shape is None:

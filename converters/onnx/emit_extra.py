@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from .writer import Writer
+from .errors import OnnxError
+from .writer import Writer, tensor
 
 
 def _steps(w: Writer, m, x: str, steps: list) -> str:
@@ -180,6 +181,37 @@ def tile(w, m, xs):
     return w.node("Tile", [xs[0], w.ints(f"{m.name}/repeats", reps)], m.name)
 
 
+# ---- Caffe forks' layers --------------------------------------------------------------------------------
+def mish(w, m, xs):
+    soft = w.node("Softplus", xs[:1], f"{m.name}/softplus")
+    return w.node("Mul", [xs[0], w.node("Tanh", [soft], f"{m.name}/tanh")], m.name)
+
+
+def prior_box(w, m, xs):
+    """SSD's priors depend only on the feature map's and the image's sizes, which the export
+    fixes: one constant, computed by the module itself."""
+    priors = m.forward([np.zeros(w.shape(x), np.float32) for x in xs])
+    return w.node("Constant", [], m.name, value=tensor(np.asarray(priors, np.float32), f"{m.name}.priors"))
+
+
+def _not_exported(why: str):
+    def fn(w, m, xs):
+        raise OnnxError(f"module {m.name!r}: {type(m).__name__} has no ONNX export: {why}")
+    return fn
+
+
+# Types the export refuses, naming the module and saying why
+NOT_EXPORTED = {
+    "Interp": "not exported yet (ONNX's Resize with align_corners is its rule, but the writer for it and for its "
+              "pad_beg/pad_end crop is not done); export the net before it (convert caffe --outputs)",
+    "Reorg": "not exported yet (the Caffe ports' channel order is not ONNX's SpaceToDepth's)",
+    "ROIPooling": "not exported yet (ONNX's MaxRoiPool is not checked against Caffe's rounding of region edges)",
+    "PSROIPooling": "ONNX has no position-sensitive region pooling",
+    "DetectionOutput": "SSD's decoding, per-class NMS and keep_top_k in Caffe's row order have no ONNX equivalent; "
+                       "export the net up to the DetectionOutput's inputs (convert caffe --outputs)",
+}
+
+
 # ---- criterions: a loss as a model with an input and a target ------------------------------------------
 def _loss(op):
     def fn(w, m, xs):
@@ -207,6 +239,8 @@ EXTRA = {
     "Upsample": upsample, "Normalize": normalize, "MVN": mvn, "Reduction": reduction, "ArgMax": argmax, "Tile": tile,
     "ClassNLLCriterion": _loss("NegativeLogLikelihoodLoss"), "CrossEntropyCriterion": _loss("SoftmaxCrossEntropyLoss"),
     "MSECriterion": mse,
+    "Mish": mish, "AlphaDropout": lambda w, m, xs: w.node("Identity", xs[:1], m.name),  # exported in evaluate mode
+    "PriorBox": prior_box, **{k: _not_exported(why) for k, why in NOT_EXPORTED.items()},
 }
 CRITERIONS = {"ClassNLLCriterion": TensorProto.INT64, "CrossEntropyCriterion": TensorProto.INT64,
               "MSECriterion": TensorProto.FLOAT}  # the target's type

@@ -149,10 +149,13 @@ def _description(model, args) -> str:
     source = ", ".join(f["path"] for f in model.metadata.get("source", {}).get("files", []))
     out_shape = ""
     if shape:
+        sample = model.metadata.get("sample_shape") or [1, *shape[1:]]
         try:
-            out_shape = f", output shape {_listed(shapes.trace(model, [[1, *shape[1:]]])[model.name])}"
+            out_shape = f", output shape {_listed(shapes.trace(model, [sample])[model.name])}"
         except KindlingError as e:
             raise KindlingError(f"{source or args.framework}: tracing the converted model: {e}") from e
+        if sample != [1, *shape[1:]]:
+            out_shape += f" at input {sample} (it takes any size that fits {shape})"
     return (f"converted {source or args.framework} -> {args.output}: {sum(1 for _ in model.modules()) - 1} layers "
             f"({type(model).__name__}), {params:,} parameters{out_shape}")
 

@@ -16,6 +16,13 @@ def add_arguments(p):
                                        "(instead of --mean)")
     p.add_argument("--softmax-loss-as-softmax", action="store_true",
                    help="turn a train_val file's SoftmaxWithLoss into a Softmax output")
+    p.add_argument("--proto", metavar="FORK.proto",
+                   help="a Caffe fork's caffe.proto: its parameter fields and V1 layer types are read by name "
+                        "(merged into kindling's schema; needs grpcio-tools: pip install 'kindling[caffe-fork]')")
+    p.add_argument("--outputs", type=lambda text: [b.strip() for b in text.split(",") if b.strip()],
+                   metavar="BLOB1,BLOB2",
+                   help="cut the net at these blobs: keep only the layers they need (a detector's backbone, a "
+                        "classifier's features); they become the model's outputs, which `kindling run` writes")
 
 
 # --reference NAME -> the reference for this framework's files
@@ -35,4 +42,5 @@ def convert(args, *, inputs: dict, labels, preprocessing: dict | None):
             raise ValueError("give --mean or --mean-file, not both")
         preprocessing = {**(preprocessing or {}), "mean": caffe.read_mean(args.mean_file)}
     return caffe.convert(args.prototxt, args.caffemodel, inputs=inputs, labels=labels, preprocessing=preprocessing,
-                         softmax_loss_as_softmax=args.softmax_loss_as_softmax, phase=args.phase, stages=args.stage)
+                         softmax_loss_as_softmax=args.softmax_loss_as_softmax, phase=args.phase, stages=args.stage,
+                         outputs=args.outputs, proto=args.proto)

@@ -9,8 +9,9 @@ HELP = "describe a model file (layers, output shapes, parameters, size) or, with
 def add_arguments(p):
     p.add_argument("model", nargs="?", help="a .kdl model file")
     p.add_argument("--backend", action="store_true", help="print the BLAS backend, its version and threads")
-    p.add_argument("--input-shape", help="input shape to trace output shapes with, e.g. 1,3,224,224 "
-                                         "(default: the model's recorded input shape)")
+    p.add_argument("--input-shape", help="input shape to trace output shapes with, e.g. 1,3,224,224 (default: the "
+                                         "model's recorded input shape, its free dimensions at the declared size); a "
+                                         "shape the model does not fit is refused naming the layer")
 
 
 def _backend_lines() -> list[str]:
@@ -42,10 +43,15 @@ def run(args) -> int:
     from kindling.runtime.shapes import ShapeError, trace
     model = kindling.load(args.model)
     meta = model.metadata
-    shape = [int(d) for d in args.input_shape.split(",")] if args.input_shape else meta.get("input_shape")
+    recorded = meta.get("input_shape")
+    shape = [int(d) for d in args.input_shape.split(",")] if args.input_shape else recorded
     shapes = {}
     if shape and len(meta.get("input_names") or [None]) == 1:
-        shape = [1 if d <= 0 else d for d in shape]
+        if args.input_shape and recorded and (len(shape) != len(recorded) or any(
+                r > 0 and r != d for r, d in zip(recorded[1:], shape[1:]))):
+            raise KindlingError(f"--input-shape {shape} does not fit the model's {recorded} (-1: any size that fits)")
+        sample = meta.get("sample_shape") or [1] * len(shape)
+        shape = [d if d > 0 else max(s, 1) for d, s in zip(shape, sample)]
         try:
             shapes = trace(model, [shape])
         except ShapeError as e:
@@ -62,7 +68,8 @@ def run(args) -> int:
     print(f"parameters: {total:,}")
     print(f"file size: {os.path.getsize(args.model) / 1e6:.1f} MB")
     if shape:
-        print(f"input shape: {list(shape)}")
+        free = f" (recorded {recorded}: -1 takes any size that fits)" if recorded and min(recorded[1:]) <= 0 else ""
+        print(f"input shape: {list(shape)}{free}")
     for key in ("input_names", "output_names"):
         if meta.get(key):
             print(f"{key.replace('_', ' ')}: {', '.join(meta[key])}")

@@ -88,6 +88,17 @@ def image_files(paths: list[str]) -> list[Path]:
     return found
 
 
+def _described(predictor, output, k: int) -> str:
+    """An image's top-k classes, or a detector's k best detections (boxes as fractions of the
+    image: x0,y0-x1,y1)."""
+    if predictor.scores_from == "detections":
+        found = predictor.detections(output, k)[0] if len(output) else []
+        return ", ".join(f"{d.label or d.index} {d.score:.4f} at {d.box[0]:.3f},{d.box[1]:.3f}-{d.box[2]:.3f},"
+                         f"{d.box[3]:.3f}" for d in found) or "nothing detected"
+    c = predictor.top_k(output, k)[0]
+    return ", ".join(f"{label or i} {score:.4f}" for i, label, score in zip(c.indices, c.labels, c.scores))
+
+
 def run(args) -> int:
     from kindling.runtime.predict import Predictor
     tensors = [p for p in args.input if Path(p).suffix.lower() in TENSOR_SUFFIXES]
@@ -107,11 +118,14 @@ def run(args) -> int:
     if predictor.pipeline is None:
         raise ValueError(f"{args.model}: the model records no image preprocessing or 4-D input shape, so images "
                          f"cannot be fed to it: give a tensor (.npy)")
-    x = predictor.preprocess(images, names=[str(p) for p in images])
-    outs = predictor.forward([x])
-    for path, c in zip(images, predictor.top_k(outs[0], args.top_k)):
-        print(f"{path}: " + ", ".join(f"{label or i} {score:.4f}" for i, label, score in zip(c.indices, c.labels,
-                                                                                          c.scores)))
+    per_image = predictor.predict_images(images, names=[str(p) for p in images])
+    for path, outs in zip(images, per_image):
+        print(f"{path}: {_described(predictor, outs[0], args.top_k)}")
     if args.output:
+        shapes = {tuple(o.shape for o in outs) for outs in per_image}
+        if len(shapes) > 1:
+            raise ValueError("the images gave outputs of different sizes (the model takes each image at its own "
+                             "size), which one tensor file cannot hold: give one image with --output")
+        outs = [np.concatenate(column) for column in zip(*per_image)]
         _write_outputs(Path(args.output), dict(zip(predictor.output_names_for(len(outs)), outs)))
     return 0

@@ -65,9 +65,27 @@ def _preprocessing(args, model) -> dict:
              "input_size": [int(v) for v in args.input_size.split(",")] if args.input_size else None}
     pre.update({k: v for k, v in given.items() if v is not None})
     pre = image_preprocessing({**model.metadata, "preprocessing": pre})  # the size and gray from the input shape
-    if pre is None:
-        raise ValueError("the input size is unknown: give --input-size H,W")
+    if not (pre or {}).get("input_size"):
+        free = " (the model takes any size that fits, but a batch needs one)" if pre is not None else ""
+        raise ValueError(f"the input size is unknown{free}: give --input-size H,W")
+    _check_size(model, pre["input_size"])
     return pre
+
+
+def _check_size(model, size) -> None:
+    """A size the model does not fit is refused before any image is read, naming the layer."""
+    from kindling.runtime.shapes import ShapeError, check
+    shape = model.metadata.get("input_shape")
+    if not shape or len(shape) != 4:
+        return
+    sample = model.metadata.get("sample_shape") or shape
+    channels = shape[1] if shape[1] > 0 else sample[1]
+    if any(0 < d != s for d, s in zip(shape[2:], size)):
+        raise ValueError(f"input size {size[0]}x{size[1]}: the model's input shape is {shape}")
+    try:
+        check(model, [(1, channels, *size)])
+    except ShapeError as e:
+        raise ValueError(f"input size {size[0]}x{size[1]}: {e}") from e
 
 
 def settings(args):

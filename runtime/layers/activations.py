@@ -1,11 +1,11 @@
-"""Elementwise activations (ReLU, LeakyReLU, ELU, SELU, Sigmoid, Tanh, Clip/ReLU6, Swish, and the
-hard sigmoid and hard swish of MobileNetV3). Outputs keep the input's memory order (an NCHW view of NHWC memory
+"""Elementwise activations (ReLU, LeakyReLU, ELU, SELU, Sigmoid, Tanh, Clip/ReLU6, Swish, the
+hard sigmoid and hard swish of MobileNetV3, and YOLOv4's Mish). Outputs keep the input's memory order (an NCHW view of NHWC memory
 stays one), so each is a single straight pass over memory."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..module import Module
+from ..module import Module, same_shape
 from ..parallel import pool
 
 # Below this many elements a pass is too short to be worth handing to another thread.
@@ -26,6 +26,7 @@ def _split(fn, out, *arrays):
 
 class _Elementwise(Module):
     """forward computes y = f(x) into a reused buffer; backward uses x or the cached y."""
+    output_shape = same_shape
 
     def forward(self, x):
         x = np.asarray(x, np.float32)
@@ -238,5 +239,26 @@ class HardSwish(_Elementwise):
         np.clip(out, 0, 6, out=out)
         out += np.where((x > -3) & (x < 3), x, np.float32(0))
         out /= np.float32(6)
+        out *= g
+        return out
+
+
+class Mish(_Elementwise):
+    """x * tanh(softplus(x)) (YOLOv4)."""
+
+    def _f(self, x, out):
+        np.logaddexp(np.float32(0), x, out=out)  # softplus without overflow
+        np.tanh(out, out=out)
+        return np.multiply(out, x, out=out)
+
+    def _df(self, x, y, g, out):
+        # d/dx = tanh(sp) + x * (1 - tanh(sp)^2) * sigmoid(x), sp = softplus(x)
+        t = np.tanh(np.logaddexp(np.float32(0), x)).astype(np.float32)
+        sig = (np.float32(0.5) * (1 + np.tanh(np.float32(0.5) * x))).astype(np.float32)
+        np.multiply(t, t, out=out)
+        np.subtract(1, out, out=out)
+        out *= sig
+        out *= x
+        out += t
         out *= g
         return out

@@ -2,7 +2,9 @@
 
 Weight (in, out/groups, kh, kw), as in PyTorch and Caffe. Forward: for each kernel offset, one
 GEMM of the NHWC input with that offset's weights, added at stride into the output (a col2im
-without the column matrix). Backward reads the output gradient back at the same offsets.
+without the column matrix); a kernel of whole strides (FCN's upsampling) takes one GEMM and one
+plane-sized add per stride x stride block of offsets instead. Backward reads the output gradient
+back at the same offsets.
 """
 from __future__ import annotations
 
@@ -69,6 +71,25 @@ class ConvTranspose2d(Module):
         cig = self.in_channels // self.groups
         return self.params["weight"][gi * cig:(gi + 1) * cig, :, i, j]
 
+    def _tiles(self) -> bool:
+        """Whether the kernel is whole strides (FCN's 4 by 2, 16 by 8): its offsets then make
+        (kernel / stride)^2 blocks of stride x stride pixels each, added in one pass apiece."""
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return self.dilation == (1, 1) and self.groups == 1 and kh % sh == 0 and kw % sw == 0
+
+    def _add_tiled(self, x2, yf, n, h, w) -> None:
+        """One GEMM per block of stride x stride kernel offsets, whose result, read as (N, H, sh,
+        W, sw, C), is an (H * sh, W * sw) plane added at the block's offset."""
+        (kh, kw), (sh, sw), c = self.kernel_size, self.stride, self.out_channels
+        weight = self.params["weight"].transpose(0, 2, 3, 1)  # (Cin, kh, kw, Cout)
+        cols = self._buffer("cols", (n * h * w, sh * sw * c))
+        for bh in range(kh // sh):
+            for bw in range(kw // sw):
+                block = weight[:, bh * sh:(bh + 1) * sh, bw * sw:(bw + 1) * sw].reshape(self.in_channels, -1)
+                blas.gemm(x2, np.ascontiguousarray(block), cols)
+                plane = cols.reshape(n, h, w, sh, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h * sh, w * sw, c)
+                yf[:, bh * sh:bh * sh + h * sh, bw * sw:bw * sw + w * sw] += plane
+
     def forward(self, x):
         x = np.asarray(x, np.float32)
         n, h, w, full, out = self._geometry(x)
@@ -76,13 +97,17 @@ class ConvTranspose2d(Module):
         x2 = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * h * w, self.in_channels)
         yf = self._buffer("full", (n, *full, self.out_channels))
         yf.fill(0)
-        slab = self._buffer("slab", (n * h * w, self.out_channels))
         kh, kw = self.kernel_size
-        for i in range(kh):
-            for j in range(kw):
-                for gi in range(g):
-                    blas.gemm(x2[:, gi * cig:(gi + 1) * cig], self._weight(i, j, gi), slab[:, gi * cog:(gi + 1) * cog])
-                self._offset(yf, i, j, h, w)[...] += slab.reshape(n, h, w, self.out_channels)
+        if self._tiles():
+            self._add_tiled(x2, yf, n, h, w)
+        else:
+            slab = self._buffer("slab", (n * h * w, self.out_channels))
+            for i in range(kh):
+                for j in range(kw):
+                    for gi in range(g):
+                        blas.gemm(x2[:, gi * cig:(gi + 1) * cig], self._weight(i, j, gi),
+                                  slab[:, gi * cog:(gi + 1) * cog])
+                    self._offset(yf, i, j, h, w)[...] += slab.reshape(n, h, w, self.out_channels)
         (ph, pw) = self.padding
         y = yf[:, ph:ph + out[0], pw:pw + out[1]]
         if self.has_bias:

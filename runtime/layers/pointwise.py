@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..module import Module
+from ..module import Module, same_shape
 
 
 class Power(Module):
     """y = (shift + scale * x) ^ power."""
+    output_shape = same_shape
 
     def __init__(self, power: float = 1.0, scale: float = 1.0, shift: float = 0.0, name: str | None = None):
         super().__init__(name)
@@ -40,6 +41,7 @@ def _log_base(base: float, who: str) -> float:
 
 class Exp(Module):
     """y = base ^ (shift + scale * x), base -1 meaning e (Caffe's Exp)."""
+    output_shape = same_shape
 
     def __init__(self, base: float = -1.0, scale: float = 1.0, shift: float = 0.0, name: str | None = None):
         super().__init__(name)
@@ -65,6 +67,7 @@ class Exp(Module):
 
 class Log(Module):
     """y = log_base(shift + scale * x), base -1 meaning e (Caffe's Log)."""
+    output_shape = same_shape
 
     def __init__(self, base: float = -1.0, scale: float = 1.0, shift: float = 0.0, name: str | None = None):
         super().__init__(name)
@@ -90,6 +93,7 @@ class Log(Module):
 
 class Threshold(Module):
     """y = 1 where x > threshold, else 0 (Caffe's Threshold, which has no backward)."""
+    output_shape = same_shape
 
     def __init__(self, threshold: float = 0.0, name: str | None = None):
         super().__init__(name)
@@ -108,6 +112,7 @@ class Threshold(Module):
 
 
 class AbsVal(Module):
+    output_shape = same_shape
     def forward(self, x):
         self.output = np.abs(np.asarray(x, np.float32))
         return self.output
@@ -118,6 +123,7 @@ class AbsVal(Module):
 
 class BNLL(Module):
     """y = log(1 + exp(x)), computed without overflow."""
+    output_shape = same_shape
 
     def forward(self, x):
         x = np.asarray(x, np.float32)

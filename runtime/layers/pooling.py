@@ -3,7 +3,8 @@ max pooling's argmax indices and the max-unpooling that puts values back at them
 
 Work happens in NHWC (the memory order a Conv2d output already has): one strided view per kernel
 offset, so a k x k window costs k*k vectorized passes, never a loop over pixels. Images are shared
-among kindling's threads (numpy's loops are single-threaded).
+among kindling's threads (numpy's loops are single-threaded); max pooling of fewer images than
+threads shares out bands of output rows instead.
 """
 from __future__ import annotations
 
@@ -98,11 +99,20 @@ class _Pool2d(Module):
         k, s, p, o = self.geometry(*x.shape[2:])
         return x.shape, (k, s, p, o), self._padded(x.transpose(0, 2, 3, 1), k, s, p, o)
 
+    #: whether a band of output rows can be pooled from its band of input rows alone (max: yes;
+    #: average: its divisor depends on where the band lies)
+    rows_apart = False
+
     def forward(self, x):
         (n, c, h, w), (k, s, p, o), xp = self._prepared(x)
         out = self._buffer("out", (n, o[0], o[1], c))
-        pool.run(n, lambda _, lo, hi: self._pool(xp[lo:hi], out[lo:hi], k, s, p, o, (h, w)),
-                 pieces_per_thread=pool.pieces_for(xp.size, _SHARED_MIN_ELEMENTS))
+        pieces = pool.pieces_for(xp.size, _SHARED_MIN_ELEMENTS)
+        if n >= pool.max_threads or not self.rows_apart:
+            pool.run(n, lambda _, lo, hi: self._pool(xp[lo:hi], out[lo:hi], k, s, p, o, (h, w)),
+                     pieces_per_thread=pieces)
+        else:  # fewer images than threads (batch-1 inference): bands of output rows are shared out
+            pool.run(o[0], lambda _, r0, r1: self._pool(xp[:, r0 * s[0]:(r1 - 1) * s[0] + k[0]], out[:, r0:r1], k,
+                                                        s, p, (r1 - r0, o[1]), (h, w)), pieces_per_thread=pieces)
         self._out = out
         self.output = out.transpose(0, 3, 1, 2)
         return self.output
@@ -121,6 +131,7 @@ class MaxPool2d(_Pool2d):
     float (Caffe's mask top; PyTorch's return_indices, whose int64 they equal). The indices get no
     gradient."""
     pad_value = -np.inf
+    rows_apart = True
 
     def __init__(self, kernel_size=None, stride=None, padding=0, ceil_mode: bool = False,
                  global_pooling: bool = False, return_indices: bool = False, name: str | None = None):
@@ -167,11 +178,9 @@ class MaxPool2d(_Pool2d):
         return super().backward(x, grad_out[0] if self.return_indices else grad_out)
 
     def _pool(self, xp, out, k, s, p, o, hw):
-        n, hp, wp, c = xp.shape
-        if k == s and hp == o[0] * k[0] and wp == o[1] * k[1] and xp.flags.c_contiguous:
-            # Non-overlapping windows tiling the input: one reduction over a reshaped view.
-            np.max(xp.reshape(n, o[0], k[0], o[1], k[1], c), axis=(2, 4), out=out)
-            return
+        # One maximum per kernel offset over strided views, windows overlapping or not: for
+        # windows that tile the input this is 3x faster than np.max over two axes of a reshaped
+        # view (FCN's 2x2 pools of a 422x422x16 map: 13 ms against 40-50 ms).
         np.copyto(out, self._offset(xp, 0, 0, s, o))
         for i in range(k[0]):
             for j in range(k[1]):
@@ -257,8 +266,11 @@ class MaxUnpool2d(Module):
     names in its channel plane of an (H', W') output, zeros elsewhere: SegNet's Upsample with a
     pooling mask, PyTorch's max_unpool2d. The indices are MaxPool2d(return_indices=True)'s second
     output (floats, as Caffe's mask); an index outside the output is an error. The output size is
-    ``output_size`` when given, else the input size times ``scale`` less ``pad_out``. The gradient
-    w.r.t. x gathers the output gradient at the indices; the indices get none."""
+    ``output_size`` when given, else the input size times ``scale`` less ``pad_out``. A third input,
+    the pooling's own input, makes the size checkable: the indices count positions in its plane, so
+    the output must have its size, or the values would land in the wrong places (the Caffe
+    converter wires it; a net then fits only the input sizes where the two agree). The gradient
+    w.r.t. x gathers the output gradient at the indices; the other inputs get none."""
     multi_input = True
 
     def __init__(self, scale=2, output_size=None, pad_out=0, name: str | None = None):
@@ -279,13 +291,17 @@ class MaxUnpool2d(Module):
             return self.output_size
         return h * self.scale[0] - self.pad_out[0], w * self.scale[1] - self.pad_out[1]
 
-    def _positions(self, x, mask):
+    def _positions(self, x, mask, pooled=None):
         """(N, H*W*C) int64 positions in each image's NHWC output, and the output size."""
         if x.ndim != 4 or np.shape(mask) != x.shape:
             raise ValueError(f"MaxUnpool2d {self.name!r} expects (N, C, H, W) values and indices of the same shape, "
                              f"got {x.shape} and {np.shape(mask)}")
         n, c, h, w = x.shape
         oh, ow = self.size(h, w)
+        if pooled is not None and tuple(np.shape(pooled)[2:]) != (oh, ow):
+            ph, pw = np.shape(pooled)[2:]
+            raise ValueError(f"MaxUnpool2d {self.name!r}: makes {oh}x{ow} from {h}x{w}, but the pooling that made its "
+                             f"indices read {ph}x{pw}: its indices count places in a plane of that size")
         m = np.asarray(mask).transpose(0, 2, 3, 1)
         if m.size and (m.min() < 0 or m.max() >= oh * ow):
             raise ValueError(f"MaxUnpool2d {self.name!r}: indices span {int(m.min())}..{int(m.max())}, outside the "
@@ -297,7 +313,7 @@ class MaxUnpool2d(Module):
 
     def forward(self, xs):
         x = np.asarray(xs[0], np.float32)
-        pos, (oh, ow) = self._positions(x, xs[1])
+        pos, (oh, ow) = self._positions(x, *xs[1:])
         n, c = x.shape[:2]
         out = self._buffer("out", (n, oh, ow, c))
         values = x.transpose(0, 2, 3, 1).reshape(n, -1)
@@ -312,8 +328,8 @@ class MaxUnpool2d(Module):
 
     def backward(self, xs, grad_out):
         x = np.asarray(xs[0], np.float32)
-        pos, _ = self._positions(x, xs[1])
+        pos, _ = self._positions(x, *xs[1:])
         n, c, h, w = x.shape
         g = np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1).reshape(n, -1)
         gx = np.take_along_axis(g, pos, axis=1).reshape(n, h, w, c).transpose(0, 3, 1, 2)
-        return [gx, np.zeros(np.shape(xs[1]), np.float32)]
+        return [gx, *(np.zeros(np.shape(other), np.float32) for other in xs[1:])]

@@ -188,3 +188,58 @@ class Tile(Module):
         a = self._axis(len(shape))
         g = np.asarray(grad_out, np.float32)
         return g.reshape(*shape[:a], self.tiles, *shape[a:]).sum(axis=a)
+
+
+class Reorg(Module):
+    """YOLOv2's passthrough (darknet's reorg, as the Caffe ports copy it): (N, C, H, W) to
+    (N, C * s * s, H / s, W / s). Darknet reads its input as (N, C / s^2, H * s, W * s) and writes
+    channel block k = dy * s + dx with that view's rows h * s + dy and columns w * s + dx, which is
+    not a plain space-to-depth; ``reverse`` undoes it (the same move the other way)."""
+
+    def __init__(self, stride: int, reverse: bool = False, name: str | None = None):
+        super().__init__(name)
+        self.stride, self.reverse = int(stride), bool(reverse)
+        if self.stride < 1:
+            raise ValueError(f"Reorg {self.name!r}: stride must be positive, got {stride}")
+
+    def config(self):
+        return {"stride": self.stride, "reverse": self.reverse}
+
+    def output_shape(self, shape):
+        n, c, h, w = self._check(shape)
+        s = self.stride
+        return (n, c // (s * s), h * s, w * s) if self.reverse else (n, c * s * s, h // s, w // s)
+
+    def _check(self, shape):
+        s = self.stride
+        if len(shape) != 4 or shape[1] % (s * s) or (not self.reverse and (shape[2] % s or shape[3] % s)):
+            raise ValueError(f"Reorg {self.name!r}: needs (N, C, H, W) with C divisible by {s * s}"
+                             f"{'' if self.reverse else f' and H, W by {s}'}, got {tuple(shape)}")
+        return shape
+
+    def _move(self, x, into_blocks: bool):
+        """The darknet move on (N, C, H, W) memory: into_blocks gathers the (C / s^2, H * s, W * s)
+        view into channel blocks; the other way scatters them back."""
+        n, c, h, w = x.shape
+        s = self.stride
+        t = c // (s * s)
+        if into_blocks:
+            view = x.reshape(n, t, h, s, w, s)          # the input as (N, C/s^2, H*s, W*s), rows and cols split
+            return view.transpose(0, 3, 5, 1, 2, 4).reshape(n, c, h, w)
+        blocks = x.reshape(n, s, s, t, h, w)
+        return blocks.transpose(0, 3, 4, 1, 5, 2).reshape(n, c, h, w)
+
+    def forward(self, x):
+        x = np.ascontiguousarray(x, np.float32)
+        n, c, h, w = self._check(x.shape)
+        s = self.stride
+        if self.reverse:  # the top is the bigger plane: the input's memory read as channel blocks
+            out = self._move(x.reshape(n, c, h, w), into_blocks=False)
+            self.output = out.reshape(n, c // (s * s), h * s, w * s)
+        else:
+            self.output = self._move(x, into_blocks=True).reshape(n, c * s * s, h // s, w // s)
+        return self.output
+
+    def backward(self, x, grad_out):
+        g = np.ascontiguousarray(grad_out, np.float32).reshape(np.shape(x))
+        return self._move(g, into_blocks=self.reverse)

@@ -380,12 +380,17 @@ def _param(model, key: str) -> np.ndarray:
 
 
 def _input_shape(model):
-    """One sample's shape from the model's metadata, if recorded."""
+    """One sample's shape from the model's metadata, if recorded. A free-size net (-1 in its input
+    shape) takes its preprocessing's size for H and W; a dimension still free leaves the shape
+    unknown (give feature_shape=), as a flat feature cannot say it."""
     meta = getattr(model, "metadata", None) or {}
     shape = meta.get("input_shape")
-    if shape and len(shape) >= 2:
-        return tuple(int(v) for v in shape[1:])
     pre = meta.get("preprocessing") or {}
+    if shape and len(shape) >= 2:
+        dims = [int(v) for v in shape[1:]]
+        if len(dims) == 3 and pre.get("input_size"):
+            dims[1:] = [d if d > 0 else int(s) for d, s in zip(dims[1:], pre["input_size"])]
+        return tuple(dims) if min(dims) > 0 else None
     if pre.get("input_size"):
         return (1 if pre.get("channel_order") == "gray" else 3, *map(int, pre["input_size"]))
     return None

@@ -128,7 +128,11 @@ def test_wrong_inputs_are_named(lenet):
 
 def test_image_preprocessing_is_completed_from_the_input_shape():
     assert image_preprocessing({"input_shape": [-1, 1, 28, 28]}) == {"input_size": [28, 28], "channel_order": "gray"}
-    assert image_preprocessing({"input_shape": [-1, 3, -1, -1]}) is None
+    # a net that takes any H and W takes each image at its own size, unless a size is recorded
+    assert image_preprocessing({"input_shape": [-1, 3, -1, -1]}) == {}
+    assert image_preprocessing({"input_shape": [-1, 3, -1, -1], "preprocessing": {"input_size": [9, 8]}}) == {
+        "input_size": [9, 8]}
+    assert image_preprocessing({"input_shape": [-1, 3, -1, 50]}) is None  # a fixed width: no size to crop to
     assert image_preprocessing({"input_shape": [-1, 10]}) is None
     pre = {"resize": 256, "input_size": [224, 224], "mean": [1, 2, 3]}
     assert image_preprocessing({"preprocessing": pre, "input_shape": [-1, 3, 224, 224]}) == pre

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from kindling.runtime import nn
-from kindling.runtime.shapes import ShapeError, probe, trace
+from kindling.runtime.shapes import ShapeError, check, fits, free_dims, probe, trace
 
 
 def _recorded_shapes(model, x):
@@ -66,3 +66,32 @@ def test_probe_of_a_container_leaves_no_outputs_in_its_layers():
     seq = nn.Sequential(nn.ReLU(name="r"), nn.Scale([3], name="s"), name="seq")
     assert probe(seq, [(1, 3, 8, 8)]) == (1, 3, 8, 8)
     assert all(m.output is None and not m._scratch for m in seq.modules())
+
+
+def _classifier(global_pooling: bool):
+    pool = (nn.AvgPool2d(None, global_pooling=True, name="pool") if global_pooling
+            else nn.AvgPool2d(2, 2, name="pool"))
+    return nn.Sequential(nn.Conv2d(3, 4, 3, name="conv"), nn.ReLU(name="relu"), pool, nn.Flatten(name="flat"),
+                         nn.Linear(4 if global_pooling else 4 * 3 * 3, 2, name="fc"), name="net")
+
+
+def test_free_dims_are_those_no_layer_fixes():
+    assert free_dims(_classifier(global_pooling=True), [1, 3, 8, 8]) == [-1, 3, -1, -1]
+    assert free_dims(_classifier(global_pooling=False), [1, 3, 8, 8]) == [-1, 3, 8, 8]
+    assert free_dims(nn.Sequential(nn.ReLU(name="r"), name="s"), [1, 5]) == [-1, -1]
+
+
+def test_check_names_the_layer_and_leaves_a_model_in_use_as_it_was():
+    model = _classifier(global_pooling=True).evaluate()
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y = model.forward(x).copy()
+    kept = {m.name: (dict(m._scratch), m.output) for m in model.modules()}
+    assert check(model, [(1, 3, 30, 20)])["fc"] == (1, 2)
+    for m in model.modules():  # the same buffers, not reallocated ones
+        scratch, output = kept[m.name]
+        assert m._scratch.keys() == scratch.keys() and all(m._scratch[k] is v for k, v in scratch.items())
+        assert m.output is output
+    with pytest.raises(ShapeError, match=r"'conv' \(Conv2d\) does not fit its input shape \(1, 3, 2, 2\)"):
+        check(model, [(1, 3, 2, 2)])
+    assert not fits(model, [(1, 3, 2, 2)]) and fits(model, [(1, 3, 3, 3)])
+    np.testing.assert_array_equal(model.forward(x), y)

@@ -98,15 +98,22 @@ def test_files_that_are_not_caffemodels_are_named_for_what_they_are(tmp_path):
     assert caffe.convert(proto, renamed) is not None
 
 
-def test_placeholder_input_size_gets_a_hint_to_give_the_real_one(tmp_path):
-    """OpenPose's deploy files declare input_dim 1 3 1 1 ("defined at runtime")."""
+def test_a_placeholder_input_size_is_worked_out_from_the_net(tmp_path):
+    """OpenPose's deploy files declare input_dim 1 3 1 1 ("defined at runtime"): the size is
+    what the net fixes (here fc's 64 inputs: 6x6), or, when nothing fixes it, any size that fits."""
     header = 'input: "image"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 1 # defined at runtime\ninput_dim: 1\n'
     body = BODY.replace('"data"', '"image"')
     proto, weights = write_net(tmp_path, header + body, BLOBS)
-    with pytest.raises(caffe.CaffeError, match=r"layer 'c'.*input 'image' as 1x3x1x1.*--input image=1,3,368,368"):
-        caffe.convert(proto, weights)
-    model = caffe.convert(proto, weights, inputs={"image": [1, 3, 6, 6]})
+    model = caffe.convert(proto, weights)
+    assert model.metadata["input_shape"] == [-1, 3, 6, 6]
+    assert any("input 'image': 3 channels as declared, 6x6 from fc's 64 inputs" in n for n in model.notes)
     assert model.forward(np.zeros((1, 3, 6, 6), np.float32)).shape == (1, 2)
+    fully_convolutional = BODY.split("\n")[0].replace('"data"', '"image"')
+    proto, weights = write_net(tmp_path, header + fully_convolutional, {"c": BLOBS["c"]})
+    model = caffe.convert(proto, weights)
+    assert model.metadata["input_shape"] == [-1, 3, -1, -1] and model.metadata["sample_shape"] == [1, 3, 224, 224]
+    assert any("a placeholder its tool replaces at run time: the net takes any size that fits" in n
+               for n in model.notes)
     with pytest.raises(caffe.CaffeError) as e:  # a size given by the user is not a placeholder
         caffe.convert(proto, weights, inputs={"image": [1, 3, 1, 1]})
     assert "--input image=" not in str(e.value)

@@ -52,9 +52,12 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
 
 def test_train_val_file_is_filtered_by_phase(tmp_path):
     proto, weights = write_net(tmp_path, TRAIN_VAL, {"conv1": [(4, 3, 3, 3), (4,)], "fc": [(5, 144), (5,)]})
-    with pytest.raises(caffe.CaffeError, match="no shape for input.*data.*--input data="):
-        caffe.convert(proto, weights)
-    model = caffe.convert(proto, weights, inputs={"data": [1, 3, 8, 8]})
+    with pytest.raises(caffe.CaffeError, match="no shape for input 'data'.*give the caffemodel.*--input data="):
+        caffe.convert(proto)  # the channels come from the weights
+    model = caffe.convert(proto, weights)  # 3 channels from conv1's weights, 8x8 from crop_size
+    assert model.metadata["input_shape"] == [-1, 3, 8, 8]
+    assert any("input 'data': 3 channels from conv1's weights, 8x8 from its data layer's crop_size" in n
+               for n in model.notes)
     assert [m.name for m in model.children()] == ["conv1", "fc"], "TRAIN-only dropout, data, loss, accuracy dropped"
     assert any("dropped loss (SoftmaxWithLoss)" in n for n in model.notes)
     assert model.metadata["preprocessing"] == {"mean": [104.0, 117.0, 123.0], "input_size": [8, 8]}
@@ -100,7 +103,9 @@ layer { name: "relu" type: "ReLU" bottom: "data" top: "relu" relu_param { fused_
 """
     proto, weights = write_net(tmp_path, body, {})
     model = caffe.convert(proto, weights)
-    assert model.metadata["input_shape"] == [-1, 2, 4, 4]
+    # a lone ReLU fixes no dimension: every one is free, and the declared shape is the sample
+    assert model.metadata["input_shape"] == [-1, -1, -1, -1]
+    assert model.metadata["sample_shape"] == [1, 2, 4, 4]
     assert any("fused_with_bn" in n for n in model.notes)
 
 
@@ -117,13 +122,13 @@ def test_custom_translator_for_a_fork_layer(tmp_path):
 
 
 def test_every_unsupported_layer_is_listed_at_once(tmp_path):
-    body = """layer { name: "pb" type: "PriorBox" bottom: "data" top: "pb" }
+    body = """layer { name: "spp" type: "SPP" bottom: "data" top: "spp" }
 layer { name: "r" type: "ReLU" bottom: "data" top: "r" }
-layer { name: "det" type: "DetectionOutput" bottom: "pb" top: "det" }
-layer { name: "pb2" type: "PriorBox" bottom: "data" top: "pb2" }
+layer { name: "lstm" type: "LSTM" bottom: "spp" top: "lstm" }
+layer { name: "spp2" type: "SPP" bottom: "data" top: "spp2" }
 """
     proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body, {})
-    with pytest.raises(caffe.CaffeError, match=r"unsupported layers: PriorBox x2 \(pb, pb2\); DetectionOutput x1 \(det\)\."):
+    with pytest.raises(caffe.CaffeError, match=r"unsupported layers: SPP x2 \(spp, spp2\); LSTM x1 \(lstm\)\."):
         caffe.convert(proto, weights)
 
 
@@ -146,9 +151,10 @@ PYTHON_LOSS = 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "crop" botto
 def test_python_and_segnet_data_layers_are_dropped_like_a_data_layer(tmp_path, data_layer):
     blobs = {"score": [(3, 2, 3, 3), (3,)], "up": [(3, 3, 4, 4)]}
     proto, weights = write_net(tmp_path, data_layer + FCN_BODY + PYTHON_LOSS, blobs, name="val")
-    with pytest.raises(caffe.CaffeError, match="no shape for input.*data.*--input data="):
-        caffe.convert(proto, weights)
-    model = caffe.convert(proto, weights, inputs={"data": [1, 2, 6, 5]}).evaluate()
+    # without --input: 2 channels from score's weights; nothing fixes the size, which is left free
+    model = caffe.convert(proto, weights).evaluate()
+    assert model.metadata["input_shape"] == [-1, 2, -1, -1]
+    assert any("input 'data': 2 channels from score's weights; nothing fixes its size" in n for n in model.notes)
     assert any(n.startswith("dropped data (") for n in model.notes) and not any("python_param" in n for n in model.notes)
     deploy, _ = write_net(tmp_path, inputs_header({"data": (1, 2, 6, 5)}) + FCN_BODY, blobs, name="deploy")
     x = np.random.default_rng(4).standard_normal((1, 2, 6, 5)).astype(np.float32)
@@ -158,9 +164,9 @@ def test_python_and_segnet_data_layers_are_dropped_like_a_data_layer(tmp_path, d
 def test_python_layer_that_computes_is_refused_by_its_module_or_translated(tmp_path):
     body = ('layer { name: "proposal" type: "Python" bottom: "data" top: "rois" '
             'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" } }\n'
-            'layer { name: "pb" type: "PriorBox" bottom: "data" top: "pb" }\n')
+            'layer { name: "spp" type: "SPP" bottom: "data" top: "spp" }\n')
     proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body, {})
-    with pytest.raises(caffe.CaffeError, match=r"Python rpn.proposal_layer.ProposalLayer x1 \(proposal\); PriorBox x1 \(pb\)"):
+    with pytest.raises(caffe.CaffeError, match=r"Python rpn.proposal_layer.ProposalLayer x1 \(proposal\); SPP x1 \(spp\)"):
         caffe.convert(proto, weights)
     proto, weights = write_net(tmp_path, inputs_header({"data": (1, 2, 3, 3)}) + body.split("\n")[0], {})
     model = caffe.convert(proto, weights, translators={"Python": lambda layer, shapes: nn.Sigmoid(name=layer.name)})
@@ -189,10 +195,19 @@ def test_repeated_names_of_dropped_layers_are_accepted(tmp_path):
     assert_close(flat, x.reshape(2, -1))
 
 
-def test_repeated_names_of_converted_layers_are_refused(tmp_path):
-    body = REPEATED_LOSS_NAMES.replace('name: "out"', 'name: "enc"')
+def test_repeated_names_of_converted_layers(tmp_path):
+    """A repeated layer without weights is renamed as OpenCV names it (HED's five "crop" layers);
+    two with weights under one name are refused (weights are found by name)."""
+    body = REPEATED_LOSS_NAMES.replace('name: "out"', 'name: "flat"')
+    w, b = np.random.default_rng(0).standard_normal((5, 12)).astype(np.float32), np.ones(5, np.float32)
+    proto, weights = write_net(tmp_path, body, {"enc": [w, b]})
+    model = caffe.convert(proto, weights, inputs={"data": (2, 1, 3, 4)})
+    assert {"flat", "flat_1", "enc"} <= {m.name for m in model.modules()}
+    assert any("layers named 'flat' repeat: the later ones are flat_1" in n for n in model.notes)
+    body = REPEATED_LOSS_NAMES.replace('name: "out" type: "Sigmoid"', 'name: "enc" type: "InnerProduct"').replace(
+        'bottom: "enc" top: "out"', 'bottom: "enc" top: "out" inner_product_param { num_output: 12 }')
     proto, weights = write_net(tmp_path, body, {"enc": [(5, 12), (5,)]})
-    with pytest.raises(caffe.CaffeError, match=r"layer names repeat \(enc\)"):
+    with pytest.raises(caffe.CaffeError, match=r"layers with weights share the names enc"):
         caffe.convert(proto, weights, inputs={"data": (2, 1, 3, 4)})
 
 

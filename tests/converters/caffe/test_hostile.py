@@ -263,3 +263,12 @@ def test_a_reshape_axis_out_of_range_is_named_not_allocated(tmp_path):
     p = _proto(tmp_path, 'layer { name: "r" type: "Reshape" bottom: "data" top: "r" reshape_param { '
                          'shape { dim: -1 } axis: 1 } }')  # Caffe's flatten-after-the-batch form still converts
     assert caffe.convert(p).forward(np.zeros((1, 3, 6, 6), np.float32)).shape == (1, 108)
+
+
+def test_a_pooling_with_a_mask_top_and_no_bottom_is_named(tmp_path):
+    """Found by tests/fuzz (prototxt, seed 7): SegNet's mask bookkeeping read the bottom of a
+    two-top Pooling before the layer's own check that it has one (an IndexError)."""
+    p = _proto(tmp_path, 'layer { name: "pool" type: "Pooling" top: "pool" top: "mask" '
+                         'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }')
+    with pytest.raises(caffe.CaffeError, match=r"layer 'pool' \(Pooling\) has no bottom"):
+        caffe.convert(p)

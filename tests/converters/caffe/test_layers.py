@@ -102,6 +102,16 @@ CASES = {
         'layer { name: "g" type: "Pooling" bottom: "data" top: "g" pooling_param { pool: AVE global_pooling: true } }\n'
         'layer { name: "f" type: "Flatten" bottom: "g" top: "f" }\n'
         'layer { name: "s" type: "Scale" bottom: "data" bottom: "f" top: "s" scale_param { axis: 0 } }', {}),
+    # fork layers OpenCV reads too
+    "relu6": ('layer { name: "r" type: "ReLU6" bottom: "data" top: "r" }', {}),
+    "mish": ('layer { name: "m" type: "Mish" bottom: "data" top: "m" }', {}),
+    "interp_zoom": ('layer { name: "i" type: "Interp" bottom: "data" top: "i" interp_param { zoom_factor: 3 } }', {}),
+    "interp_height_width": ('layer { name: "i" type: "Interp" bottom: "data" top: "i" '
+                            'interp_param { height: 11 width: 4 } }', {}),
+    "reorg": ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+              'convolution_param { num_output: 8 kernel_h: 2 kernel_w: 1 } }\n'  # 6x6
+              'layer { name: "r" type: "Reorg" bottom: "c" top: "r" reorg_param { stride: 2 } }',
+              {"c": [(8, 4, 2, 1), (8,)]}),
     "in_place_relu_after_convolution": (
         'layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 3 kernel_size: 3 } }\n'
         'layer { name: "r" type: "ReLU" bottom: "c" top: "c" }', {"c": [(3, 4, 3, 3), (3,)]}),
@@ -282,3 +292,141 @@ def test_settings_caffe_refuses_are_refused_naming_the_layer(tmp_path, body, mes
     proto, model_file = write_net(tmp_path, inputs_header({"data": X}) + body, {})
     with pytest.raises(caffe.CaffeError, match=message):
         caffe.convert(proto, model_file)
+
+
+# Fork layers where OpenCV differs (Interp: shrink_factor, pad_beg/pad_end) or has none.
+def _caffe_interp2(x, out_h, out_w, crop_beg=0, crop_end=0):
+    """DeepLab's caffe_cpu_interp2, one output pixel at a time."""
+    x = x[:, :, crop_beg:x.shape[2] - crop_end, crop_beg:x.shape[3] - crop_end]
+    h1, w1 = x.shape[2:]
+    rh = np.float32(h1 - 1) / np.float32(out_h - 1) if out_h > 1 else np.float32(0)
+    rw = np.float32(w1 - 1) / np.float32(out_w - 1) if out_w > 1 else np.float32(0)
+    y = np.empty(x.shape[:2] + (out_h, out_w), np.float32)
+    for i in range(out_h):
+        hr = rh * np.float32(i)
+        h0 = int(hr)
+        hp, hl = (1 if h0 < h1 - 1 else 0), hr - np.float32(h0)
+        for j in range(out_w):
+            wr = rw * np.float32(j)
+            w0 = int(wr)
+            wp, wl = (1 if w0 < w1 - 1 else 0), wr - np.float32(w0)
+            y[:, :, i, j] = ((1 - hl) * ((1 - wl) * x[:, :, h0, w0] + wl * x[:, :, h0, w0 + wp])
+                             + hl * ((1 - wl) * x[:, :, h0 + hp, w0] + wl * x[:, :, h0 + hp, w0 + wp]))
+    return y
+
+
+@pytest.mark.parametrize("param,out,crop", [
+    ("shrink_factor: 2", (4, 3), 0),                      # (7 - 1) // 2 + 1, (6 - 1) // 2 + 1
+    ("shrink_factor: 2 zoom_factor: 3", (10, 7), 0),      # shrunk to 4x3, then zoomed
+    ("zoom_factor: 2 pad_beg: -1 pad_end: -1", (9, 7), 1),  # 5x4 after the crop, then zoomed
+])
+def test_interp_shrink_and_crop_follow_deeplab(tmp_path, param, out, crop):
+    y, x = _single(tmp_path, f'layer {{ name: "i" type: "Interp" bottom: "data" top: "i" interp_param {{ {param} }} }}')
+    assert y.shape == (2, 4, *out)
+    assert_close(y, _caffe_interp2(x, *out, crop, crop), 1e-5)
+
+
+def test_interp_gradient_is_pytorchs_align_corners(torch):
+    from kindling.runtime import nn
+    x = np.random.default_rng(7).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    layer = nn.Interp(zoom=3)
+    tx = torch.from_numpy(x).requires_grad_()
+    ty = torch.nn.functional.interpolate(tx, size=(13, 10), mode="bilinear", align_corners=True)
+    assert_close(layer.forward(x), ty.detach().numpy(), 1e-5)
+    g = np.random.default_rng(8).standard_normal((2, 3, 13, 10)).astype(np.float32)
+    ty.backward(torch.from_numpy(g))
+    assert_close(layer.backward(x, g), tx.grad.numpy(), 1e-5)
+
+
+def test_mish_and_alpha_dropout_against_pytorch(torch):
+    from kindling.runtime import nn
+    x = np.random.default_rng(9).standard_normal((4, 5, 3, 3)).astype(np.float32) * 3
+    tx = torch.from_numpy(x).requires_grad_()
+    ty = torch.nn.functional.mish(tx)
+    mish = nn.Mish()
+    assert_close(mish.forward(x), ty.detach().numpy(), 1e-5)
+    g = np.random.default_rng(10).standard_normal(x.shape).astype(np.float32)
+    ty.backward(torch.from_numpy(g))
+    assert_close(mish.backward(x, g), tx.grad.numpy(), 1e-4)
+    # SELU nets' dropout: PyTorch's AlphaDropout formula, with the values this one kept
+    drop = nn.AlphaDropout(0.2, seed=0)
+    y = drop.forward(x)
+    alpha = -1.7580993408473766
+    a = (0.8 + alpha ** 2 * 0.8 * 0.2) ** -0.5
+    assert_close(y, np.where(drop._keep, x, alpha) * a - a * alpha * 0.2, 1e-5)
+    assert 0.7 < drop._keep.mean() < 0.9
+    assert drop.evaluate().forward(x) is not None and np.array_equal(drop.forward(x), x)
+
+
+def _darknet_reorg(x, stride, forward):
+    """The YOLOv2 Caffe ports' reorg_cpu loop (darknet's): the layer calls it with forward =
+    reverse, on the bottom's (C, H, W)."""
+    n, c, h, w = x.shape
+    out_c = c // (stride * stride)
+    flat, out = x.reshape(-1), np.empty(x.size, np.float32)
+    for b in range(n):
+        for k in range(c):
+            for j in range(h):
+                for i in range(w):
+                    in_index = i + w * (j + h * (k + c * b))
+                    c2, offset = k % out_c, k // out_c
+                    w2, h2 = i * stride + offset % stride, j * stride + offset // stride
+                    out_index = w2 + w * stride * (h2 + h * stride * (c2 + out_c * b))
+                    if forward:
+                        out[out_index] = flat[in_index]
+                    else:
+                        out[in_index] = flat[out_index]
+    return out
+
+
+def test_reorg_both_ways_as_the_caffe_ports_and_its_gradient_is_the_transpose():
+    from kindling.runtime import nn
+    x = np.random.default_rng(11).standard_normal((2, 8, 6, 4)).astype(np.float32)
+    for reverse, shape in ((False, (2, 32, 3, 2)), (True, (2, 2, 12, 8))):
+        layer = nn.Reorg(2, reverse=reverse)
+        y = layer.forward(x)
+        assert y.shape == shape
+        np.testing.assert_array_equal(y.reshape(-1), _darknet_reorg(x, 2, forward=reverse))
+        # a permutation of the values: the gradient goes back where each value came from
+        source = layer.forward(np.arange(x.size, dtype=np.float32).reshape(x.shape)).reshape(-1).astype(int)
+        g = np.random.default_rng(12).standard_normal(shape).astype(np.float32)
+        expected = np.zeros(x.size, np.float32)
+        expected[source] = g.reshape(-1)
+        np.testing.assert_array_equal(layer.backward(x, g).reshape(-1), expected)
+
+
+ROIS = np.array([[0, 0, 0, 13, 11], [1, 3.5, 2, 9, 9.5], [0, 6, 4, 6, 4], [1, -2, -3, 20, 30], [0, 12, 10, 15, 13]],
+                np.float32)
+
+
+@pytest.mark.parametrize("body,features", [
+    ('layer { name: "roi" type: "ROIPooling" bottom: "data" bottom: "rois" top: "roi" '
+     'roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.5 } }', (2, 4, 7, 8)),
+    ('layer { name: "roi" type: "PSROIPooling" bottom: "data" bottom: "rois" top: "roi" '
+     'psroi_pooling_param { spatial_scale: 0.5 output_dim: 2 group_size: 3 } }', (2, 18, 7, 8)),
+], ids=["roi_pooling", "psroi_pooling"])
+def test_region_pooling_matches_opencv(tmp_path, body, features):
+    """Fast/Faster R-CNN's and R-FCN's pooling over regions, with regions partly outside the map,
+    of one pixel, and at half-pixel edges (C's rounding)."""
+    proto, weights = write_net(tmp_path, inputs_header({"data": features, "rois": ROIS.shape}) + body, {})
+    model = caffe.convert(proto, weights).evaluate()
+    x = np.random.default_rng(13).standard_normal(features).astype(np.float32)
+    ours = model.forward({"data": x, "rois": ROIS})
+    theirs = opencv_forward(proto, weights, {"data": x, "rois": ROIS}, ["roi"])[0]
+    assert ours.shape == theirs.shape and ours.shape[0] == len(ROIS)
+    assert_close(ours, theirs, 1e-5)
+
+
+def test_roi_pooling_gradient_goes_to_each_bins_maximum(torch):
+    from kindling.runtime import nn
+    x = np.random.default_rng(14).standard_normal((2, 3, 7, 8)).astype(np.float32)  # no ties
+    layer = nn.ROIPooling(3, 2, 0.5)
+    y = layer.forward([x, ROIS])
+    g = np.random.default_rng(15).standard_normal(y.shape).astype(np.float32)
+    gx = layer.backward([x, ROIS], g)[0]
+    eps, numeric = 1e-3, np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        bumped = x.copy()
+        bumped[idx] += eps
+        numeric[idx] = ((layer.forward([bumped, ROIS]) - y) * g).sum() / eps
+    assert_close(gx, numeric, 1e-2)

@@ -80,7 +80,8 @@ def test_segnet_encoder_decoder_matches_torch(torch, tmp_path):
     assert type(model.find("conv1_bn")).__name__ == "Scale" and model.find("pool1").return_indices
     up1 = model.find("upsample1")
     assert up1.output_size == (11, 12) and model.find("upsample2").scale == (2, 2)
-    assert model.node_inputs["upsample1"] == ["conv2_D_bn_relu", "pool1:1"]
+    # the third input, the pooling's own input, is only read for its size (the mask's plane)
+    assert model.node_inputs["upsample1"] == ["conv2_D_bn_relu", "pool1:1", "conv1_bn_relu"]
     x = np.random.default_rng(1).standard_normal((2, 3, 11, 12)).astype(np.float32)
     expect, mask1 = _torch_segnet(torch, x, blobs)
     y = model.forward(x)
@@ -160,8 +161,16 @@ def test_segnet_layer_errors_name_the_layer(tmp_path):
     with pytest.raises(caffe.CaffeError, match="'up' \\(Upsample\\): takes one bottom .* got 3"):
         convert('layer { name: "up" type: "Upsample" bottom: "data" bottom: "m" bottom: "m" top: "up" }',
                 inputs={"data": X, "m": X})
+    # An output size other than the pooling's input: Caffe scatters the values to the wrong places
+    # (or stops, when an index falls outside); kindling refuses the net, naming the layer.
+    with pytest.raises(caffe.CaffeError, match="'up' \\(Upsample\\).*makes 4x4 from 3x2, but the pooling that made "
+                                               "its indices read 5x3"):
+        convert('layer { name: "p" type: "Pooling" bottom: "data" top: "p" top: "m" '
+                'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+                'layer { name: "up" type: "Upsample" bottom: "p" bottom: "m" top: "up" '
+                'upsample_param { upsample_h: 4 upsample_w: 4 } }')
     # A mask from a larger input than the output: Caffe stops with a fatal error, kindling raises.
     model = convert('layer { name: "up" type: "Upsample" bottom: "data" bottom: "m" top: "up" '
-                    'upsample_param { upsample_h: 4 upsample_w: 4 } }', inputs={"data": X, "m": X})
-    with pytest.raises(ValueError, match="'up': indices span 20..20, outside the 4x4 output"):
-        model.forward({"data": np.ones(X, np.float32), "m": np.full(X, 20, np.float32)})
+                    'upsample_param { upsample_h: 10 upsample_w: 6 } }', inputs={"data": X, "m": X})
+    with pytest.raises(ValueError, match="'up': indices span 60..60, outside the 10x6 output"):
+        model.forward({"data": np.ones(X, np.float32), "m": np.full(X, 60, np.float32)})

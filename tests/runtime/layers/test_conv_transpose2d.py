@@ -11,6 +11,10 @@ CASES = {
                                  output_padding=0, groups=1, bias=False, dilation=(1, 2)),
     "fcn_upsample_2x": dict(in_channels=2, out_channels=2, kernel_size=4, stride=2, padding=1, output_padding=0,
                             groups=1, bias=False, dilation=1),
+    "fcn_upsample_8x": dict(in_channels=3, out_channels=2, kernel_size=16, stride=8, padding=4, output_padding=0,
+                            groups=1, bias=True, dilation=1),
+    "whole_strides_rect_outpad": dict(in_channels=3, out_channels=4, kernel_size=(4, 6), stride=(2, 3),
+                                      padding=(1, 0), output_padding=(1, 2), groups=1, bias=True, dilation=1),
     "1x1": dict(in_channels=3, out_channels=5, kernel_size=1, stride=1, padding=0, output_padding=0, groups=1,
                 bias=True, dilation=1),
 }

@@ -175,3 +175,14 @@ def test_pool_unpool_graph_trains_and_round_trips(torch, tmp_path):
     loaded = kindling.load(kindling.save(g, tmp_path / "segnet_like.kdl"))
     assert loaded.find("pool").return_indices and loaded.find("up").output_size == (7, 5)
     np.testing.assert_array_equal(loaded.forward(x), y)
+
+
+@pytest.mark.parametrize("geometry", ["2x2_s2", "3x3_s2_pad1_ceil", "rect_2x3_s_1x2"])
+def test_max_pool_of_one_large_image_in_bands_of_rows(torch, geometry):
+    """Batch-1 max pooling shares bands of output rows among the threads (in pieces when the
+    image is large enough): every band edge must see the rows its windows reach."""
+    k, s, p, ceil = GEOMETRIES[geometry]
+    x = np.random.default_rng(1).standard_normal((1, 16, 261, 259)).astype(np.float32)
+    y = nn.MaxPool2d(k, s, p, ceil_mode=ceil).forward(nhwc_view(x))
+    expected = torch.nn.functional.max_pool2d(torch.from_numpy(x), k, s, p, ceil_mode=ceil).numpy()
+    np.testing.assert_array_equal(y, expected)

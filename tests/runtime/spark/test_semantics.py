@@ -99,3 +99,23 @@ def test_batchnorm_uses_per_task_batch_statistics_the_one_difference(digits):
     gap = float(np.linalg.norm(va - np.concatenate([sb[k].ravel() for k in sa])) / np.linalg.norm(va))
     print(f"\nBatchNorm, 10 iterations at batch 24 on 2 tasks vs local: weights {gap:.2e} apart (L2, relative)")
     assert 1e-5 < gap < 0.05
+
+
+def test_a_free_size_net_reads_flat_features_at_its_preprocessing_size(digits):
+    """A converted fully convolutional net records -1 for H and W; flat features are read at the
+    size its preprocessing records (no feature_shape=), and train as locally."""
+    x, y, frame = digits
+
+    def make():
+        init.seed(5)
+        m = nn.Sequential(nn.Conv2d(1, 8, 3, name="c1"), nn.ReLU(name="r1"), nn.Conv2d(8, 10, 1, name="c2"),
+                          nn.AvgPool2d(6, name="gap"), nn.Flatten(name="f"), nn.LogSoftmax(name="out"))
+        m.metadata = {"input_shape": [-1, 1, -1, -1], "preprocessing": {"input_size": [8, 8]}}
+        return m
+    local = make()
+    Optimizer(local, ArrayDataSet(x, y), nn.ClassNLLCriterion(), SGD(learningrate=0.05), Trigger.max_iteration(6),
+              24, seed=9, workers=0).optimize()
+    dist = make()
+    DistriOptimizer(dist, frame, nn.ClassNLLCriterion(), SGD(learningrate=0.05), Trigger.max_iteration(6), 24,
+                    seed=9).optimize()
+    assert worst(local, dist) <= 1e-5
