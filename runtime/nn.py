@@ -83,6 +83,7 @@ LAYERS: dict[str, str] = {
     "ClassNLLCriterion": "criterions",
     "CrossEntropyCriterion": "criterions",
     "MSECriterion": "criterions",
+    "ProbClassNLLCriterion": "criterions",
 }
 
 __all__ = ["Module", "Container", "register", *LAYERS]
