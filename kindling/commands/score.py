@@ -29,7 +29,7 @@ def add_arguments(p):
                    help="output format (default parquet; CSV holds the arrays as JSON text)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (once the job succeeded)")
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32, as kindling run)")
     p.add_argument("--max-batch-mb", type=float, default=32,
                    help="cap on the image bytes in one Arrow batch sent to a Python worker (default 32)")
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels (default KINDLING_MAX_PIXELS or "

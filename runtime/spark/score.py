@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import socket
+import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -30,6 +31,8 @@ from . import preflight
 from .shipping import ShippedModel, ship
 
 MB = 1 << 20
+PROBE_SECONDS = 300.0
+_probed: dict[tuple, tuple[float, list]] = {}
 DEFAULT_BATCH_BYTES = 32 * MB
 PREDICTION_FIELDS = "top_k_indices array<int>, top_k_labels array<string>, top_k_scores array<float>, " \
                     "model_version string, error string"
@@ -149,12 +152,21 @@ def memory_need(predictor, batch_size: int, batch_bytes: int) -> dict:
             "activations": None if per_sample is None else per_sample * batch_size}
 
 
-def check_memory(sc, predictor, batch_size: int, batch_bytes: int) -> list[str]:
-    """The pre-flight: each executor's memory (one probe task per slot) against what its scoring
-    tasks will hold; raises ValueError naming the setting to raise."""
+def executors(sc) -> list[dict]:
+    """What each task slot's Python worker reports of its memory (one probe task per slot; the
+    answer is kept for PROBE_SECONDS per SparkContext)."""
     slots = preflight.task_slots(sc) or 1
-    hellos = sc.parallelize(range(slots), slots).mapPartitions(_probe).collect()
-    return preflight.check_memory(hellos, memory_need(predictor, batch_size, batch_bytes))
+    key = (sc.applicationId, slots)
+    seen = _probed.get(key)
+    if seen is None or time.monotonic() - seen[0] > PROBE_SECONDS:
+        seen = _probed[key] = (time.monotonic(), sc.parallelize(range(slots), slots).mapPartitions(_probe).collect())
+    return seen[1]
+
+
+def check_memory(sc, predictor, batch_size: int, batch_bytes: int) -> list[str]:
+    """The pre-flight: each executor's memory against what its scoring tasks will hold; raises
+    ValueError naming the setting to raise."""
+    return preflight.check_memory(executors(sc), memory_need(predictor, batch_size, batch_bytes))
 
 
 def output_schema(df, image_col: str):
@@ -163,7 +175,7 @@ def output_schema(df, image_col: str):
     return StructType([f for f in df.schema.fields if f.name != image_col] + list(predictions.fields))
 
 
-def predict(df, model, image_col: str = "content", top_k: int = 5, *, batch_size: int = 64,
+def predict(df, model, image_col: str = "content", top_k: int = 5, *, batch_size: int = 32,
             max_batch_bytes: int = DEFAULT_BATCH_BYTES, fail_fast: bool = False, max_pixels: int | None = None,
             memory_check: bool = True):
     """Scores the encoded images in ``df[image_col]`` with ``model`` (a .kdl path or a Module):
