@@ -113,12 +113,13 @@ def measure(spark, name, model, folder, count) -> dict:
     for label, fn in (("single", lambda: single(model, folder)), ("spark", lambda: spark_run(spark, model, folder))):
         with CpuMeter(descendants()) as meter:
             seconds = fn()
-        out[label] = {"images_per_s": count / seconds, "seconds": seconds, "others": meter.others}
+        out[label] = {"images_per_s": count / seconds, "seconds": seconds, "others": meter.others, "ours": meter.ours}
     out["ratio"] = out["spark"]["images_per_s"] / out["single"]["images_per_s"]
     out["others"] = max(out["single"]["others"], out["spark"]["others"])
     print(f"  {name:9s} single {out['single']['images_per_s']:8.1f} img/s   spark local[2] "
           f"{out['spark']['images_per_s']:8.1f} img/s   ratio {out['ratio']:.2f}x   "
-          f"others {out['single']['others']:.2f}/{out['spark']['others']:.2f} cores", flush=True)
+          f"cores used: ours {out['single']['ours']:.2f}/{out['spark']['ours']:.2f}, "
+          f"others {out['single']['others']:.2f}/{out['spark']['others']:.2f}", flush=True)
     return out
 
 

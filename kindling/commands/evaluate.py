@@ -23,7 +23,7 @@ def run(args) -> int:
     from kindling.runtime.predict import Predictor
     from kindling.runtime.spark.data import image_folder_dataframe
     from kindling.runtime.spark.validate import evaluate
-    if "://" not in args.model and not Path(args.model).is_file():
+    if not Path(args.model).is_file():  # read on the driver, shipped to the executors by Spark
         raise ValueError(f"{args.model}: no such model file")
     labels = Predictor.load(args.model).labels or None
     spark, started = open_session(args)

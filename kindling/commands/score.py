@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 HELP = ("score every file under a folder or URI on Spark: one row per file (path, top-k classes, labels, "
@@ -11,8 +12,8 @@ HELP = ("score every file under a folder or URI on Spark: one row per file (path
 def add_spark_arguments(p) -> None:
     """--master, --conf, --app-name: shared with kindling evaluate."""
     spark = p.add_argument_group("Spark (pip install kindling[spark]; Java 17 or 21)")
-    spark.add_argument("--master", default="local[*]",
-                       help="local[N], spark://HOST:7077, yarn (default local[*]; spark-submit's when run there)")
+    spark.add_argument("--master", help="local[N], spark://HOST:7077, yarn (default: spark-submit's master, else "
+                                        "local[*])")
     spark.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="a Spark setting, e.g. spark.executor.pyspark.memory=2g (repeatable)")
     spark.add_argument("--app-name", default="kindling")
@@ -39,6 +40,12 @@ def add_arguments(p):
     add_spark_arguments(p)
 
 
+def task_error(e: BaseException) -> str | None:
+    """The one line a task's ScoringError said, out of the Spark exception that carries it."""
+    found = re.search(r"ScoringError: (.*)", str(e))
+    return found.group(1).strip() if found else None
+
+
 def open_session(args):
     """(the session, whether this command started it: then it stops it)."""
     from pyspark.sql import SparkSession
@@ -53,7 +60,7 @@ def run(args) -> int:
     from kindling.runtime.spark.output import read_scores, write_scores
     from kindling.runtime.spark.score import predict
     logging.getLogger("kindling").setLevel(logging.INFO)
-    if "://" not in args.model and not Path(args.model).is_file():
+    if not Path(args.model).is_file():  # read on the driver, shipped to the executors by Spark
         raise ValueError(f"{args.model}: no such model file")
     spark, started = open_session(args)
     try:
@@ -62,7 +69,13 @@ def run(args) -> int:
         scores = predict(files, args.model, top_k=args.top_k, batch_size=args.batch_size,
                          max_batch_bytes=int(args.max_batch_mb * (1 << 20)), fail_fast=args.fail_fast,
                          max_pixels=args.max_pixels)
-        where = write_scores(scores, args.output, args.format, args.overwrite)
+        try:
+            where = write_scores(scores, args.output, args.format, args.overwrite)
+        except Exception as e:  # a --fail-fast stop comes wrapped in Spark's exception: say what it said
+            line = task_error(e)
+            if line is None:
+                raise
+            raise ValueError(line) from None
         kinds = (read_scores(spark, where, args.format)
                  .groupBy(F.substring_index("error", ": ", 1).alias("kind")).count().collect())
         counts = {k: n for k, n in kinds}

@@ -21,10 +21,12 @@ def parse_conf(items: list[str]) -> dict[str, str]:
     return settings
 
 
-def session(master: str, app_name: str, conf: list[str] = (), **settings: str):
-    """A SparkSession on ``master``; ``settings`` (dotted keys as a dict: ``**{"spark.x": "1"}``)
-    and then ``conf`` override the defaults."""
+def session(master: str | None, app_name: str, conf: list[str] = (), **settings: str):
+    """A SparkSession on ``master`` (None: the one spark-submit set, else local[*]); ``settings``
+    (dotted keys as a dict: ``**{"spark.x": "1"}``) and then ``conf`` override the defaults."""
+    from pyspark import SparkConf
     from pyspark.sql import SparkSession
+    master = master or SparkConf().get("spark.master", "local[*]")
     builder = SparkSession.builder.appName(app_name).master(master)
     merged = {**DEFAULTS, **(LOOPBACK if master.startswith("local") else {}), **settings, **parse_conf(list(conf))}
     for key, value in merged.items():

@@ -2,6 +2,7 @@
 udf.py, output.py, files.py; kindling score / evaluate), against the runtime's own references:
 ``Predictor`` as ``kindling run`` uses it, ``kindling run`` itself, and ``Model.evaluate``."""
 import io
+import re
 import shutil
 import struct
 import zlib
@@ -236,7 +237,9 @@ def test_kindling_score_prints_the_summary(spark, lenet, images, tmp_path, capsy
     assert read_scores(spark, str(out), "json").count() == total
     assert cli.main(["score", "--model", lenet, "--images", str(images), "--output", str(tmp_path / "ff"),
                      "--fail-fast"]) == 1
-    assert "fail_fast" in capsys.readouterr().err and not (tmp_path / "ff").exists()
+    err = capsys.readouterr().err
+    assert re.match(r"kindling score: error: file:\S+\.(jpg|png|txt): .* \(fail_fast", err), err
+    assert not (tmp_path / "ff").exists()
     assert spark.sparkContext._jsc is not None  # the command left the session it did not start running
 
 
