@@ -83,7 +83,6 @@ LAYERS: dict[str, str] = {
     "ClassNLLCriterion": "criterions",
     "CrossEntropyCriterion": "criterions",
     "MSECriterion": "criterions",
-    "ProbClassNLLCriterion": "criterions",
 }
 
 __all__ = ["Module", "Container", "register", *LAYERS]

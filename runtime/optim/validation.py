@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
+from ..layers.criterions import ProbClassNLLCriterion
 from ..predict import score_kind
 from .metrics import Loss, Top1Accuracy, Top5Accuracy
 
@@ -41,6 +42,6 @@ def classification_metrics(model) -> list:
     """What ``kindling evaluate`` reports (BigDL's ``Validator.test([Top1Accuracy(), Top5Accuracy(),
     Loss()])``), the loss's criterion fitted to what the model's last layer gives: log-probabilities,
     probabilities or raw scores."""
-    criterion = {"log_softmax": nn.ClassNLLCriterion, "softmax": nn.ProbClassNLLCriterion,
+    criterion = {"log_softmax": nn.ClassNLLCriterion, "softmax": ProbClassNLLCriterion,
                  "raw": nn.CrossEntropyCriterion}[score_kind(model)]()
     return [Top1Accuracy(), Top5Accuracy(), Loss(criterion)]
