@@ -20,6 +20,8 @@ COMMANDS = {
     "demo": "demo",
     "serve": "serve",
     "classify": "classify",
+    "score": "score",
+    "evaluate": "evaluate",
 }
 
 

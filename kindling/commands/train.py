@@ -150,23 +150,9 @@ def _local_data(args, pre, labels):
 
 
 def _spark_session(args):
-    from pyspark.sql import SparkSession
-    builder = SparkSession.builder.appName(args.app_name).master(args.master)
-    # the log lines say how far training is; a file costs Spark 4 MB by default when it packs files
-    # into partitions, which cuts a folder of small images into many tiny tasks: count 128 KB
-    settings = {"spark.ui.showConsoleProgress": "false", "spark.sql.files.openCostInBytes": "131072"}
-    if args.master.startswith("local"):  # everything on this machine: keep it on loopback
-        settings.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
-    for item in args.conf:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"--conf {item}: expected KEY=VALUE")
-        settings[key.strip()] = value.strip()
-    for key, value in settings.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-    return spark
+    from kindling.runtime.spark.session import session
+    # the log lines say how far training is
+    return session(args.master, args.app_name, args.conf, **{"spark.ui.showConsoleProgress": "false"})
 
 
 def _spark_data(spark, args, labels):

@@ -78,6 +78,10 @@ ORIENTATION = 0x0112  # the EXIF tag; 1 is upright
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
+# the first bytes of the formats whose corrupt files are worth naming as such
+SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF"}
+
+
 def _upright(img):
     return ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
 
@@ -123,6 +127,9 @@ class Decode(Step):
             raise ImageTooLarge(f"{where}{e} Raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) if you trust "
                                 f"the file") from e
         except Image.UnidentifiedImageError as e:
+            kind = next((f for magic, f in SIGNATURES.items() if bytes(data[:len(magic)]) == magic), None)
+            if kind:  # its format's signature, then something Pillow refuses (a bad header CRC, ...)
+                raise ImageError(f"{where}a corrupt {kind} file, not an image that Pillow can read ({_what(data)})") from e
             raise ImageError(f"{where}not an image that Pillow can read ({_what(data)})") from e
         except MemoryError:
             raise

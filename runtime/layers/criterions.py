@@ -84,3 +84,15 @@ class MSECriterion(_Criterion):
     def backward(self, x, target):
         d = np.asarray(x, np.float32) - np.asarray(target, np.float32)
         return d * np.float32(2.0 / d.size if self.size_average else 2.0)
+
+
+class ProbClassNLLCriterion(ClassNLLCriterion):
+    """ClassNLL on probabilities (a Softmax's output): their log, floored at 1e-30, taken first."""
+    FLOOR = 1e-30
+
+    def forward(self, x, target):
+        return super().forward(np.log(np.maximum(np.asarray(x, np.float32), self.FLOOR)), target)
+
+    def backward(self, x, target):
+        x = np.maximum(np.asarray(x, np.float32), self.FLOOR)
+        return super().backward(np.log(x), target) / x

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import nn
+from ..layers.criterions import ProbClassNLLCriterion
+from ..predict import score_kind
+from .metrics import Loss, Top1Accuracy, Top5Accuracy
+
 
 class Evaluation(list):
     """[(metric, result), ...] that prints one BigDL-style line per metric."""
@@ -31,3 +36,12 @@ def evaluate(model, dataset, metrics, batch_size: int = 32, workers: int = 2) ->
     finally:
         model.train(training)
     return Evaluation((m, r) for m, r in zip(metrics, totals) if r is not None)
+
+
+def classification_metrics(model) -> list:
+    """What ``kindling evaluate`` reports (BigDL's ``Validator.test([Top1Accuracy(), Top5Accuracy(),
+    Loss()])``), the loss's criterion fitted to what the model's last layer gives: log-probabilities,
+    probabilities or raw scores."""
+    criterion = {"log_softmax": nn.ClassNLLCriterion, "softmax": ProbClassNLLCriterion,
+                 "raw": nn.CrossEntropyCriterion}[score_kind(model)]()
+    return [Top1Accuracy(), Top5Accuracy(), Loss(criterion)]

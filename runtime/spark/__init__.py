@@ -1,11 +1,13 @@
-"""Training on Apache Spark (pyspark is an optional dependency: ``pip install kindling[spark]``):
-``DistriOptimizer`` and ``image_folder_dataframe``."""
+"""Apache Spark (pyspark is an optional dependency: ``pip install kindling[spark]``): training
+(``DistriOptimizer``, ``image_folder_dataframe``), batch scoring (``predict``, ``predict_udf``) and
+validation (``evaluate``)."""
 from importlib import import_module
 
 # public name -> file under runtime/spark/ that defines it (imported on use: pyspark loads then)
 EXPORTS = {"DistriOptimizer": "optimizer", "EXCHANGES": "optimizer", "image_folder_dataframe": "data",
            "class_folders": "data", "labels_of": "data", "Exchange": "exchange", "DriverExchange": "exchange",
-           "RelayExchange": "relay"}
+           "RelayExchange": "relay", "predict": "score", "predict_udf": "udf", "evaluate": "validate",
+           "binary_files": "files", "write_scores": "output", "read_scores": "output"}
 
 __all__ = list(EXPORTS)
 

@@ -65,6 +65,25 @@ def check_barrier(sc, tasks: int | None, wait: float = 30.0) -> int:
     return tasks
 
 
+def worker_memory() -> dict:
+    """What this Python worker may use: the host's available memory and any address-space limit
+    Spark set (spark.executor.pyspark.memory)."""
+    out = {"available": None, "limit": None}
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        out["available"] = info.get("MemAvailable")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        out["limit"] = None if soft == resource.RLIM_INFINITY else soft
+    except (ImportError, ValueError, OSError):
+        pass
+    return out
+
+
 def _nbytes(arrays) -> int:
     return int(sum(np.asarray(a).nbytes for a in arrays))
 

@@ -25,7 +25,7 @@ from .. import blas
 from .. import format as kdl
 from ..data.loader import epoch_order, sample_rng
 from ..optim.engine import compute_gradients, prepare_for_training, sample_keys
-from . import wire
+from . import preflight, wire
 from .allreduce import SocketExchange
 from .exchange import DriverExchange
 from .data import TRAIN, VALIDATION, Share
@@ -57,25 +57,6 @@ class TaskPlan:
     averaging_frequency: int | None = None  # None: synchronous; k: parameter averaging every k steps
 
 
-def _memory() -> dict:
-    """What this Python worker may use: the host's available memory and any address-space limit
-    Spark set (spark.executor.pyspark.memory)."""
-    out = {"available": None, "limit": None}
-    try:
-        with open("/proc/meminfo") as f:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        out["available"] = info.get("MemAvailable")
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-        out["limit"] = None if soft == resource.RLIM_INFINITY else soft
-    except (ImportError, ValueError, OSError):
-        pass
-    return out
-
-
 def run(iterator, plan: TaskPlan):
     """The barrier stage's function (``rdd.barrier().mapPartitions(lambda it: run(it, plan))``)."""
     from pyspark import BarrierTaskContext
@@ -87,7 +68,7 @@ def run(iterator, plan: TaskPlan):
     try:
         wire.send(conn, {"op": "hello", "rank": rank, "world": len(infos), "pid": os.getpid(),
                          "executor": infos[rank].address, "attempt": ctx.taskAttemptId(), "threads": threads,
-                         "memory": _memory(), "blas": blas.backend().backend.name})
+                         "memory": preflight.worker_memory(), "blas": blas.backend().backend.name})
         task = Task(plan, rank, len(infos), threads, conn, ctx)
         task.receive_model()
         task.take(iterator)

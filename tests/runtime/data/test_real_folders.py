@@ -303,7 +303,7 @@ def test_labels_match_folders_whatever_their_unicode_form(tmp_path):
 
 
 # what Decode says of bytes that are not a whole image
-DAMAGED = r"(not an image that Pillow can read|a broken image header|\w+ data cannot be decoded)"
+DAMAGED = r"(not an image that Pillow can read|a corrupt \w+ file|a broken image header|\w+ data cannot be decoded)"
 
 
 @pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0" + bytes(40), b"\x89PNG\r\n\x1a\n" + bytes(30), b"GIF89a\xff",
