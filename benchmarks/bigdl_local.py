@@ -4,7 +4,7 @@ VGG-style CNN at batch 64, ResNet-18 at batch 16), for the issue's "training >= 
 BigDL pins an old Spark and numpy < 2, so it runs in a virtualenv of its own, outside the repo:
 
     python3 -m venv /tmp/bigdl && /tmp/bigdl/bin/pip install bigdl-dllib-spark3==2.4.0 'numpy<2'
-    /tmp/bigdl/bin/python benchmarks/bigdl_local.py [--repeats 5] [--only lenet,vgg_cnn,resnet18]
+    /tmp/bigdl/bin/python benchmarks/bigdl_local.py [--repeats 5] [--only lenet,vgg_cnn,resnet18] [--heap 3g]
 
 (bigdl-dllib 2.4.0 itself pins pyspark 2.4.6, whose source package no longer builds; the spark3
 build pins pyspark 3.1.3, which runs on this Java 17 with the --add-opens options below.) Run
@@ -32,19 +32,19 @@ _OPENS = ["java.lang", "java.lang.invoke", "java.lang.reflect", "java.io", "java
           "sun.util.calendar"]
 
 
-def _context(threads: int):
+def _context(threads: int, heap: str):
     import bigdl
     share = Path(bigdl.__file__).resolve().parent / "share"
     jars = sorted(glob.glob(str(share / "*" / "lib" / "*.jar")))
     opens = " ".join(f"--add-opens=java.base/{p}=ALL-UNNAMED" for p in _OPENS)
-    os.environ["PYSPARK_SUBMIT_ARGS"] = (f'--driver-memory 3g --driver-java-options "{opens}" --driver-class-path {":".join(jars)} '
+    os.environ["PYSPARK_SUBMIT_ARGS"] = (f'--driver-memory {heap} --driver-java-options "{opens}" --driver-class-path {":".join(jars)} '
                                          f'--jars {",".join(jars)} pyspark-shell')
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from bigdl.dllib.nncontext import init_nncontext
     from pyspark import SparkConf
     conf = (SparkConf().setMaster(f"local[{threads}]").set("spark.driver.host", "127.0.0.1")
             .set("spark.driver.bindAddress", "127.0.0.1").set("spark.ui.enabled", "false")
-            .set("spark.driver.memory", "4g"))
+            .set("spark.driver.memory", heap))
     return init_nncontext(conf, spark_log_level="ERROR", redirect_spark_log=False)
 
 
@@ -143,8 +143,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("KINDLING_NUM_THREADS", "2")))
     ap.add_argument("--only", help="comma-separated workloads")
+    ap.add_argument("--heap", default="3g", help="the JVM's heap (ResNet-18 at batch 16 ran out of 3g)")
     args = ap.parse_args(argv)
-    _context(args.threads)
+    _context(args.threads, args.heap)
     import bigdl
     print(f"BigDL {getattr(bigdl, '__version__', '2.4')} local optimizer, local[{args.threads}]", flush=True)
     for name in (args.only.split(",") if args.only else WORKLOADS):
