@@ -21,6 +21,7 @@ import glob
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -145,6 +146,7 @@ def main(argv=None):
     ap.add_argument("--only", help="comma-separated workloads")
     ap.add_argument("--heap", default="3g", help="the JVM's heap (ResNet-18 at batch 16 ran out of 3g)")
     args = ap.parse_args(argv)
+    os.chdir(tempfile.mkdtemp(prefix="bigdl-"))  # BigDL writes bigdl.log into the working folder
     _context(args.threads, args.heap)
     import bigdl
     print(f"BigDL {getattr(bigdl, '__version__', '2.4')} local optimizer, local[{args.threads}]", flush=True)
