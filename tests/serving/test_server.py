@@ -275,7 +275,7 @@ def test_bad_input_gets_a_status_saying_what_is_wrong(digits):
 
 
 def test_queue_overflow_deadlines_and_dropped_work(trained, tmp_path):
-    snapshots.slow_snapshot(tmp_path / "slow")
+    snapshots.slow_snapshot(tmp_path / "slow", filters=256)  # ~80 ms a request: a queue lasts long enough to see
     with RunningServer(config(tmp_path, workers=1, max_batch=4, max_queue=8)) as server:
         x = np.zeros((4, 3, 192, 192), np.float32)
         with grpc.insecure_channel(server.target) as channel:
@@ -297,7 +297,8 @@ def test_queue_overflow_deadlines_and_dropped_work(trained, tmp_path):
             # a deadline that passes while the request waits: the work is dropped, not done
             batcher = server.server.batcher
             busy = [stub.Classify.future(request, timeout=60) for _ in range(2)]
-            wait_for(lambda: batcher.depth() > 0, what="a queue")
+            # one request computing, the other waiting: the short one queues behind it (and fits the limit)
+            wait_for(lambda: batcher.busy() == 1 and batcher.depth() == 4, interval=0.001, what="a queue")
             with pytest.raises(grpc.RpcError) as e:
                 stub.Classify(request, timeout=0.05)
             assert e.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -328,12 +329,16 @@ def test_metrics_and_json_log_lines(trained, tmp_path):
         with RunningServer(config(tmp_path, min_top1=0.9, metrics_port=port)) as server, Client(server.target) as c:
             c.classify("digits", [np.zeros((1, 28, 28), np.float32)] * 3)
             _code(lambda: c.classify("digits", [b"junk"]))
+            # an aborted call's status can reach the client a moment before its handler has unwound
+            in_flight = server.server.metrics.in_flight.labels("Classify")
+            wait_for(lambda: in_flight._value.get() == 0, what="no request in flight")
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     finally:
         log.log.removeHandler(handler)
     for line in ('kindling_requests_total{code="OK",method="Classify",model="digits"} 1.0',
                  'kindling_requests_total{code="INVALID_ARGUMENT",method="Classify",model="digits"} 1.0',
                  'kindling_batch_size_sum{model="digits"} 3.0', "kindling_queue_images 0.0",
+                 'kindling_requests_in_flight{method="Classify"} 0.0',
                  f'kindling_version_state{{model="digits",state="available",version="{BEST}"}} 1.0',
                  'kindling_refusals_total{model="digits",reason="below_policy"} 1.0',
                  'kindling_request_seconds_count{method="Classify"} 2.0'):
