@@ -2,12 +2,17 @@
 kindling export onnx, full graph optimisations), measured interleaved in one run on the same threads;
 and a fully convolutional Caffe net (FCN-8s) against OpenCV's dnn module at two sizes.
 
-    python benchmarks/runtime.py [--json out.json] [--contended] [--quick]
-    python benchmarks/runtime.py --fcn-only          # just FCN-8s against OpenCV dnn
+    python benchmarks/runtime.py [--json out.json] [--contended] [--repeats N] [--only lenet/training,...]
+    python benchmarks/runtime.py --fcn-only              # just FCN-8s against OpenCV dnn
+    python benchmarks/runtime.py --openblas-kernels      # the whole run twice: this environment's
+                                                         # OpenBLAS kernel, and CI's (OPENBLAS_CORETYPE=Haswell)
 
-For each workload and mode (inference; training = forward + backward + SGD step) it alternates a
-kindling batch and a PyTorch batch, so both see the same machine weather, and reports the median
-records/s of each and their ratio. With --contended the set is repeated while a neighbour process
+For each workload and mode (inference; training = forward + backward + SGD step) the frameworks
+alternate in blocks of several steps (``benchmarks/_cpu.py``), once with kindling's block first and
+once with PyTorch's first, so both see the same machine weather and the ratio can be seen not to
+depend on the order. Every repetition records the CPU time other processes used meanwhile (from
+/proc/stat less this process's own); medians over the quiet repetitions (others <= 0.3 cores) are
+reported apart, with their count. With --contended the set is repeated while a neighbour process
 keeps one core busy. It also prints the GEMM efficiency of the largest VGG convolution, and RSS
 after 10 and after 200 training iterations (steady state must not grow).
 
@@ -26,6 +31,7 @@ import multiprocessing
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,20 +42,24 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
-from _cpu import CpuMeter  # noqa: E402
+import _cpu  # noqa: E402
 
 from kindling.runtime import blas, nn  # noqa: E402
 from kindling.runtime.optim import SGD  # noqa: E402
 
 THREADS = int(os.environ.get("KINDLING_NUM_THREADS", "2"))
-TARGETS = {("lenet", "inference"): 1.0, ("lenet", "training"): 0.8, ("vgg_cnn", "inference"): 1.0,
-           ("vgg_cnn", "training"): 0.8, ("resnet18", "inference"): 0.8}
+# the issue's targets (kindling / PyTorch, quiet repetitions)
+TARGETS = {("lenet", "inference"): 1.2, ("lenet", "training"): 1.0, ("vgg_cnn", "inference"): 1.2,
+           ("vgg_cnn", "training"): 1.0, ("resnet18", "inference"): 1.0, ("resnet18", "training"): 1.0}
 WORKLOADS = {
-    # name: (builder, input shape without batch, batch, modes)
-    "lenet": (_models.lenet, (1, 28, 28), 64, ("inference", "training")),
-    "vgg_cnn": (_models.vgg_cnn, (3, 32, 32), 64, ("inference", "training")),
-    "resnet18": (_models.resnet18, (3, 224, 224), 8, ("inference",)),
+    # name: (builder, input shape without batch, {mode: batch})
+    "lenet": (_models.lenet, (1, 28, 28), {"inference": 64, "training": 64}),
+    "vgg_cnn": (_models.vgg_cnn, (3, 32, 32), {"inference": 64, "training": 64}),
+    "resnet18": (_models.resnet18, (3, 224, 224), {"inference": 8, "training": 16}),
 }
+# steps of each framework per block; fewer for steps of a second or more
+BLOCKS = {"resnet18": 2}
+ORDERS = {"kindling first": ("kindling", "torch", "onnxruntime"), "torch first": ("torch", "onnxruntime", "kindling")}
 
 
 def _kindling_step(model, mode, x, y, criterion, optim):
@@ -102,7 +112,8 @@ def _onnxruntime_step(model, mode, x):
 
 
 def measure(name, mode, repeats, torch):
-    builder, shape, batch, _ = WORKLOADS[name]
+    builder, shape, batches = WORKLOADS[name]
+    batch = batches[mode]
     rng = np.random.default_rng(0)
     model = builder()
     tmodel = _models.torch_twin(model)
@@ -111,35 +122,20 @@ def measure(name, mode, repeats, torch):
     tmodel.train(training)
     x = rng.standard_normal((batch, *shape)).astype(np.float32)
     y = rng.integers(0, 10, batch)
-    k = _kindling_step(model, mode, x, y, nn.ClassNLLCriterion(), SGD(learningrate=0.01))
-    t = _torch_step(torch, tmodel, mode, torch.from_numpy(x), torch.from_numpy(y), 0.01)
+    steps = {"kindling": _kindling_step(model, mode, x, y, nn.ClassNLLCriterion(), SGD(learningrate=0.01)),
+             "torch": _torch_step(torch, tmodel, mode, torch.from_numpy(x), torch.from_numpy(y), 0.01)}
     o = _onnxruntime_step(model, mode, x)
-    steps = [("kindling", k), ("torch", t)] + ([("onnxruntime", o)] if o else [])
-    for _ in range(2):  # warm up: buffers, caches, thread pools
-        for _, f in steps:
-            f()
-    times = {who: [] for who, _ in steps}
-    others = []  # cores other processes kept busy during each repetition
-    for _ in range(repeats):
-        with CpuMeter() as meter:
-            for who, f in steps:
-                start = time.perf_counter()
-                f()
-                times[who].append(time.perf_counter() - start)
-        others.append(meter.others)
-    krps = batch / statistics.median(times["kindling"])
-    trps = batch / statistics.median(times["torch"])
-    out = {"kindling_rps": round(krps, 1), "torch_rps": round(trps, 1), "ratio": round(krps / trps, 3),
-           "target": TARGETS.get((name, mode))}
     if o:
-        quiet = [i for i, c in enumerate(others) if c <= 0.3]
-        orps = batch / statistics.median(times["onnxruntime"])
-        out.update(onnxruntime_rps=round(orps, 1), ratio_vs_onnxruntime=round(krps / orps, 3),
-                   others_cores_median=round(statistics.median(others), 2), quiet_repetitions=len(quiet))
-        if quiet:
-            qk = statistics.median([times["kindling"][i] for i in quiet])
-            qo = statistics.median([times["onnxruntime"][i] for i in quiet])
-            out["quiet_ratio_vs_onnxruntime"] = round(qo / qk, 3)
+        steps["onnxruntime"] = o
+    out = {"batch": batch, "target": TARGETS.get((name, mode)), "block": BLOCKS.get(name, 3)}
+    pooled = []
+    for order, who in ORDERS.items():
+        reps = _cpu.alternate({w: steps[w] for w in who if w in steps}, repeats, out["block"])
+        pooled += reps
+        out[order] = _cpu.summarize(reps, batch, "kindling", "torch")
+    out["both orders"] = _cpu.summarize(pooled, batch, "kindling", "torch")
+    if o:
+        out["vs onnxruntime"] = _cpu.summarize(pooled, batch, "kindling", "onnxruntime")
     return out
 
 
@@ -282,45 +278,64 @@ def _burn():
         pass
 
 
-def run_set(torch, repeats, label):
+def run_set(torch, repeats, label, only=None):
     results = {}
-    for name, (_, _, _, modes) in WORKLOADS.items():
-        for mode in modes:
+    for name, (_, _, batches) in WORKLOADS.items():
+        for mode in batches:
+            if only and f"{name}/{mode}" not in only:
+                continue
             r = measure(name, mode, repeats, torch)
             results[f"{name}/{mode}"] = r
             tgt = f" (target >= {r['target']})" if r["target"] else ""
-            ort = ""
-            if "onnxruntime_rps" in r:
-                quiet = (f", quiet {r['quiet_ratio_vs_onnxruntime']:.2f} over {r['quiet_repetitions']}"
-                         if "quiet_ratio_vs_onnxruntime" in r else ", no quiet repetition")
-                ort = (f"   onnxruntime {r['onnxruntime_rps']:8.1f} rec/s   kindling/onnxruntime "
-                       f"{r['ratio_vs_onnxruntime']:.2f}{quiet} (others used {r['others_cores_median']:.2f} cores)")
-            print(f"[{label}] {name:9s} {mode:9s} kindling {r['kindling_rps']:8.1f} rec/s   torch {r['torch_rps']:8.1f}"
-                  f" rec/s   ratio {r['ratio']:.2f}{tgt}{ort}", flush=True)
+            print(f"[{label}] {name} {mode} at batch {r['batch']}, blocks of {r['block']} steps{tgt}:", flush=True)
+            for part in (*ORDERS, "both orders"):
+                print(f"    {part:15s} {_cpu.describe(r[part], 'kindling', 'torch')}", flush=True)
+            if "vs onnxruntime" in r:
+                print(f"    {'':15s} {_cpu.describe(r['vs onnxruntime'], 'kindling', 'onnxruntime')}", flush=True)
     return results
+
+
+def _kernel_runs(argv) -> None:
+    """The whole run in two child processes: this environment as it is, and the other OpenBLAS
+    setting (CI's OPENBLAS_CORETYPE=Haswell when this one sets none; else none)."""
+    rest = [a for a in argv if a != "--openblas-kernels"]
+    base = dict(os.environ)
+    if any(v in base for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
+        other = {k: v for k, v in base.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+        label = "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE"
+    else:
+        other, label = {**base, "OPENBLAS_CORETYPE": "Haswell"}, "OPENBLAS_CORETYPE=Haswell (as CI sets it)"
+    here = "this environment (OPENBLAS_CORETYPE=" + base.get("OPENBLAS_CORETYPE", "unset") + ")"
+    for what, env in ((here, base), (label, other)):
+        print(f"==== {what}", flush=True)
+        subprocess.run([sys.executable, __file__, *rest], env=env, check=True)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--contended", action="store_true", help="repeat the set with a neighbour busy on one core")
-    ap.add_argument("--repeats", type=int, default=9, help="interleaved timed batches per workload and framework")
+    ap.add_argument("--repeats", type=int, default=7,
+                    help="repetitions (one block of steps of each framework) per order, workload and mode")
+    ap.add_argument("--only", help="comma-separated workload/mode pairs, e.g. resnet18/training")
     ap.add_argument("--steady-iterations", type=int, default=200)
     ap.add_argument("--fcn-only", action="store_true",
                     help="only the fully convolutional net (FCN-8s) against OpenCV dnn, at two sizes")
     ap.add_argument("--fcn-repeats", type=int, default=15, help="interleaved batch-1 runs per size and side")
+    ap.add_argument("--skip-extras", action="store_true", help="no GEMM efficiency, FCN-8s or steady-state RSS")
+    ap.add_argument("--openblas-kernels", action="store_true",
+                    help="run everything twice: this environment's OpenBLAS kernel and the other setting")
     args = ap.parse_args(argv)
+    if args.openblas_kernels:
+        return _kernel_runs(sys.argv[1:] if argv is None else list(argv))
     if args.fcn_only:
         import tempfile
         blas.set_threads(THREADS)
         with tempfile.TemporaryDirectory() as tmp:
             results = fcn_vs_opencv(args.fcn_repeats, Path(tmp))
         _print_fcn(results)
-        if args.json:
-            with open(f"{args.json}.tmp", "w") as f:
-                json.dump({"fcn_vs_opencv": results, "threads": THREADS}, f, indent=2)
-            os.replace(f"{args.json}.tmp", args.json)
-        return
+        return _write({"fcn_vs_opencv": results, "threads": THREADS}, args.json)
+    only = set(args.only.split(",")) if args.only else None
 
     import torch
     torch.set_num_threads(THREADS)
@@ -330,14 +345,17 @@ def main(argv=None):
           f"{info['threads']} threads; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
     report = {"backend": info, "torch": torch.__version__, "threads": THREADS}
-    report["quiet"] = run_set(torch, args.repeats, "quiet")
+    report["kernel_setting"] = {v: os.environ.get(v) for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    report["as found"] = run_set(torch, args.repeats, "as found", only)
     if args.contended:
         neighbour = multiprocessing.Process(target=_burn, daemon=True)
         neighbour.start()
         try:
-            report["contended"] = run_set(torch, args.repeats, "contended")
+            report["contended"] = run_set(torch, args.repeats, "contended", only)
         finally:
             neighbour.terminate()
+    if args.skip_extras:
+        return _write(report, args.json)
     g = gemm_efficiency()
     report["vgg_largest_conv_gflops"] = g
     print(f"VGG largest conv {g['shape']}: layer {g['layer']} GFLOP/s, its GEMM {g['gemm_in_layer']}, bare sgemm "
@@ -350,12 +368,16 @@ def main(argv=None):
     report["steady_state"] = s
     print(f"steady state (VGG-style training): RSS {s['rss_mb_after_10']} MB after 10 iterations, "
           f"{s[f'rss_mb_after_{args.steady_iterations}']} MB after {args.steady_iterations} (growth {s['growth_mb']} MB)")
-    if args.json:
-        tmp = f"{args.json}.tmp"
+    _write(report, args.json)
+
+
+def _write(report, path):
+    if path:
+        tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
             json.dump(report, f, indent=2)
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+        os.replace(tmp, path)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Neither library wins everywhere: on an AMD EPYC with AVX-512, MKL's sgemm measur
 GFLOP/s where numpy's OpenBLAS reached 125-184 on the same shapes. So the backend is chosen by a
 short calibration (well under a second) the first time it is needed on a machine, timing both on
 convolution-like shapes; the result is cached in ``~/.cache/kindling/blas.json`` keyed by the CPU
-model, thread count, library versions and any OPENBLAS_CORETYPE setting. ``KINDLING_BLAS=mkl|openblas`` forces a choice.
+model, thread count, library versions and any OPENBLAS_CORETYPE setting (one entry per key,
+calibrated under a lock, so processes starting together on a busy machine agree on the library
+and so compute the same bits). ``KINDLING_BLAS=mkl|openblas`` forces a choice.
 
 Both are called through the same CBLAS interface (ctypes releases the GIL). The libraries run
 single-threaded; kindling splits large products across its own pool (``runtime/parallel.py``),
@@ -13,6 +15,7 @@ cores left free by other processes. ``KINDLING_NUM_THREADS`` sets the thread cou
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import json
@@ -26,6 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from .parallel import default_threads, pool
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: calibrations are not serialized
+    fcntl = None
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 CALIBRATION_SHAPES = [(1024, 576, 256), (256, 2304, 512), (2048, 512, 512)]
@@ -50,6 +58,7 @@ class CBLAS:
         self._set_threads = getattr(self._lib, set_threads)
         self._set_threads.argtypes = [ctypes.c_int]
         self.version = version
+        self._hold = None  # set_threads(1) for the calling thread, before every call (see _mkl)
 
     @staticmethod
     def _layout(m: np.ndarray):
@@ -74,6 +83,8 @@ class CBLAS:
             b = np.ascontiguousarray(b)
             lb = (_NO_TRANS, max(n, 1))
         ldc = out.strides[0] // 4 if m > 1 else max(n, 1)
+        if self._hold is not None:
+            self._hold(1)
         self._sgemm(_ROW_MAJOR, la[0], lb[0], m, n, k, 1.0, a.ctypes.data, max(la[1], 1), b.ctypes.data,
                     max(lb[1], 1), beta, out.ctypes.data, max(ldc, n, 1))
 
@@ -116,6 +127,13 @@ def _mkl() -> CBLAS:
     lib.MKL_Get_Version_String(buf, 256)
     backend = CBLAS(path, "cblas_sgemm", ctypes.c_int, "MKL_Set_Num_Threads",
                     buf.value.decode(errors="replace").strip())
+    # MKL's thread count is also per thread, and others in the process change it: PyTorch's
+    # set_num_threads(2) made MKL run kindling's products on the calling thread with two threads
+    # (other bits than on one) while kindling's pool threads kept one, so the numbers depended on
+    # which thread ran a piece, and so on the load. Each call holds its own thread to one.
+    backend._hold = lib.MKL_Set_Num_Threads_Local
+    backend._hold.argtypes = [ctypes.c_int]
+    backend._hold.restype = ctypes.c_int
     backend.name = "mkl"
     return backend
 
@@ -191,22 +209,58 @@ def _choose() -> Choice:
         return Choice(b, "the only backend available", {})
     key = _cache_key(available)
     path = _cache_path()
+    # Calibration times the libraries, so on a busy machine two processes calibrating at once
+    # could choose differently, and then compute other bits from the same inputs: the first
+    # process calibrates under a lock and every later one (any setting's) reads its choice.
+    with _locked(path.with_suffix(".lock")):
+        entries = _read_cache(path)
+        if entries.get(key, {}).get("choice") in available:
+            return Choice(available[entries[key]["choice"]], f"calibrated earlier ({path})", entries[key]["gflops"])
+        rates = {name: round(_gflops(b, CALIBRATION_SHAPES), 1) for name, b in available.items()}
+        best = max(rates, key=rates.get)
+        entries[key] = {"choice": best, "gflops": rates}
+        try:
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"entries": entries}, indent=1))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return Choice(available[best], "calibrated now", rates)
+
+
+def _read_cache(path: Path) -> dict:
+    """{key: {"choice", "gflops"}} from the cache (an older file holds one key at its top level)."""
     try:
         cached = json.loads(path.read_text())
-        if cached.get("key") == key and cached.get("choice") in available:
-            return Choice(available[cached["choice"]], f"calibrated earlier ({path})", cached["gflops"])
     except (OSError, ValueError):
-        pass
-    rates = {name: round(_gflops(b, CALIBRATION_SHAPES), 1) for name, b in available.items()}
-    best = max(rates, key=rates.get)
+        return {}
+    if not isinstance(cached, dict):
+        return {}
+    if "key" in cached:
+        return {cached["key"]: {"choice": cached.get("choice"), "gflops": cached.get("gflops", {})}}
+    entries = cached.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    """An exclusive lock on ``lock_path`` (where the cache folder can be written; else none)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "choice": best, "gflops": rates}))
-        os.replace(tmp, path)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock_path, "a+")
     except OSError:
-        pass
-    return Choice(available[best], "calibrated now", rates)
+        f = None
+    if f is None or fcntl is None:
+        if f is not None:
+            f.close()
+        yield
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
 
 
 _active: Choice | None = None

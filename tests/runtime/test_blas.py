@@ -76,6 +76,22 @@ def test_calibration_is_cached(tmp_path):
     third = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**env, "OPENBLAS_CORETYPE": other}).stdout
     assert third.strip() == "calibrated now"
+    # ... and the first setting's choice is still there beside it
+    fourth = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert fourth.startswith("calibrated earlier")
+
+
+def test_processes_calibrating_at_once_make_one_choice(tmp_path):
+    code = "from kindling.runtime import blas; d = blas.describe(); print(d['backend'], '|', d['reason'])"
+    env = {k: v for k, v in os.environ.items() if k != "KINDLING_BLAS"}
+    env["KINDLING_CACHE"] = str(tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(3)]
+    answers = [p.communicate()[0].strip().split(" | ") for p in procs]
+    if any("only backend" in reason for _, reason in answers):
+        pytest.skip("one backend only: nothing to calibrate")
+    assert len({backend for backend, _ in answers}) == 1
+    assert [reason for _, reason in answers].count("calibrated now") == 1
 
 
 def test_bad_kindling_blas_value_is_a_clear_error(tmp_path):
