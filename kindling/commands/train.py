@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from kindling.runtime.spark.optimizer import DEFAULT_EXCHANGE, EXCHANGES
@@ -82,6 +83,13 @@ def settings(args):
 
 
 def run(args) -> int:
+    fit(args)
+    return 0
+
+
+def fit(args):
+    """Trains as the command line says and returns the Optimizer, trained (``kindling demo`` reads
+    its summaries and last validation)."""
     import kindling
     from kindling.runtime.data import read_labels
     from kindling.runtime.optim.checkpoint import load_checkpoint
@@ -107,7 +115,7 @@ def run(args) -> int:
     if not args.master:
         train_set, val_set, classes = _local_data(args, pre, labels)
         return _train(args, s, model, method, pre, train_set, val_set, classes, (len(train_set), len(val_set)))
-    spark = _spark_session(args)
+    spark = spark_session(args.app_name, args.master, args.conf)
     try:
         s.spark = {"num_tasks": args.num_tasks, "exchange": args.exchange,
                    "pipeline": _pipeline(pre, args.augment), "val_pipeline": _pipeline(pre, False)}
@@ -131,15 +139,17 @@ def _local_data(args, pre, labels):
     return train_set, val_set.with_pipeline(_pipeline(pre, False)), data.labels
 
 
-def _spark_session(args):
+def spark_session(app_name: str, master: str, conf=()):
+    """A SparkSession for training; a local master keeps every connection on loopback."""
     from pyspark.sql import SparkSession
-    builder = SparkSession.builder.appName(args.app_name).master(args.master)
+    builder = SparkSession.builder.appName(app_name).master(master)
     # the log lines say how far training is; a file costs Spark 4 MB by default when it packs files
     # into partitions, which cuts a folder of small images into many tiny tasks: count 128 KB
     settings = {"spark.ui.showConsoleProgress": "false", "spark.sql.files.openCostInBytes": "131072"}
-    if args.master.startswith("local"):  # everything on this machine: keep it on loopback
+    if master.startswith("local"):  # everything on this machine: keep it on loopback
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         settings.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
-    for item in args.conf:
+    for item in conf:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"--conf {item}: expected KEY=VALUE")
@@ -166,7 +176,7 @@ def _spark_data(spark, args, labels):
     return subset(spark, data, train), subset(spark, data, val), classes, (len(train), len(val))
 
 
-def _train(args, s, model, method, pre, train_set, val_set, classes, sizes=None) -> int:
+def _train(args, s, model, method, pre, train_set, val_set, classes, sizes=None):
     from kindling.runtime.data import write_labels
     from kindling.runtime.finetune import fine_tuner, prepare_model
     from kindling.runtime.head import classifier
@@ -188,4 +198,4 @@ def _train(args, s, model, method, pre, train_set, val_set, classes, sizes=None)
         print(f"TensorBoard logs: {Path(args.log_dir) / args.app_name} (tensorboard --logdir {args.log_dir})")
     if opt.last_validation:
         print("final validation: " + ", ".join(f"{k} {v:.4f}" for k, v in opt.last_validation["results"].items()))
-    return 0
+    return opt
