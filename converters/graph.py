@@ -184,7 +184,7 @@ def _translated(translate: Translator, node: Node, shapes, path, terms: Terms):
         if str(e).startswith(f"{path}:"):
             raise
         raise terms.error(f"{path}: {e}") from e
-    except (ValueError, ArithmeticError) as e:  # a module refusing a setting; a value out of range
+    except (ValueError, ArithmeticError, TypeError) as e:  # a setting refused, out of range or of the wrong kind
         raise _wire_error(path, node, terms, f": {e}") from e
 
 

@@ -4,6 +4,7 @@
     kindling_request_seconds{method}                     latency histogram, receipt to reply
     kindling_batch_size{model}                           images (rows) per forward pass
     kindling_queue_images                                images waiting for a worker
+    kindling_requests_in_flight{method}                  requests received and not yet answered
     kindling_version_state{model, version, state}        1 for each version's current state
     kindling_refusals_total{model, reason}               versions refused, by kind of reason
 """
@@ -36,6 +37,8 @@ class Metrics:
         self.batch = Histogram("kindling_batch_size", "Images per forward pass", ["model"], buckets=BATCH_BUCKETS,
                                registry=r)
         self.queue = Gauge("kindling_queue_images", "Images waiting for a compute worker", registry=r)
+        self.in_flight = Gauge("kindling_requests_in_flight", "Requests received and not yet answered", ["method"],
+                               registry=r)
         self.state = Gauge("kindling_version_state", "1 for the state each version is in",
                            ["model", "version", "state"], registry=r)
         self.refusals = Counter("kindling_refusals", "Versions refused, by kind of reason", ["model", "reason"],

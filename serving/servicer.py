@@ -83,6 +83,12 @@ class Servicer(pb_grpc.ServingServicer):
 
     # ---- one wrapper for every method ----------------------------------------------------------
     async def _call(self, method: str, request, context, impl):
+        if self.metrics is None:
+            return await self._answer(method, request, context, impl)
+        with self.metrics.in_flight.labels(method).track_inprogress():
+            return await self._answer(method, request, context, impl)
+
+    async def _answer(self, method: str, request, context, impl):
         start = time.perf_counter()
         call = {"model": "?"}  # the model's name once routed: a label of known values only
         try:

@@ -247,7 +247,7 @@ def convert_model(model: onnx.ModelProto, path, folder: Path | None, *, inputs=N
     if opset < MIN_OPSET:
         raise OnnxError(f"{path}: opset {opset} is older than kindling reads (7 and later); upgrade the model with "
                         f"onnx.version_converter.convert_version(model, 13)")
-    nodes = nodes_of(model, opset)
+    nodes = nodes_of(model, opset, path)
     table = translator_table(translators)
     declared = [o.name for o in model.graph.output]
     used = {t for n in nodes for t in n.inputs} | set(declared)

@@ -68,7 +68,33 @@ def read_model(path) -> onnx.ModelProto:
         raise OnnxError(f"{path}: truncated or not an ONNX model: {e}") from e
     if not model.HasField("graph") or not model.graph.node:
         raise OnnxError(f"{path}: not an ONNX model (no graph nodes; truncated?)")
+    _check_text(model.graph, path)
     return model
+
+
+def _check_text(graph, path) -> None:
+    """Names must be text: protobuf hands a proto2 string field that is not UTF-8 back as bytes,
+    which every later step would trip over."""
+    named = [("graph name", graph.name)]
+    for i, n in enumerate(graph.node):
+        named += [(f"node {i}'s name", n.name), (f"node {i}'s op_type", n.op_type), (f"node {i}'s domain", n.domain)]
+        named += [(f"node {i}'s input", t) for t in n.input] + [(f"node {i}'s output", t) for t in n.output]
+        named += [(f"node {i}'s attribute name", a.name) for a in n.attribute]
+        named += [(f"node {i}'s attribute {a.name!r}", a.s) for a in n.attribute if a.s and isinstance(a.s, bytes)
+                  and not _utf8(a.s)]
+    named += [("initializer name", t.name) for t in graph.initializer]
+    named += [("graph input name", v.name) for v in graph.input] + [("graph output name", v.name) for v in graph.output]
+    for what, value in named:
+        if isinstance(value, bytes) and not _utf8(value):
+            raise OnnxError(f"{path}: {what} is not UTF-8 text ({value[:40]!r})")
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def opset_of(model: onnx.ModelProto, path) -> int:
@@ -78,9 +104,13 @@ def opset_of(model: onnx.ModelProto, path) -> int:
     return int(versions[0])
 
 
-def nodes_of(model: onnx.ModelProto, opset: int) -> list[OnnxNode]:
+def nodes_of(model: onnx.ModelProto, opset: int, path="model") -> list[OnnxNode]:
     out = []
     for i, n in enumerate(model.graph.node):
+        untyped = [a.name for a in n.attribute if a.type == onnx.AttributeProto.UNDEFINED]
+        if untyped:
+            raise OnnxError(f"{path}: node {n.name or i!r} ({n.op_type}): attribute {untyped[0]!r} has no type (its value "
+                            f"is missing or the file is damaged)")
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
         op = n.op_type if n.domain in DEFAULT_DOMAINS else f"{n.domain}.{n.op_type}"
@@ -163,6 +193,8 @@ def _external_bytes(t: onnx.TensorProto, folder: Path, path) -> bytes:
 
 def tensor_value(t: onnx.TensorProto, folder: Path | None, path) -> np.ndarray:
     """A TensorProto as a numpy array, external data read from ``folder``."""
+    if t.data_type not in onnx.TensorProto.DataType.values() or t.data_type == onnx.TensorProto.UNDEFINED:
+        raise OnnxError(f"{path}: initializer {t.name!r} has data type {t.data_type}, which is not an ONNX tensor type")
     try:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             if folder is None:

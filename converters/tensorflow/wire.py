@@ -93,7 +93,7 @@ def read_graph(path: Path) -> RawGraph:
             if number == GRAPH_NODE and wire == LEN:
                 graph.nodes.append(_node(r, p, q, len(graph.nodes), graph.stored))
             elif number == GRAPH_VERSIONS and wire == LEN and q - p <= SMALL:
-                graph.producer = tfpb.VersionDef.FromString(r.read(p, q - p)).producer
+                graph.producer = _parse(tfpb.VersionDef, r.read(p, q - p), f"versions at offset {p}").producer
         return graph
 
 

@@ -84,9 +84,9 @@ def land(src: Path, dst_folder: Path, version: int | None = None) -> Path:
     return dst_folder / name
 
 
-def slow_snapshot(folder: Path, size: int = 192) -> Path:
+def slow_snapshot(folder: Path, size: int = 192, filters: int = 64) -> Path:
     """A validated snapshot of a deliberately heavy classifier (one 7x7 convolution with 64 filters
-    on size x size RGB, about 5 ms an image on one core), for queues, deadlines and shutdowns
+    on size x size RGB, about 5 ms an image on one core; cost grows with ``filters``), for queues, deadlines and shutdowns
     with work in flight. Validated for real (on 40 upscaled digits; it is untrained, so about
     chance) and checkpointed the way training does."""
     from kindling.runtime import nn
@@ -94,9 +94,9 @@ def slow_snapshot(folder: Path, size: int = 192) -> Path:
     from kindling.runtime.optim import SGD, Top1Accuracy
     from kindling.runtime.optim.checkpoint import save_checkpoint
     from kindling.runtime.optim.validation import evaluate
-    model = nn.Sequential(nn.Conv2d(3, 64, 7, name="conv"), nn.ReLU(name="relu"),
+    model = nn.Sequential(nn.Conv2d(3, filters, 7, name="conv"), nn.ReLU(name="relu"),
                           nn.AvgPool2d(global_pooling=True, name="pool"), nn.Flatten(name="flat"),
-                          nn.Linear(64, 10, name="fc"), nn.LogSoftmax(name="prob"), name="slow")
+                          nn.Linear(filters, 10, name="fc"), nn.LogSoftmax(name="prob"), name="slow")
     model.metadata = {"input_shape": [-1, 3, size, size], "labels": LABELS,
                       "preprocessing": {"input_size": [size, size], "scale": 1 / 255}}
     images, labels = digit_images()

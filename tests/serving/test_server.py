@@ -275,7 +275,7 @@ def test_bad_input_gets_a_status_saying_what_is_wrong(digits):
 
 
 def test_queue_overflow_deadlines_and_dropped_work(trained, tmp_path):
-    snapshots.slow_snapshot(tmp_path / "slow")
+    snapshots.slow_snapshot(tmp_path / "slow", filters=256)  # ~80 ms a request: a queue lasts long enough to see
     with RunningServer(config(tmp_path, workers=1, max_batch=4, max_queue=8)) as server:
         x = np.zeros((4, 3, 192, 192), np.float32)
         with grpc.insecure_channel(server.target) as channel:
@@ -297,7 +297,7 @@ def test_queue_overflow_deadlines_and_dropped_work(trained, tmp_path):
             # a deadline that passes while the request waits: the work is dropped, not done
             batcher = server.server.batcher
             busy = [stub.Classify.future(request, timeout=60) for _ in range(2)]
-            wait_for(lambda: batcher.depth() > 0, what="a queue")
+            wait_for(lambda: batcher.depth() > 0, interval=0.001, what="a queue")
             with pytest.raises(grpc.RpcError) as e:
                 stub.Classify(request, timeout=0.05)
             assert e.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -334,6 +334,7 @@ def test_metrics_and_json_log_lines(trained, tmp_path):
     for line in ('kindling_requests_total{code="OK",method="Classify",model="digits"} 1.0',
                  'kindling_requests_total{code="INVALID_ARGUMENT",method="Classify",model="digits"} 1.0',
                  'kindling_batch_size_sum{model="digits"} 3.0', "kindling_queue_images 0.0",
+                 'kindling_requests_in_flight{method="Classify"} 0.0',
                  f'kindling_version_state{{model="digits",state="available",version="{BEST}"}} 1.0',
                  'kindling_refusals_total{model="digits",reason="below_policy"} 1.0',
                  'kindling_request_seconds_count{method="Classify"} 2.0'):

@@ -134,3 +134,46 @@ def test_cli_names_file_and_node_and_writes_nothing(tmp_path, capsys, kind):
     err = capsys.readouterr().err
     assert f"{kind}.onnx" in err and {"missing_initializer": "'conv1'", "cycle": "first", "unsupported": "erf"}[kind] in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [f"{kind}.onnx"]
+
+
+def test_a_name_that_is_not_utf8_is_named_and_nothing_written(tmp_path, capsys):
+    # found by the fuzzer (tests/fuzz, target onnx_model): protobuf returned the name as bytes
+    from pathlib import Path
+    path = Path(__file__).parents[2] / "fixtures" / "hostile" / "onnx_node_name_not_utf8.onnx"
+    with pytest.raises(konnx.OnnxError, match=r"onnx_node_name_not_utf8\.onnx: .* is not UTF-8 text"):
+        konnx.convert(path)
+    out = tmp_path / "m.kdl"
+    assert main(["convert", "onnx", str(path), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "onnx_node_name_not_utf8.onnx" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("data_type", [123, 0])
+def test_an_initializer_of_no_onnx_data_type_is_named(tmp_path, data_type):
+    # found by the fuzzer: onnx's own to_array raised a bare KeyError for an unknown type number
+    model = _conv_model()
+    model.graph.initializer[0].data_type = data_type
+    with pytest.raises(konnx.OnnxError, match=rf"bad\.onnx: initializer 'w' has data type {data_type}, which is not"):
+        konnx.convert(_save(model, tmp_path / "bad.onnx"))
+
+
+def _bn_model(epsilon):
+    scale = [numpy_helper.from_array(np.ones(3, np.float32), n) for n in ("s", "b", "m", "v")]
+    bn = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn")
+    bn.attribute.append(epsilon)
+    return _model([bn], initializers=scale)
+
+
+def test_an_attribute_without_a_type_is_named(tmp_path):
+    # found by the fuzzer: get_attribute_value gave None for a damaged attribute, and float(None) escaped
+    untyped = onnx.AttributeProto(name="epsilon")
+    with pytest.raises(konnx.OnnxError, match=r"bad\.onnx: node 'bn' \(BatchNormalization\): attribute 'epsilon' "
+                                              r"has no type"):
+        konnx.convert(_save(_bn_model(untyped), tmp_path / "bad.onnx"))
+
+
+def test_an_attribute_of_the_wrong_kind_is_named(tmp_path):
+    wrong = helper.make_attribute("epsilon", [1e-5, 1e-3])  # floats where a float belongs
+    with pytest.raises(konnx.OnnxError, match=r"bad\.onnx: .*'bn'"):
+        konnx.convert(_save(_bn_model(wrong), tmp_path / "bad.onnx"))

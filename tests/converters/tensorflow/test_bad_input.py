@@ -179,3 +179,16 @@ def test_training_mode_batch_norm_is_refused(tmp_path):
 def test_unknown_output_name_suggests_similar_ones():
     with pytest.raises(TensorFlowError, match=r"--outputs 'relu' names no node; similar: Relu"):
         tfc.convert(FIXTURES / "trap_flatten_7x5.pb", outputs=["relu"])
+
+
+def test_corrupt_version_record_names_the_file_and_nothing_written(tmp_path):
+    # found by the fuzzer (tests/fuzz, target tf_graph): a damaged VersionDef escaped as protobuf's DecodeError
+    from pathlib import Path
+    path = Path(__file__).parents[2] / "fixtures" / "hostile" / "tf_versions_corrupt.pb"
+    with pytest.raises(TensorFlowError, match=r"tf_versions_corrupt\.pb: .*versions at offset"):
+        tfc.convert(path)
+    out = tmp_path / "m.kdl"
+    r = subprocess.run([sys.executable, "-m", "kindling", "convert", "tf", "--graph", str(path), "-o", out],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "tf_versions_corrupt.pb" in r.stderr and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []

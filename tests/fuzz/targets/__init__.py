@@ -27,6 +27,9 @@ TARGETS = {
     "labels": "labels",
     "mean": "mean",
     "images": "images",
+    "tf_graph": "tf_graph",
+    "onnx_model": "onnx_model",
+    "torch_weights": "torch_weights",
 }
 
 
