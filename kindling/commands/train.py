@@ -142,6 +142,9 @@ def _local_data(args, pre, labels):
 def spark_session(app_name: str, master: str, conf=()):
     """A SparkSession for training; a local master keeps every connection on loopback."""
     from pyspark.sql import SparkSession
+
+    from kindling.runtime.spark.java import check_java
+    check_java()  # a clear message instead of pyspark's "Java gateway process exited"
     builder = SparkSession.builder.appName(app_name).master(master)
     # the log lines say how far training is; a file costs Spark 4 MB by default when it packs files
     # into partitions, which cuts a folder of small images into many tiny tasks: count 128 KB
