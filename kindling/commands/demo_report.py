@@ -25,7 +25,7 @@ def draw_report(path: Path, opt, served, before: dict | None = None) -> Path:
     _curves(loss_ax, acc_ax, opt, before or {})
     rows, cols = GRID
     axes = right.subplots(rows, cols)
-    picked = served.picked(rows * cols)
+    picked = served.picked(rows * cols, mistakes=cols)  # a row's worth of mistakes, when there are
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, picked):
@@ -34,7 +34,7 @@ def draw_report(path: Path, opt, served, before: dict | None = None) -> Path:
         right_answer = c.indices[0] == served.truth[i]
         ax.set_title(f"{c.labels[0]} {c.scores[0]:.2f}", fontsize=9, color="tab:green" if right_answer else "tab:red")
     right.suptitle(f"served (version {served.version}): Top-1 {served.top1:.3f} on {len(served.truth)} held-out "
-                   f"digits", fontsize=10)
+                   f"digits; red: wrong", fontsize=10)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

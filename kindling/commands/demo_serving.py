@@ -121,9 +121,12 @@ class Served:
     def top5(self) -> float:
         return float(np.mean([t in c.indices[:5] for c, t in zip(self.top, self.truth)]))
 
-    def picked(self, n: int) -> list[int]:
-        """n images spread over the held-out set (it is sorted by class: every digit shows)."""
-        return sorted(set(np.linspace(0, len(self.paths) - 1, n).round().astype(int).tolist()))
+    def picked(self, n: int, mistakes: int = 0) -> list[int]:
+        """About n images spread over the held-out set (it is sorted by class: every digit shows),
+        the first ``mistakes`` misclassified ones among them."""
+        wrong = [i for i, (c, t) in enumerate(zip(self.top, self.truth)) if c.indices[0] != t][:mistakes]
+        spread = np.linspace(0, len(self.paths) - 1, n - len(wrong)).round().astype(int).tolist()
+        return sorted(set(spread) | set(wrong))
 
     def shown(self, n: int):
         """[(path, true label, (predicted label, score))] for n spread images."""
