@@ -31,10 +31,12 @@ def draw_report(path: Path, opt, served, before: dict | None = None) -> Path:
     for ax, i in zip(axes.flat, picked):
         c = served.top[i]
         ax.imshow(Image.open(served.paths[i]).convert("L"), cmap="gray")
+        truth = served.labels[served.truth[i]]
         right_answer = c.indices[0] == served.truth[i]
-        ax.set_title(f"{c.labels[0]} {c.scores[0]:.2f}", fontsize=9, color="tab:green" if right_answer else "tab:red")
+        ax.set_title(f"{c.labels[0]} {c.scores[0]:.2f}" + ("" if right_answer else f" (is {truth})"), fontsize=9,
+                     color="tab:green" if right_answer else "tab:red")
     right.suptitle(f"served (version {served.version}): Top-1 {served.top1:.3f} on {len(served.truth)} held-out "
-                   f"digits; red: wrong", fontsize=10)
+                   f"digits", fontsize=10)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
