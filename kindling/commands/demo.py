@@ -19,6 +19,9 @@ written, and nothing is left running, also on Ctrl-C.
 from __future__ import annotations
 
 import logging
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -82,7 +85,21 @@ class _OnlyEpochLines(logging.Filter):
         return not str(record.msg).startswith("[Epoch %d %d/%d]")
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # `kill PID` cleans up as Ctrl-C does: Spark stopped, the server stopped
+
+
 def run(args) -> int:
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        return _run(args)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     from kindling.commands import convert, train
     from kindling.runtime.data import ImageFolder, Pipeline, write_labels
     from kindling.runtime.optim import Top1Accuracy, Top5Accuracy
@@ -106,6 +123,10 @@ def run(args) -> int:
     labels_file = write_labels(out / "labels.txt", classes)
     lenet, images, repository, logs = out / "lenet.kdl", out / "digits", out / "models", out / "logs"
     checkpoints = repository / MODEL
+    for earlier in (checkpoints, logs / "demo"):  # an earlier run's snapshots would be served beside this one's
+        if earlier.exists():
+            print(f"   replacing {earlier} from an earlier run")
+            shutil.rmtree(earlier)
 
     print(f"1. kindling convert caffe --prototxt {prototxt} --caffemodel {weights} -o {lenet}")
     convert.run(_command("convert", "caffe", "--prototxt", prototxt, "--caffemodel", weights, "-o", lenet,

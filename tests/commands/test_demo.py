@@ -96,17 +96,26 @@ def test_demo_leaves_a_served_snapshot_logs_and_its_report(finished):
     assert sorted(p.name for p in cwd.iterdir()) == ["out"]  # nothing written outside --out
 
 
-# the first line printed once the demo is in each stage, and how long to let it run there
+def ctrl_c(p):
+    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground process group
+
+
+def to_the_demo_alone(sig):
+    return lambda p: os.kill(p.pid, sig)  # its own clean-up must stop what it started
+
+
+# the line printed once the demo is in each stage, how long to let it run there, and how to stop it
 STAGES = {
-    "converting": (r"^1\. kindling convert caffe", 0.5),
-    "training on Spark": (r"^pre-flight executor", 3.0),
-    "serving": (r"listening on 127\.0\.0\.1:\d+", 0.5),
+    "converting, Ctrl-C": (r"^1\. kindling convert caffe", 0.5, ctrl_c),
+    "writing digits, SIGTERM": (r"^converted lenet", 0.3, to_the_demo_alone(signal.SIGTERM)),
+    "training on Spark, Ctrl-C": (r"^pre-flight executor", 3.0, ctrl_c),
+    "serving, SIGINT to the demo alone": (r"listening on 127\.0\.0\.1:\d+", 0.5, to_the_demo_alone(signal.SIGINT)),
 }
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_ctrl_c_leaves_no_process_or_port_behind(tmp_path, stage):
-    pattern, linger = STAGES[stage]
+def test_interrupted_it_leaves_no_process_or_port_behind(tmp_path, stage):
+    pattern, linger, interrupt = STAGES[stage]
     p = start(tmp_path)
     seen = []
     try:
@@ -117,7 +126,7 @@ def test_ctrl_c_leaves_no_process_or_port_behind(tmp_path, stage):
         else:
             pytest.fail(f"the demo ended before {stage}:\n{''.join(seen)[-3000:]}")
         time.sleep(linger)
-        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        interrupt(p)
         rest, _ = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
