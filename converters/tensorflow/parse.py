@@ -233,6 +233,8 @@ def _declared_shape(graph: TFGraph, node: Node) -> list[int] | None:
     if node.type in INPUT_OPS and node.attrs.get("dtype") not in (tfpb.DT_FLOAT, None):
         raise TensorFlowError(f"{graph.path}: input {node.name!r} is {dtype_name(node.attrs['dtype'])}; kindling "
                               f"models take float32 inputs (name a float tensor after the cast with --inputs)")
+    if shape is not None and not (isinstance(shape, list) and all(isinstance(d, int) for d in shape)):
+        raise graph.error(node, f"its 'shape' attribute is not a shape ({str(shape)[:60]!r}; a damaged file?)")
     return shape
 
 

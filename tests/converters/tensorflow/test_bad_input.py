@@ -192,3 +192,12 @@ def test_corrupt_version_record_names_the_file_and_nothing_written(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 1 and "tf_versions_corrupt.pb" in r.stderr and "Traceback" not in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_input_shape_that_is_not_a_shape_names_the_node(tmp_path):
+    # found by the fuzzer (seed 8, input 12803): a Placeholder's shape attribute turned into a string
+    g = GraphWriter()
+    _conv_net(g)
+    g.graph.node[0].attr["shape"].s = b"1,2,3"
+    with pytest.raises(TensorFlowError, match=r"g\.pb: node 'x' \(Placeholder\): its 'shape' attribute is not a shape"):
+        tfc.convert(g.write(tmp_path / "g.pb"))
