@@ -85,6 +85,10 @@ class Batcher:
     def depth(self) -> int:
         return self._rows
 
+    def busy(self) -> int:
+        """Workers computing a batch now."""
+        return self._busy
+
     def _take(self) -> list[Task] | None:
         with self._cond:
             while not self._queue:

@@ -94,12 +94,14 @@ def dilated_convolutions(g: _Graph) -> None:
         if not b2s or conv.inputs[0] != s2b.outputs[0] or any(i not in g.consts for i in (*s2b.inputs[1:3], *b2s.inputs[1:3])):
             continue
         block, crops_block = g.const(s2b.inputs[1]), g.const(b2s.inputs[1])
-        if block is None or crops_block is None or not np.array_equal(block, crops_block) or np.size(block) != 2:
-            continue
+        pads, crops = g.const(s2b.inputs[2]), g.const(b2s.inputs[2])
+        if block is None or crops_block is None or not np.array_equal(block, crops_block) or np.size(block) != 2 \
+                or np.size(pads) != 4 or np.size(crops) != 4:
+            continue  # not the 2-D pattern: the nodes stay, and are converted or refused by name
         g.replace([s2b, conv, b2s], _fused(conv, b2s, inputs=[s2b.inputs[0], conv.inputs[1]],
                                            _block=[int(v) for v in np.asarray(block).reshape(-1)],
-                                           _pads=np.asarray(g.const(s2b.inputs[2])).reshape(2, 2).tolist(),
-                                           _crops=np.asarray(g.const(b2s.inputs[2])).reshape(2, 2).tolist()))
+                                           _pads=np.asarray(pads).reshape(2, 2).tolist(),
+                                           _crops=np.asarray(crops).reshape(2, 2).tolist()))
 
 
 def _out_channels(g: _Graph, node: TFNode) -> int | None:

@@ -297,7 +297,8 @@ def test_queue_overflow_deadlines_and_dropped_work(trained, tmp_path):
             # a deadline that passes while the request waits: the work is dropped, not done
             batcher = server.server.batcher
             busy = [stub.Classify.future(request, timeout=60) for _ in range(2)]
-            wait_for(lambda: batcher.depth() > 0, interval=0.001, what="a queue")
+            # one request computing, the other waiting: the short one queues behind it (and fits the limit)
+            wait_for(lambda: batcher.busy() == 1 and batcher.depth() == 4, interval=0.001, what="a queue")
             with pytest.raises(grpc.RpcError) as e:
                 stub.Classify(request, timeout=0.05)
             assert e.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -328,6 +329,9 @@ def test_metrics_and_json_log_lines(trained, tmp_path):
         with RunningServer(config(tmp_path, min_top1=0.9, metrics_port=port)) as server, Client(server.target) as c:
             c.classify("digits", [np.zeros((1, 28, 28), np.float32)] * 3)
             _code(lambda: c.classify("digits", [b"junk"]))
+            # an aborted call's status can reach the client a moment before its handler has unwound
+            in_flight = server.server.metrics.in_flight.labels("Classify")
+            wait_for(lambda: in_flight._value.get() == 0, what="no request in flight")
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     finally:
         log.log.removeHandler(handler)

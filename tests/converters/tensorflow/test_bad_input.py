@@ -201,3 +201,22 @@ def test_an_input_shape_that_is_not_a_shape_names_the_node(tmp_path):
     g.graph.node[0].attr["shape"].s = b"1,2,3"
     with pytest.raises(TensorFlowError, match=r"g\.pb: node 'x' \(Placeholder\): its 'shape' attribute is not a shape"):
         tfc.convert(g.write(tmp_path / "g.pb"))
+
+
+def test_a_dilated_convolution_with_malformed_paddings_is_refused_by_name(tmp_path):
+    # found by the fuzzer (seed 8, inputs 30385 and 51162): paddings of one value broke the pattern's reshape
+    graph = tfpb.GraphDef.FromString((FIXTURES / "trap_dilated.pb").read_bytes())
+    s2b = next(n for n in graph.node if n.op == "SpaceToBatchND")
+    paddings = next(n for n in graph.node if n.name == s2b.input[2].split(":")[0])
+    paddings.attr["value"].tensor.CopyFrom(_int_tensor([0]))
+    path = tmp_path / "dilated.pb"
+    path.write_bytes(graph.SerializeToString())
+    with pytest.raises(TensorFlowError, match=rf"dilated\.pb: unsupported ops: SpaceToBatchND x1 \({s2b.name}\)"):
+        tfc.convert(path)
+
+
+def _int_tensor(values):
+    t = tfpb.TensorProto(dtype=tfpb.DT_INT32)
+    t.tensor_shape.dim.add(size=len(values))
+    t.int_val.extend(values)
+    return t
