@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from kindling.runtime.spark.optimizer import DEFAULT_EXCHANGE, EXCHANGES
@@ -100,6 +101,13 @@ def settings(args):
 
 
 def run(args) -> int:
+    fit(args)
+    return 0
+
+
+def fit(args):
+    """Trains as the command line says and returns the Optimizer, trained (``kindling demo`` reads
+    its summaries and last validation)."""
     import kindling
     from kindling.runtime.data import read_labels
     from kindling.runtime.optim.checkpoint import load_checkpoint
@@ -170,7 +178,7 @@ def _spark_data(spark, args, labels):
     return subset(spark, data, train), subset(spark, data, val), classes, (len(train), len(val))
 
 
-def _train(args, s, model, method, pre, train_set, val_set, classes, sizes=None) -> int:
+def _train(args, s, model, method, pre, train_set, val_set, classes, sizes=None):
     from kindling.runtime.data import write_labels
     from kindling.runtime.finetune import fine_tuner, prepare_model
     from kindling.runtime.head import classifier
@@ -192,4 +200,4 @@ def _train(args, s, model, method, pre, train_set, val_set, classes, sizes=None)
         print(f"TensorBoard logs: {Path(args.log_dir) / args.app_name} (tensorboard --logdir {args.log_dir})")
     if opt.last_validation:
         print("final validation: " + ", ".join(f"{k} {v:.4f}" for k, v in opt.last_validation["results"].items()))
-    return 0
+    return opt

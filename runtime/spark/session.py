@@ -3,6 +3,9 @@ the master is local."""
 from __future__ import annotations
 
 import logging
+import os
+
+from .java import check_java
 
 # a file costs Spark 4 MB by default when it packs files into partitions, which cuts a folder of
 # small images into many tiny tasks: count 128 KB
@@ -24,9 +27,12 @@ def parse_conf(items: list[str]) -> dict[str, str]:
 def session(master: str | None, app_name: str, conf: list[str] = (), **settings: str):
     """A SparkSession on ``master`` (None: the one spark-submit set, else local[*]); ``settings``
     (dotted keys as a dict: ``**{"spark.x": "1"}``) and then ``conf`` override the defaults."""
+    check_java()  # a clear message instead of pyspark's "Java gateway process exited"
     from pyspark import SparkConf
     from pyspark.sql import SparkSession
     master = master or SparkConf().get("spark.master", "local[*]")
+    if master.startswith("local"):  # everything on this machine: keep it on loopback
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.appName(app_name).master(master)
     merged = {**DEFAULTS, **(LOOPBACK if master.startswith("local") else {}), **settings, **parse_conf(list(conf))}
     for key, value in merged.items():
