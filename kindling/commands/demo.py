@@ -86,7 +86,9 @@ class _OnlyEpochLines(logging.Filter):
 
 
 def _stop_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # `kill PID` cleans up as Ctrl-C does: Spark stopped, the server stopped
+    # `kill PID` cleans up as Ctrl-C does (Spark stopped, the server stopped), through the SIGINT
+    # handler in place: Spark's session puts one there that waits for py4j calls to end
+    signal.raise_signal(signal.SIGINT)
 
 
 def run(args) -> int:

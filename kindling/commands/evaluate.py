@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kindling.commands.score import add_spark_arguments, open_session
+from kindling.commands.score import add_spark_arguments, spark_session
 
 HELP = "Top-1, Top-5 and loss of a model on a folder of class sub-folders of images, on Spark"
 
@@ -26,9 +26,7 @@ def run(args) -> int:
     if not Path(args.model).is_file():  # read on the driver, shipped to the executors by Spark
         raise ValueError(f"{args.model}: no such model file")
     labels = Predictor.load(args.model).labels or None
-    spark, started = open_session(args)
-    try:
-        spark.sparkContext.setJobDescription(f"kindling evaluate {args.images}")
+    with spark_session(args, f"kindling evaluate {args.images}") as spark:
         data = image_folder_dataframe(spark, args.images, labels)
         if labels is None:
             print("the model records no labels: classes are the sub-folder names, sorted")
@@ -37,7 +35,3 @@ def run(args) -> int:
         if result.skipped:
             print(f"{result.skipped} unreadable image(s) left out")
         return 0
-    finally:
-        spark.sparkContext.setJobDescription(None)
-        if started:
-            spark.stop()

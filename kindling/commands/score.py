@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 HELP = ("score every file under a folder or URI on Spark: one row per file (path, top-k classes, labels, "
@@ -46,12 +47,17 @@ def task_error(e: BaseException) -> str | None:
     return found.group(1).strip() if found else None
 
 
-def open_session(args):
-    """(the session, whether this command started it: then it stops it)."""
-    from pyspark.sql import SparkSession
-    from kindling.runtime.spark.session import session
-    started = SparkSession.getActiveSession() is None
-    return session(args.master, args.app_name, args.conf, **{"spark.ui.showConsoleProgress": "true"}), started
+@contextmanager
+def spark_session(args, description: str):
+    """The session for this command (stopped at its end if it started it), its jobs described as
+    ``description`` in Spark's UI."""
+    from kindling.runtime.spark.session import running
+    with running(args.master, args.app_name, args.conf, **{"spark.ui.showConsoleProgress": "true"}) as spark:
+        spark.sparkContext.setJobDescription(description)
+        try:
+            yield spark
+        finally:
+            spark.sparkContext.setJobDescription(None)
 
 
 def run(args) -> int:
@@ -62,9 +68,7 @@ def run(args) -> int:
     logging.getLogger("kindling").setLevel(logging.INFO)
     if not Path(args.model).is_file():  # read on the driver, shipped to the executors by Spark
         raise ValueError(f"{args.model}: no such model file")
-    spark, started = open_session(args)
-    try:
-        spark.sparkContext.setJobDescription(f"kindling score {args.images}")
+    with spark_session(args, f"kindling score {args.images}") as spark:
         files = binary_files(spark, args.images, args.glob)
         scores = predict(files, args.model, top_k=args.top_k, batch_size=args.batch_size,
                          max_batch_bytes=int(args.max_batch_mb * (1 << 20)), fail_fast=args.fail_fast,
@@ -84,7 +88,3 @@ def run(args) -> int:
         print(f"wrote {where} ({args.format}): {rows} rows, {scored} images scored, "
               f"{rows - scored} errors{' (' + errors + ')' if errors else ''}")
         return 0
-    finally:
-        spark.sparkContext.setJobDescription(None)
-        if started:
-            spark.stop()

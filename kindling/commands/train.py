@@ -133,13 +133,10 @@ def fit(args):
     if not args.master:
         train_set, val_set, classes = _local_data(args, pre, labels)
         return _train(args, s, model, method, pre, train_set, val_set, classes, (len(train_set), len(val_set)))
-    spark = _spark_session(args)
-    try:
+    with _spark_session(args) as spark:
         s.spark = {"num_tasks": args.num_tasks, "exchange": args.exchange,
                    "pipeline": _pipeline(pre, args.augment), "val_pipeline": _pipeline(pre, False)}
         return _train(args, s, model, method, pre, *_spark_data(spark, args, labels))
-    finally:
-        spark.stop()
 
 
 def _pipeline(pre, train):
@@ -158,9 +155,9 @@ def _local_data(args, pre, labels):
 
 
 def _spark_session(args):
-    from kindling.runtime.spark.session import session
+    from kindling.runtime.spark.session import running
     # the log lines say how far training is
-    return session(args.master, args.app_name, args.conf, **{"spark.ui.showConsoleProgress": "false"})
+    return running(args.master, args.app_name, args.conf, **{"spark.ui.showConsoleProgress": "false"})
 
 
 def _spark_data(spark, args, labels):
