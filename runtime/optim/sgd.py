@@ -66,12 +66,10 @@ class SGD(OptimMethod):
     def _default_rate(self):
         return self.learningrate / (1 + self.state["iteration"] * self.learningrate_decay)
 
-    def _step(self, key, w, g, lr, lr_mult, decay_mult):
-        first = "momentum" not in self.buffers.get(key, {})
-        buf = self.slot(key, "momentum", w) if self.momentum else None
-        scratch = self.scratch(key, w)
-        sgd_step(w, g, buf, rate=lr * lr_mult, weight_decay=self.weightdecay * decay_mult, momentum=self.momentum,
-                 dampening=self.dampening, nesterov=self.nesterov, first=first, scratch=scratch)
+    def _run(self, w, g, slots, scratch, *, rate, decay_mult, first):
+        sgd_step(w, g, slots.get("momentum"), rate=rate, weight_decay=self.weightdecay * decay_mult,
+                 momentum=self.momentum, dampening=self.dampening, nesterov=self.nesterov, first=first,
+                 scratch=scratch)
 
     def hyper_parameters(self):
         return {"learning rate": self.current_learning_rate(), "weight decay": self.weightdecay,
