@@ -19,7 +19,9 @@ from .base import OptimMethod
 def sgd_step(w: np.ndarray, g: np.ndarray, buf: np.ndarray | None, *, rate: float, weight_decay: float,
              momentum: float, dampening: float, nesterov: bool, first: bool, scratch: np.ndarray) -> None:
     """One in-place step on ``w``; ``buf`` is the momentum buffer (None without momentum);
-    ``scratch`` holds the decayed gradient so the accumulated gradient itself is left alone."""
+    ``scratch`` holds the decayed gradient so the accumulated gradient itself is left alone.
+    Every product is rounded to float32 before it is added, in place where the operand is no
+    longer needed (the same bits as ``a + f * b`` with a temporary)."""
     d = scratch
     if weight_decay:
         np.multiply(w, np.float32(weight_decay), out=d)
@@ -31,12 +33,17 @@ def sgd_step(w: np.ndarray, g: np.ndarray, buf: np.ndarray | None, *, rate: floa
             np.copyto(buf, d)
         else:
             buf *= np.float32(momentum)
-            buf += np.float32(1 - dampening) * d
+            if dampening:  # nesterov has none, so d is not needed after this
+                d *= np.float32(1 - dampening)
+            buf += d
         if nesterov:
             d += np.float32(momentum) * buf
+            d *= np.float32(rate)
         else:
-            d = buf
-    w -= np.float32(rate) * d
+            np.multiply(buf, np.float32(rate), out=d)
+    else:
+        d *= np.float32(rate)
+    w -= d
 
 
 class SGD(OptimMethod):
