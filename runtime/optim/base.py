@@ -5,8 +5,8 @@ frozen, using the gradients the backward pass accumulated, and honouring each mo
 ``lr_mult`` / ``decay_mult`` (Caffe's). The maths of each method is a keyword-only function over
 one array, in place (like PyTorch's ``_single_tensor_sgd``). ``update`` runs it over the model's
 parameters laid out in one flat buffer (``flat.FlatParameters``: once per distinct pair of
-multipliers), ``apply`` over given arrays (the slices a Spark task owns); both are elementwise
-and give the same bits.
+multipliers, in cache-sized chunks), ``apply`` over given arrays (the slices a Spark task owns);
+the maths is elementwise, so both give the same bits.
 """
 from __future__ import annotations
 
