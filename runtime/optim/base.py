@@ -18,12 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from ..module import Module
+from ..parallel import pool
 from .flat import FlatParameters, trainable
 
 #: Elements per pass of the flat update: every operand of a step (weights, gradient, slots,
 #: scratch and numpy's temporaries) stays in L2 cache while the method's few passes run over it,
 #: so memory is read and written about once per step instead of once per pass.
 CHUNK = 1 << 15
+#: Chunks a thread takes at least (below, the update runs on the calling thread alone).
+MIN_CHUNKS = 4
 
 
 class OptimMethod:
@@ -79,12 +82,14 @@ class OptimMethod:
         lr = self.current_learning_rate() if lr is None else float(lr)
         self.state["learning_rate"] = lr
         params, grads, slots, scratch = flat.params, flat.grads, flat.slots.items(), flat.scratch
-        for r in flat.take_runs():
-            rate = lr * r.lr_mult
-            for lo in range(r.start, r.stop, CHUNK):
-                span = slice(lo, min(lo + CHUNK, r.stop))
-                self._run(params[span], grads[span], {n: s[span] for n, s in slots}, scratch[span], rate=rate,
-                          decay_mult=r.decay_mult, first=r.first)
+        chunks = flat.take_chunks(CHUNK)
+
+        def step(_, a, b):
+            for lo, hi, r in chunks[a:b]:
+                self._run(params[lo:hi], grads[lo:hi], {n: s[lo:hi] for n, s in slots}, scratch[lo:hi],
+                          rate=lr * r.lr_mult, decay_mult=r.decay_mult, first=r.first)
+        # elementwise: whichever thread steps a chunk, the bits are the same
+        pool.run(len(chunks), step, MIN_CHUNKS, pieces_per_thread=pool.pieces_for(len(chunks), MIN_CHUNKS))
         self.state["iteration"] += 1
 
     def flat_parameters(self, model: Module) -> FlatParameters | None:

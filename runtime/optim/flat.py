@@ -104,6 +104,7 @@ class FlatParameters:
             start = stop
         self.runs = _runs(self.entries, [False] * len(self.entries))
         self.first_runs = _runs(self.entries, fresh) if any(fresh) else None
+        self._chunks = None
         # identity checks, in the order the model walk yields the parameters
         self._walk = [(m, m.name, name, m.params[name], m.grads[name], m.lr_mult.get(name, 1.0),
                        m.decay_mult.get(name, 1.0)) for _, m, name, _, _ in found]
@@ -142,10 +143,16 @@ class FlatParameters:
             return False
         return all(b.get(key) is own and own.get(s) is view for b, key, own, s, view in self._slot_checks)
 
-    def take_runs(self) -> list[Run]:
-        """The runs of the next update: the first one after building steps fresh slots apart."""
+    def take_chunks(self, chunk: int) -> list[tuple[int, int, Run]]:
+        """(start, stop, run) of the next update's pieces of at most ``chunk`` elements; the first
+        update after building steps fresh slots apart."""
         runs, self.first_runs = self.first_runs or self.runs, None
-        return runs
+        if runs is self.runs and self._chunks is not None and self._chunks[0] == chunk:
+            return self._chunks[1]
+        pieces = [(lo, min(lo + chunk, r.stop), r) for r in runs for lo in range(r.start, r.stop, chunk)]
+        if runs is self.runs:
+            self._chunks = (chunk, pieces)
+        return pieces
 
     def release(self, buffers: dict) -> None:
         """Gives every array still viewing this store's buffers its own copy, so that a rebuilt

@@ -187,3 +187,19 @@ def test_one_array_in_two_modules_keeps_the_per_array_update(digits):
     pair.steps(3)
     assert pair.flat_method.flat_parameters(pair.flat) is None
     pair.assert_identical()
+
+
+@pytest.mark.parametrize("method", ["sgd_bigdl_dampening", "adam"])
+def test_small_chunks_on_the_thread_pool_give_the_same_bits(digits, method, monkeypatch):
+    """Chunk boundaries inside parameters and runs, chunks shared among the pool's threads."""
+    from kindling.runtime.optim import base
+    monkeypatch.setattr(base, "CHUNK", 97)
+    monkeypatch.setattr(base, "MIN_CHUNKS", 2)
+    pair = Pair(METHODS[method], digits)
+    pair.steps(4)
+    for model in (pair.per, pair.flat):
+        init.seed(5)
+        model.replace("fc2", nn.Linear(16, 10, name="head"))
+    pair.steps(4)
+    pair.assert_identical()
+    assert len(pair.flat_method.flat_parameters(pair.flat).take_chunks(97)) > 10
