@@ -7,6 +7,10 @@ parameter gradients into ``self.grads`` (Torch/BigDL order and semantics).
 
 Parameters are addressed by the module's unique name, not by its position: ``conv1.weight``.
 That is what lets Caffe, TensorFlow or PyTorch weights be copied into a model by layer name.
+
+In training, the optim method puts views of its flat buffers into ``params`` and ``grads``
+(``kindling.runtime.optim.flat``): read parameters through the dicts rather than keeping an array
+from before training, and replace one by assigning to the dict (the method notices and rebuilds).
 """
 from __future__ import annotations
 

@@ -74,10 +74,10 @@ class Adam(_Decayed):
         return {"learningrate": self.learningrate, "learningrate_decay": self.learningrate_decay, "beta1": self.beta1,
                 "beta2": self.beta2, "epsilon": self.epsilon, "weightdecay": self.weightdecay}
 
-    def _step(self, key, w, g, lr, lr_mult, decay_mult):
-        adam_step(w, g, self.slot(key, "m", w), self.slot(key, "v", w), rate=lr * lr_mult, beta1=self.beta1,
-                  beta2=self.beta2, epsilon=self.epsilon, step=self.state["iteration"] + 1,
-                  weight_decay=self.weightdecay * decay_mult, scratch=self.scratch(key, w))
+    def _run(self, w, g, slots, scratch, *, rate, decay_mult, first):
+        adam_step(w, g, slots["m"], slots["v"], rate=rate, beta1=self.beta1, beta2=self.beta2,
+                  epsilon=self.epsilon, step=self.state["iteration"] + 1,
+                  weight_decay=self.weightdecay * decay_mult, scratch=scratch)
 
 
 class RMSprop(_Decayed):
@@ -94,9 +94,8 @@ class RMSprop(_Decayed):
         return {"learningrate": self.learningrate, "learningrate_decay": self.learningrate_decay,
                 "decayrate": self.decayrate, "epsilon": self.epsilon}
 
-    def _step(self, key, w, g, lr, lr_mult, decay_mult):
-        rmsprop_step(w, g, self.slot(key, "square", w), rate=lr * lr_mult, decay=self.decayrate,
-                     epsilon=self.epsilon, scratch=self.scratch(key, w))
+    def _run(self, w, g, slots, scratch, *, rate, decay_mult, first):
+        rmsprop_step(w, g, slots["square"], rate=rate, decay=self.decayrate, epsilon=self.epsilon, scratch=scratch)
 
 
 class Adagrad(_Decayed):
@@ -113,6 +112,5 @@ class Adagrad(_Decayed):
         return {"learningrate": self.learningrate, "learningrate_decay": self.learningrate_decay,
                 "weightdecay": self.weightdecay}
 
-    def _step(self, key, w, g, lr, lr_mult, decay_mult):
-        adagrad_step(w, g, self.slot(key, "variance", w), rate=lr * lr_mult, weight_decay=self.weightdecay * decay_mult,
-                     scratch=self.scratch(key, w))
+    def _run(self, w, g, slots, scratch, *, rate, decay_mult, first):
+        adagrad_step(w, g, slots["variance"], rate=rate, weight_decay=self.weightdecay * decay_mult, scratch=scratch)

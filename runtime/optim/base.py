@@ -3,7 +3,10 @@
 A method's ``update(model)`` applies one step to every parameter of every module that is not
 frozen, using the gradients the backward pass accumulated, and honouring each module's
 ``lr_mult`` / ``decay_mult`` (Caffe's). The maths of each method is a keyword-only function over
-one array, in place (like PyTorch's ``_single_tensor_sgd``); the class only walks the model.
+one array, in place (like PyTorch's ``_single_tensor_sgd``). ``update`` runs it over the model's
+parameters laid out in one flat buffer (``flat.FlatParameters``: once per distinct pair of
+multipliers, in cache-sized chunks), ``apply`` over given arrays (the slices a Spark task owns);
+the maths is elementwise, so both give the same bits.
 """
 from __future__ import annotations
 
@@ -15,6 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from ..module import Module
+from ..parallel import pool
+from .flat import FlatParameters, trainable
+
+#: Elements per pass of the flat update: every operand of a step (weights, gradient, slots,
+#: scratch and numpy's temporaries) stays in L2 cache while the method's few passes run over it,
+#: so memory is read and written about once per step instead of once per pass.
+CHUNK = 1 << 15
+#: Chunks a thread takes at least (below, the update runs on the calling thread alone).
+MIN_CHUNKS = 4
 
 
 class OptimMethod:
@@ -38,8 +50,18 @@ class OptimMethod:
         """Constructor arguments, for saving and the log line."""
         raise NotImplementedError
 
-    def _step(self, key: str, w: np.ndarray, g: np.ndarray, lr: float, lr_mult: float, decay_mult: float) -> None:
+    def _run(self, w: np.ndarray, g: np.ndarray, slots: dict[str, np.ndarray], scratch: np.ndarray, *,
+             rate: float, decay_mult: float, first: bool) -> None:
+        """One in-place step of the method's maths on ``w`` (a parameter, a slice of one, or a run
+        of the flat buffer) at ``rate`` (the learning rate times lr_mult); ``slots`` holds this
+        method's ``slot_names`` arrays of ``w``'s shape, and ``first`` says they were just created."""
         raise NotImplementedError
+
+    def _step(self, key: str, w: np.ndarray, g: np.ndarray, lr: float, lr_mult: float, decay_mult: float) -> None:
+        names = self.slot_names()
+        first = bool(names) and not all(n in self.buffers.get(key, {}) for n in names)
+        slots = {n: self.slot(key, n, w) for n in names}
+        self._run(w, g, slots, self.scratch(key, w), rate=lr * lr_mult, decay_mult=decay_mult, first=first)
 
     def current_learning_rate(self) -> float:
         """The rate the next update uses (after the schedule)."""
@@ -50,20 +72,43 @@ class OptimMethod:
     def _default_rate(self) -> float:
         return self.learningrate
 
-    def update(self, model: Module) -> None:
-        """One step on every trainable parameter of ``model`` that has a gradient."""
-        self.apply(self.entries(model))
+    def update(self, model: Module, lr: float | None = None) -> None:
+        """One step on every trainable parameter of ``model`` that has a gradient, over the flat
+        buffers of ``flat_parameters(model)`` (the per-array path where they cannot be built)."""
+        flat = self.flat_parameters(model)
+        if flat is None:
+            self.apply(self.entries(model), lr)
+            return
+        lr = self.current_learning_rate() if lr is None else float(lr)
+        self.state["learning_rate"] = lr
+        params, grads, slots, scratch = flat.params, flat.grads, flat.slots.items(), flat.scratch
+        chunks = flat.take_chunks(CHUNK)
+
+        def step(_, a, b):
+            for lo, hi, r in chunks[a:b]:
+                self._run(params[lo:hi], grads[lo:hi], {n: s[lo:hi] for n, s in slots}, scratch[lo:hi],
+                          rate=lr * r.lr_mult, decay_mult=r.decay_mult, first=r.first)
+        # elementwise: whichever thread steps a chunk, the bits are the same
+        pool.run(len(chunks), step, MIN_CHUNKS, pieces_per_thread=pool.pieces_for(len(chunks), MIN_CHUNKS))
+        self.state["iteration"] += 1
+
+    def flat_parameters(self, model: Module) -> FlatParameters | None:
+        """The flat store of ``model``'s trainable parameters, gradients and this method's slots,
+        built on first use and again whenever the model or the state no longer holds its views
+        (a module frozen or replaced, weights assigned, ``load_state_dict``)."""
+        flat = self.__dict__.get("_flat")
+        if flat is not None and flat.current(model, self.buffers):
+            return flat
+        if flat is not None:
+            flat.release(self.buffers)
+        self._flat = FlatParameters.build(model, self.buffers, self.slot_names())
+        return self._flat
 
     @staticmethod
     def entries(model: Module):
         """(key, weight, gradient, lr_mult, decay_mult) of each parameter an update changes."""
-        for m in model.modules():
-            if m.frozen:
-                continue
-            for pname, w in m.params.items():
-                g = m.grads.get(pname)
-                if g is not None:
-                    yield f"{m.name}.{pname}", w, g, m.lr_mult.get(pname, 1.0), m.decay_mult.get(pname, 1.0)
+        for key, m, pname, w, g in trainable(model):
+            yield key, w, g, m.lr_mult.get(pname, 1.0), m.decay_mult.get(pname, 1.0)
 
     def apply(self, entries, lr: float | None = None) -> None:
         """One step on the given arrays (whole parameters, or the slices of them a distributed

@@ -19,7 +19,9 @@ from .base import OptimMethod
 def sgd_step(w: np.ndarray, g: np.ndarray, buf: np.ndarray | None, *, rate: float, weight_decay: float,
              momentum: float, dampening: float, nesterov: bool, first: bool, scratch: np.ndarray) -> None:
     """One in-place step on ``w``; ``buf`` is the momentum buffer (None without momentum);
-    ``scratch`` holds the decayed gradient so the accumulated gradient itself is left alone."""
+    ``scratch`` holds the decayed gradient so the accumulated gradient itself is left alone.
+    Every product is rounded to float32 before it is added, in place where the operand is no
+    longer needed (the same bits as ``a + f * b`` with a temporary)."""
     d = scratch
     if weight_decay:
         np.multiply(w, np.float32(weight_decay), out=d)
@@ -31,12 +33,17 @@ def sgd_step(w: np.ndarray, g: np.ndarray, buf: np.ndarray | None, *, rate: floa
             np.copyto(buf, d)
         else:
             buf *= np.float32(momentum)
-            buf += np.float32(1 - dampening) * d
+            if dampening:  # nesterov has none, so d is not needed after this
+                d *= np.float32(1 - dampening)
+            buf += d
         if nesterov:
             d += np.float32(momentum) * buf
+            d *= np.float32(rate)
         else:
-            d = buf
-    w -= np.float32(rate) * d
+            np.multiply(buf, np.float32(rate), out=d)
+    else:
+        d *= np.float32(rate)
+    w -= d
 
 
 class SGD(OptimMethod):
@@ -66,12 +73,10 @@ class SGD(OptimMethod):
     def _default_rate(self):
         return self.learningrate / (1 + self.state["iteration"] * self.learningrate_decay)
 
-    def _step(self, key, w, g, lr, lr_mult, decay_mult):
-        first = "momentum" not in self.buffers.get(key, {})
-        buf = self.slot(key, "momentum", w) if self.momentum else None
-        scratch = self.scratch(key, w)
-        sgd_step(w, g, buf, rate=lr * lr_mult, weight_decay=self.weightdecay * decay_mult, momentum=self.momentum,
-                 dampening=self.dampening, nesterov=self.nesterov, first=first, scratch=scratch)
+    def _run(self, w, g, slots, scratch, *, rate, decay_mult, first):
+        sgd_step(w, g, slots.get("momentum"), rate=rate, weight_decay=self.weightdecay * decay_mult,
+                 momentum=self.momentum, dampening=self.dampening, nesterov=self.nesterov, first=first,
+                 scratch=scratch)
 
     def hyper_parameters(self):
         return {"learning rate": self.current_learning_rate(), "weight decay": self.weightdecay,

@@ -224,7 +224,7 @@ class Task:
         SGD (momentum too) that is the synchronous update: it is linear in the gradients."""
         t0 = time.perf_counter()
         if n:
-            self.method.apply(self.method.entries(self.model), h["lr"])
+            self.method.update(self.model, h["lr"])  # the local flat update; _average reads its views
             self.since += n
         t1 = time.perf_counter()
         if h.get("average"):
