@@ -4,6 +4,7 @@ and a fully convolutional Caffe net (FCN-8s) against OpenCV's dnn module at two 
 
     python benchmarks/runtime.py [--json out.json] [--contended] [--repeats N] [--only lenet/training,...]
     python benchmarks/runtime.py --fcn-only              # just FCN-8s against OpenCV dnn
+    python benchmarks/runtime.py --peak-only             # just the peak memory of training against PyTorch
     python benchmarks/runtime.py --openblas-kernels      # the whole run twice: this environment's
                                                          # OpenBLAS kernel, and CI's (OPENBLAS_CORETYPE=Haswell)
 
@@ -13,8 +14,12 @@ once with PyTorch's first, so both see the same machine weather and the ratio ca
 depend on the order. Every repetition records the CPU time other processes used meanwhile (from
 /proc/stat less this process's own); medians over the quiet repetitions (others <= 0.3 cores) are
 reported apart, with their count. With --contended the set is repeated while a neighbour process
-keeps one core busy. It also prints the GEMM efficiency of the largest VGG convolution, and RSS
-after 10 and after 200 training iterations (steady state must not grow).
+keeps one core busy. It also prints the GEMM efficiency of the largest VGG convolution, RSS
+after 10 and after 200 training iterations (steady state must not grow), and the peak memory of
+training each workload at its training batch, each framework alone in a fresh child process
+(``benchmarks/_train_peak.py``): the high-water mark (VmHWM) above the RSS after imports, which
+counts the model's weights, the batch and everything training adds; and what kindling's modules
+keep between steps, by kind of buffer.
 
 Fairness: both frameworks live in this one process, so PyTorch runs with OMP_WAIT_POLICY=PASSIVE
 (unless you set it): by default its OpenMP threads keep spinning after each batch and steal the
@@ -43,6 +48,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
 import _cpu  # noqa: E402
+import _memory  # noqa: E402
 
 from kindling.runtime import blas, nn  # noqa: E402
 from kindling.runtime.optim import SGD  # noqa: E402
@@ -202,6 +208,52 @@ def steady_state(iterations=200):
             "growth_mb": round(rss[iterations] - rss[10], 1)}
 
 
+# ---- peak memory of training, each framework alone in a fresh child process ---------------------------
+PEAK_TARGET = 1.0  # the issue's: kindling's peak no more than PyTorch's
+PEAK_CHILD = """
+import sys
+sys.path.insert(0, {bench!r})
+import _train_peak
+result.update(_train_peak.{framework}({name!r}, {shape!r}, {batch}, {iterations}, {threads}, _reset_peak))
+"""
+
+
+def peak_memory(iterations: int, only=None) -> dict:
+    """For each workload at its training batch: peak RSS above the post-import baseline of
+    ``iterations`` training steps, kindling and PyTorch each in its own fresh process."""
+    results = {}
+    bench = str(Path(__file__).resolve().parent)
+    for name, (_, shape, batches) in WORKLOADS.items():
+        if only and f"{name}/training" not in only:
+            continue
+        row = {"batch": batches["training"], "iterations": iterations}
+        for framework, prelude in (("kindling", ""), ("torch", "import torch")):
+            r = _memory.run_measured(PEAK_CHILD.format(bench=bench, framework=framework, name=name, shape=shape,
+                                                       batch=batches["training"], iterations=iterations,
+                                                       threads=THREADS), prelude)
+            row[framework] = {"peak_mb": round(r["peak_rss_mb"] - r["baseline_mb"], 1),
+                              "baseline_mb": round(r["baseline_mb"], 1), **{k: v for k, v in r.items()
+                                                                           if k == "held"}}
+        row["ratio"] = round(row["kindling"]["peak_mb"] / row["torch"]["peak_mb"], 3)
+        row["target"] = PEAK_TARGET
+        results[name] = row
+    return results
+
+
+def _print_peak(results: dict) -> None:
+    for name, r in results.items():
+        k, t = r["kindling"], r["torch"]
+        print(f"[peak memory] {name} training at batch {r['batch']}, {r['iterations']} iterations: kindling "
+              f"{k['peak_mb']:7.1f} MB  torch {t['peak_mb']:7.1f} MB above the post-import RSS "
+              f"({k['baseline_mb']:.0f} / {t['baseline_mb']:.0f} MB)  ratio {r['ratio']:.2f} "
+              f"(target <= {r['target']}; kindling / torch)", flush=True)
+        h = k["held"]
+        print(f"    kindling keeps {h['total_mb']:.1f} MB between steps: "
+              + ", ".join(f"{kind} {mb:.1f}" for kind, mb in h["by_kind_mb"].items()), flush=True)
+        print("    most scratch by layer (MB): " + ", ".join(f"{n} {mb:.1f}" for n, mb in h["top_layers_mb"].items()),
+              flush=True)
+
+
 # ---- a fully convolutional Caffe net against OpenCV's dnn module --------------------------------------
 FCN_PROTOTXT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "caffe" / "zoo" / "fcn8s_voc_deploy.prototxt"
 FCN_NARROW = 4  # FCN-8s with a quarter of VGG-16's channels: the real topology, seconds instead of minutes
@@ -322,7 +374,11 @@ def main(argv=None):
     ap.add_argument("--fcn-only", action="store_true",
                     help="only the fully convolutional net (FCN-8s) against OpenCV dnn, at two sizes")
     ap.add_argument("--fcn-repeats", type=int, default=15, help="interleaved batch-1 runs per size and side")
-    ap.add_argument("--skip-extras", action="store_true", help="no GEMM efficiency, FCN-8s or steady-state RSS")
+    ap.add_argument("--peak-only", action="store_true",
+                    help="only the peak memory of training against PyTorch (each in a fresh process)")
+    ap.add_argument("--peak-iterations", type=int, default=5, help="training steps per peak-memory child")
+    ap.add_argument("--skip-extras", action="store_true",
+                    help="no GEMM efficiency, FCN-8s, steady-state RSS or peak memory")
     ap.add_argument("--openblas-kernels", action="store_true",
                     help="run everything twice: this environment's OpenBLAS kernel and the other setting")
     args = ap.parse_args(argv)
@@ -336,6 +392,10 @@ def main(argv=None):
         _print_fcn(results)
         return _write({"fcn_vs_opencv": results, "threads": THREADS}, args.json)
     only = set(args.only.split(",")) if args.only else None
+    if args.peak_only:
+        results = peak_memory(args.peak_iterations, only)
+        _print_peak(results)
+        return _write({"peak_memory": results, "threads": THREADS}, args.json)
 
     import torch
     torch.set_num_threads(THREADS)
@@ -368,6 +428,8 @@ def main(argv=None):
     report["steady_state"] = s
     print(f"steady state (VGG-style training): RSS {s['rss_mb_after_10']} MB after 10 iterations, "
           f"{s[f'rss_mb_after_{args.steady_iterations}']} MB after {args.steady_iterations} (growth {s['growth_mb']} MB)")
+    report["peak_memory"] = peak_memory(args.peak_iterations, only)
+    _print_peak(report["peak_memory"])
     _write(report, args.json)
 
 
