@@ -44,7 +44,8 @@ class ReLU(_Elementwise):
         return np.maximum(x, 0, out=out)
 
     def _df(self, x, y, g, out):
-        return np.multiply(g, y > 0, out=out)
+        np.greater(y, 0, out=out)  # 1.0 where it passed, else 0.0: g * it, as g * (y > 0)
+        return np.multiply(g, out, out=out)
 
 
 class LeakyReLU(_Elementwise):

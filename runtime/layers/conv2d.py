@@ -320,15 +320,25 @@ class Conv2d(Module):
         else:
             partials, bias_partials = self._gemm_backward(xp, gh, dxp, want_params)
         if want_params:
-            self._accumulate("weight", sum(partials[1:], partials[0]) if len(partials) > 1 else partials[0])
+            self._accumulate("weight", self._summed("wgrad", partials))
             if self.has_bias:
-                self._accumulate("bias", sum(bias_partials[1:], bias_partials[0]))
+                self._accumulate("bias", self._summed("bgrad", bias_partials))
         if by_correlation:
             helper = self._flipped()
             return helper._forward(gh.transpose(0, 3, 1, 2), wm=self._flipped_matrix(helper))
         if not want_input:
             return None
         return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)
+
+    def _summed(self, key: str, parts: list) -> np.ndarray:
+        """The threads' partial gradients added in order (p0 + p1 + ...), into a reused buffer."""
+        if len(parts) == 1:
+            return parts[0]
+        total = self._buffer(key, parts[0].shape)
+        np.add(parts[0], parts[1], out=total)
+        for p in parts[2:]:
+            total += p
+        return total
 
     # The correlation's work grows with the input's area, the slab path's with the output's: past
     # this ratio of the two the slabs win (LeNet's 5x5 valid conv2, 12x12 -> 8x8, area ratio 2.25:

@@ -30,9 +30,9 @@ class Dropout(Module):
 
     def _draws(self, shape):
         keys = self._keys
+        out = self._buffer("draws", shape)
         if keys is None or len(keys) != shape[0]:
-            return self._rng.random(shape, dtype=np.float32)
-        out = np.empty(shape, np.float32)
+            return self._rng.random(shape, dtype=np.float32, out=out)
         layer = zlib.crc32(self.name.encode())
         for row, key in zip(out, keys):
             np.random.default_rng([*key, layer]).random(row.shape, dtype=np.float32, out=row)

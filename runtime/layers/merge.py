@@ -46,7 +46,11 @@ class _Join(Container):
         total = None
         for b, g in zip(self.modules_list, grads):
             gx = b.backward(x, g)
-            total = np.array(gx, np.float32, copy=True) if total is None else total + gx
+            if total is None:
+                total = self._buffer_like("grad_in", np.asarray(gx))
+                np.copyto(total, gx)
+            else:
+                total += gx
         return total
 
 
