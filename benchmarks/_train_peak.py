@@ -39,8 +39,8 @@ def _base(a: np.ndarray) -> np.ndarray:
 
 
 def held(model, optim=None) -> dict:
-    """MB that ``model`` (and ``optim``) keep between steps, by kind, and the five layers that
-    keep the most scratch. Views of one buffer count once (by the address of its memory)."""
+    """MB that ``model`` (and ``optim``) keep between steps, by kind (and the thread's workspace
+    its layers share, runtime/workspace.py), and the five layers that keep the most scratch. Views of one buffer count once (by the address of its memory)."""
     seen: set[int] = set()
     kinds, layers = Counter(), Counter()
 
@@ -66,6 +66,9 @@ def held(model, optim=None) -> dict:
     for m in modules:
         for key, a in m._scratch.items():
             count(kind_of(key), a, m.name.replace(".input_grad", ""))
+    from kindling.runtime import workspace
+    for a in workspace.for_this_thread()._flat.values():
+        count("workspace (shared by the layers)", a)
     if optim is not None:
         for slots in optim.buffers.values():
             for a in slots.values():

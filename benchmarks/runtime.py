@@ -50,7 +50,7 @@ import _models  # noqa: E402
 import _cpu  # noqa: E402
 import _memory  # noqa: E402
 
-from kindling.runtime import blas, nn  # noqa: E402
+from kindling.runtime import blas, nn, workspace  # noqa: E402
 from kindling.runtime.optim import SGD  # noqa: E402
 
 THREADS = int(os.environ.get("KINDLING_NUM_THREADS", "2"))
@@ -155,10 +155,11 @@ def gemm_efficiency(repeats=7):
     x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # as the previous conv hands it on
     m, kdim, n = 64 * 32 * 32, 64 * 9, 64
     flops = 2.0 * m * kdim * n
-    conv.forward(x)
-    block_rows = conv._scratch["cols0"].shape[0]
+    with workspace.using(workspace.Workspace()) as ws:  # this layer's blocks alone
+        conv.forward(x)
+    block_rows = ws.elements("cols0") // kdim
     blocks = [np.random.default_rng(i).standard_normal((block_rows, kdim)).astype(np.float32) for i in range(2)]
-    wm = conv._scratch["wmat"][0]
+    wm = conv._weight_matrix()[0]
     a = np.random.default_rng(1).standard_normal((m, kdim)).astype(np.float32)
     b = np.random.default_rng(2).standard_normal((kdim, n)).astype(np.float32)
     out = np.empty((m, n), np.float32)
