@@ -25,12 +25,14 @@ def _split(fn, out, *arrays):
 
 
 class _Elementwise(Module):
-    """forward computes y = f(x) into a reused buffer; backward uses x or the cached y."""
+    """forward computes y = f(x) into a reused buffer (or over x, for modules whose backward needs
+    only y: ``runs_in_place``); backward uses x or the cached y."""
     output_shape = same_shape
 
-    def forward(self, x):
+    def forward(self, x, in_place: bool = False):
         x = np.asarray(x, np.float32)
-        self.output = _split(self._f, self._buffer_like("out", x), x)
+        out = x if in_place and self.runs_in_place and x.flags.writeable else self._buffer_like("out", x)
+        self.output = _split(self._f, out, x)
         return self.output
 
     def backward(self, x, grad_out):
@@ -40,6 +42,7 @@ class _Elementwise(Module):
 
 
 class ReLU(_Elementwise):
+    runs_in_place = True  # its backward reads only y
     def _f(self, x, out):
         return np.maximum(x, 0, out=out)
 

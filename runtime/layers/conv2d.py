@@ -55,6 +55,7 @@ class _Shape:
 
 
 class Conv2d(Module):
+    backward_reads_output = False
     shared_scratch = ("wmat", "wmat_key")  # the evaluate-mode weight matrix (see _weight_matrix)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,

@@ -9,6 +9,7 @@ from ..module import Module
 
 
 class Linear(Module):
+    backward_reads_output = False
     def __init__(self, in_features: int, out_features: int, bias: bool = True, name: str | None = None):
         super().__init__(name)
         if in_features <= 0 or out_features <= 0:

@@ -92,6 +92,7 @@ class Concat(_Join):
 
 class Add(_Join):
     """Sum of the inputs, each weighted by ``coeffs`` when given (Caffe's Eltwise SUM coeff)."""
+    backward_reads_output = False
 
     def __init__(self, *branches, coeffs=None, name: str | None = None):
         super().__init__(*branches, name=name)

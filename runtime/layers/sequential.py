@@ -13,9 +13,16 @@ class Sequential(Container):
         if not self.training and self.fuse:
             return self._fused_forward(x)
         self._inputs = []
+        before = None
         for m in self.modules_list:
             self._inputs.append(x)
-            x = m.forward(x)
+            # An output nobody reads again (its producer's backward does not, and only the next
+            # module consumes it) is overwritten in place by a ReLU: one activation kept, not two.
+            if m.runs_in_place and before is not None and not before.backward_reads_output:
+                x = m.forward(x, in_place=True)
+            else:
+                x = m.forward(x)
+            before = m
         self.output = x
         return x
 
