@@ -69,6 +69,9 @@ def held(model, optim=None) -> dict:
     from kindling.runtime import workspace
     for a in workspace.for_this_thread()._flat.values():
         count("workspace (shared by the layers)", a)
+    for m in model.modules():
+        for a in getattr(m, "_gradient_slots", workspace.Workspace())._flat.values():
+            count("input gradients (2 per level of the chain)", a)
     if optim is not None:
         for slots in optim.buffers.values():
             for a in slots.values():

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..module import Module, same_shape
 from ..parallel import pool
+from ..workspace import gradient_buffer
 
 # Below this many elements a pass is too short to be worth handing to another thread.
 _SPLIT_MIN_ELEMENTS = 1 << 17
@@ -38,7 +39,7 @@ class _Elementwise(Module):
     def backward(self, x, grad_out):
         x = np.asarray(x, np.float32)
         g = np.asarray(grad_out, np.float32)
-        return _split(self._df, self._buffer_like("grad_in", x), x, self.output, g)
+        return _split(self._df, gradient_buffer(self, "grad_in", x, avoid=g), x, self.output, g)
 
 
 class ReLU(_Elementwise):

@@ -19,7 +19,7 @@ from .. import init
 from ..init import kaiming_uniform
 from ..module import Module
 from ..parallel import pool
-from ..workspace import fill_border, for_this_thread
+from ..workspace import fill_border, for_this_thread, gradient_buffer
 
 # Bytes of column matrix per block: small enough to stay in a core's share of the cache.
 _BLOCK_BYTES = 4 << 20
@@ -230,13 +230,15 @@ class Conv2d(Module):
         an optional ReLU, applied to each block while it is in cache."""
         return self._forward(x, epilogue)
 
-    def _forward(self, x, epilogue=None, wm=None):
-        """``wm``: a weight matrix to use instead of this module's own (the input gradient's)."""
+    def _forward(self, x, epilogue=None, wm=None, out=None):
+        """``wm``: a weight matrix to use instead of this module's own, and ``out`` an NHWC array to
+        write into instead of its own (the input gradient's)."""
         x = np.asarray(x, np.float32)
         n, h, w, oh, ow = self._geometry(x)
         self._ws = for_this_thread()
         xp = self._padded_nhwc(x)
-        out = self._buffer("out", (n, oh, ow, self.out_channels))
+        if out is None:
+            out = self._buffer("out", (n, oh, ow, self.out_channels))
         if self.depthwise:
             self._depthwise_forward(xp, out, epilogue)
         else:
@@ -321,7 +323,7 @@ class Conv2d(Module):
         by_correlation = want_input and self._input_grad_is_correlation(h * w, oh * ow)
         dxp = None
         if want_input and not by_correlation:
-            dxp = self._buffer("dxpad", (n, h + 2 * ph, w + 2 * pw, self.in_channels))
+            dxp = gradient_buffer(self, "dxpad", (n, h + 2 * ph, w + 2 * pw, self.in_channels), avoid=grad_out)
         if self.depthwise:
             partials = self._depthwise_backward(xp, gh, dxp, want_params)
             bias_partials = [gh.reshape(-1, self.out_channels).sum(axis=0)] if want_params else []
@@ -333,7 +335,8 @@ class Conv2d(Module):
                 self._accumulate("bias", self._summed("bgrad", bias_partials))
         if by_correlation:
             helper = self._flipped()
-            return helper._forward(gh.transpose(0, 3, 1, 2), wm=self._flipped_matrix(helper))
+            out = gradient_buffer(self, "grad_in", (n, h, w, self.in_channels), avoid=[grad_out, gh])
+            return helper._forward(gh.transpose(0, 3, 1, 2), wm=self._flipped_matrix(helper), out=out)
         if not want_input:
             return None
         return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)

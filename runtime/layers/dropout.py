@@ -11,6 +11,7 @@ import zlib
 import numpy as np
 
 from ..module import Module, same_shape
+from ..workspace import gradient_buffer
 
 
 class Dropout(Module):
@@ -56,7 +57,7 @@ class Dropout(Module):
     def backward(self, x, grad_out):
         if not self.training or self.p == 0.0:
             return grad_out
-        return np.multiply(grad_out, self._mask, out=self._buffer_like("grad_in", self._mask))
+        return np.multiply(grad_out, self._mask, out=gradient_buffer(self, "grad_in", self._mask, avoid=grad_out))
 
 
 class AlphaDropout(Dropout):

@@ -6,6 +6,7 @@ import numpy as np
 from .. import blas
 from ..init import kaiming_uniform
 from ..module import Module
+from ..workspace import gradient_buffer
 
 
 class Linear(Module):
@@ -52,7 +53,7 @@ class Linear(Module):
             dw = self._accumulate_gemm("weight", g.T, x2)
             if self.has_bias:
                 self._accumulate("bias", g.sum(axis=0))
-        gx = blas.gemm(g, self.params["weight"], self._buffer("grad_in", x2.shape))
+        gx = blas.gemm(g, self.params["weight"], gradient_buffer(self, "grad_in", x2.shape, avoid=g))
         return gx.reshape(np.shape(x))
 
     def _accumulate_gemm(self, pname, a, b):

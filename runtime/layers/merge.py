@@ -10,6 +10,7 @@ import numpy as np
 
 from ..module import Container
 from ..parallel import pool
+from ..workspace import gradient_buffer, gradient_scope
 
 
 class _Join(Container):
@@ -43,14 +44,15 @@ class _Join(Container):
         grads = self.join_backward(self._branch_outputs, grad_out)
         if self.multi_input:
             return grads
-        total = None
-        for b, g in zip(self.modules_list, grads):
-            gx = b.backward(x, g)
-            if total is None:
-                total = self._buffer_like("grad_in", np.asarray(gx))
-                np.copyto(total, gx)
-            else:
-                total += gx
+        total = gradient_buffer(self, "grad_in", np.asarray(x, np.float32), avoid=grad_out)
+        with gradient_scope(self, chain=False) as scope:  # each branch's gradient is added up at once
+            for i, (b, g) in enumerate(zip(self.modules_list, grads)):
+                scope.current = b
+                gx = b.backward(x, g)
+                if i == 0:
+                    np.copyto(total, gx)
+                else:
+                    total += gx
         return total
 
 

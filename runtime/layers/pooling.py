@@ -15,7 +15,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..module import Module
 from ..parallel import pool
-from ..workspace import fill_border, for_this_thread
+from ..workspace import fill_border, for_this_thread, gradient_buffer
 from .conv2d import pair
 
 # Input elements a piece should hold at least to be taken by whichever thread is free (pool.run).
@@ -124,7 +124,7 @@ class _Pool2d(Module):
     def backward(self, x, grad_out):
         (n, c, h, w), (k, s, p, o), xp = self._prepared(x)
         g = np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1)
-        dxp = self._buffer("dxpad", xp.shape)
+        dxp = gradient_buffer(self, "dxpad", xp.shape, avoid=grad_out)
         self._unpool(xp, g, dxp, k, s, p, o, (h, w))
         return dxp[:, p[0]:p[0] + h, p[1]:p[1] + w].transpose(0, 3, 1, 2)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .fusion import plan
 from ..module import Container, Module
+from ..workspace import gradient_scope
 
 
 class Sequential(Container):
@@ -55,8 +56,10 @@ class Sequential(Container):
         # Modules before the first one that trains need no gradient at all (a frozen feature
         # extractor under a new head): stop there instead of back-propagating through them.
         stop = self._first_needing_grad()
-        for i in range(len(self.modules_list) - 1, stop - 1, -1):
-            g = self.modules_list[i].backward(inputs[i], g)
+        with gradient_scope(self, chain=True) as scope:  # the children's input gradients share 2 buffers
+            for i in range(len(self.modules_list) - 1, stop - 1, -1):
+                scope.current = self.modules_list[i]
+                g = self.modules_list[i].backward(inputs[i], g)
         return g if stop == 0 else None
 
     def _first_needing_grad(self) -> int:
