@@ -117,8 +117,8 @@ def gradient_scope(container, chain: bool) -> Iterator[_Scope]:
         if slots is None:
             slots = container._gradient_slots = Workspace()
         scope = _Scope(slots, 0, chain)
-    else:
-        scope = _Scope(outer.slots, outer.depth + 1, chain)
+    else:  # a join's branches take no buffer of a level: the Sequentials in them open the next one
+        scope = _Scope(outer.slots, outer.depth + 1 if chain else outer.depth, chain)
     stack = _stack()
     stack.append(scope)
     try:
