@@ -6,7 +6,7 @@ import numpy as np
 from .. import blas
 from ..init import kaiming_uniform
 from ..module import Module
-from ..workspace import gradient_buffer
+from ..workspace import for_this_thread, gradient_buffer
 
 
 class Linear(Module):
@@ -57,9 +57,9 @@ class Linear(Module):
         return gx.reshape(np.shape(x))
 
     def _accumulate_gemm(self, pname, a, b):
-        """grads[pname] += a @ b without a temporary once the gradient buffer exists."""
+        """grads[pname] += a @ b, the product in the thread's workspace (it lives only in this call)."""
         buf = self.grads.get(pname)
-        prod = blas.gemm(a, b, self._buffer(f"d{pname}", self.params[pname].shape))
+        prod = blas.gemm(a, b, for_this_thread().array(f"linear_d{pname}", self.params[pname].shape))
         if buf is None:
             self.grads[pname] = prod.copy()
         else:
