@@ -219,22 +219,29 @@ result.update(_train_peak.{framework}({name!r}, {shape!r}, {batch}, {iterations}
 """
 
 
-def peak_memory(iterations: int, only=None) -> dict:
+def peak_memory(iterations: int, repeats: int = 3, only=None) -> dict:
     """For each workload at its training batch: peak RSS above the post-import baseline of
-    ``iterations`` training steps, kindling and PyTorch each in its own fresh process."""
+    ``iterations`` training steps, kindling and PyTorch each in its own fresh process, alternating,
+    ``repeats`` times (PyTorch's peak varies by several percent from one process to the next):
+    the medians, their ratio, and each framework's range."""
     results = {}
     bench = str(Path(__file__).resolve().parent)
     for name, (_, shape, batches) in WORKLOADS.items():
         if only and f"{name}/training" not in only:
             continue
-        row = {"batch": batches["training"], "iterations": iterations}
-        for framework, prelude in (("kindling", ""), ("torch", "import torch")):
-            r = _memory.run_measured(PEAK_CHILD.format(bench=bench, framework=framework, name=name, shape=shape,
-                                                       batch=batches["training"], iterations=iterations,
-                                                       threads=THREADS), prelude)
-            row[framework] = {"peak_mb": round(r["peak_rss_mb"] - r["baseline_mb"], 1),
-                              "baseline_mb": round(r["baseline_mb"], 1), **{k: v for k, v in r.items()
-                                                                           if k == "held"}}
+        row = {"batch": batches["training"], "iterations": iterations, "repeats": repeats}
+        runs = {"kindling": [], "torch": []}
+        for _ in range(repeats):
+            for framework, prelude in (("kindling", ""), ("torch", "import torch")):
+                runs[framework].append(_memory.run_measured(PEAK_CHILD.format(
+                    bench=bench, framework=framework, name=name, shape=shape, batch=batches["training"],
+                    iterations=iterations, threads=THREADS), prelude))
+        for framework, rs in runs.items():
+            peaks = [r["peak_rss_mb"] - r["baseline_mb"] for r in rs]
+            row[framework] = {"peak_mb": round(statistics.median(peaks), 1), "range_mb": [round(min(peaks), 1),
+                                                                                       round(max(peaks), 1)],
+                              "baseline_mb": round(statistics.median(r["baseline_mb"] for r in rs), 1),
+                              **({"held": rs[-1]["held"]} if "held" in rs[-1] else {})}
         row["ratio"] = round(row["kindling"]["peak_mb"] / row["torch"]["peak_mb"], 3)
         row["target"] = PEAK_TARGET
         results[name] = row
@@ -244,10 +251,11 @@ def peak_memory(iterations: int, only=None) -> dict:
 def _print_peak(results: dict) -> None:
     for name, r in results.items():
         k, t = r["kindling"], r["torch"]
-        print(f"[peak memory] {name} training at batch {r['batch']}, {r['iterations']} iterations: kindling "
-              f"{k['peak_mb']:7.1f} MB  torch {t['peak_mb']:7.1f} MB above the post-import RSS "
-              f"({k['baseline_mb']:.0f} / {t['baseline_mb']:.0f} MB)  ratio {r['ratio']:.2f} "
-              f"(target <= {r['target']}; kindling / torch)", flush=True)
+        print(f"[peak memory] {name} training at batch {r['batch']}, {r['iterations']} iterations, median of "
+              f"{r['repeats']} processes each: kindling {k['peak_mb']:7.1f} MB ({k['range_mb'][0]:.0f}-"
+              f"{k['range_mb'][1]:.0f})  torch {t['peak_mb']:7.1f} MB ({t['range_mb'][0]:.0f}-{t['range_mb'][1]:.0f}) "
+              f"above the post-import RSS ({k['baseline_mb']:.0f} / {t['baseline_mb']:.0f} MB)  ratio "
+              f"{r['ratio']:.2f} (target <= {r['target']}; kindling / torch)", flush=True)
         h = k["held"]
         print(f"    kindling keeps {h['total_mb']:.1f} MB between steps: "
               + ", ".join(f"{kind} {mb:.1f}" for kind, mb in h["by_kind_mb"].items()), flush=True)
@@ -378,6 +386,7 @@ def main(argv=None):
     ap.add_argument("--peak-only", action="store_true",
                     help="only the peak memory of training against PyTorch (each in a fresh process)")
     ap.add_argument("--peak-iterations", type=int, default=5, help="training steps per peak-memory child")
+    ap.add_argument("--peak-repeats", type=int, default=3, help="fresh processes per framework and workload")
     ap.add_argument("--skip-extras", action="store_true",
                     help="no GEMM efficiency, FCN-8s, steady-state RSS or peak memory")
     ap.add_argument("--openblas-kernels", action="store_true",
@@ -394,7 +403,7 @@ def main(argv=None):
         return _write({"fcn_vs_opencv": results, "threads": THREADS}, args.json)
     only = set(args.only.split(",")) if args.only else None
     if args.peak_only:
-        results = peak_memory(args.peak_iterations, only)
+        results = peak_memory(args.peak_iterations, args.peak_repeats, only)
         _print_peak(results)
         return _write({"peak_memory": results, "threads": THREADS}, args.json)
 
@@ -429,7 +438,7 @@ def main(argv=None):
     report["steady_state"] = s
     print(f"steady state (VGG-style training): RSS {s['rss_mb_after_10']} MB after 10 iterations, "
           f"{s[f'rss_mb_after_{args.steady_iterations}']} MB after {args.steady_iterations} (growth {s['growth_mb']} MB)")
-    report["peak_memory"] = peak_memory(args.peak_iterations, only)
+    report["peak_memory"] = peak_memory(args.peak_iterations, args.peak_repeats, only)
     _print_peak(report["peak_memory"])
     _write(report, args.json)
 
