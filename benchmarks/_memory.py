@@ -6,9 +6,12 @@ import subprocess
 import sys
 
 
-def run_measured(code: str) -> dict:
+def run_measured(code: str, prelude: str = "") -> dict:
     """Runs ``code`` in a child Python; it must set ``result`` (a dict). Returns that dict with
-    ``peak_rss_mb`` (VmHWM: the child's high-water mark) and ``baseline_mb`` (RSS after imports)."""
+    ``peak_rss_mb`` (VmHWM: the child's high-water mark) and ``baseline_mb`` (RSS after imports,
+    and after ``prelude``: imports of the framework measured, so they do not count as its work).
+    ``code`` may call ``_reset_peak()`` to start the high-water mark again from the RSS of now
+    (Linux's clear_refs), so that building something only the measurement needs does not count."""
     wrapper = f"""
 import json, time
 def _rss(key):
@@ -16,7 +19,14 @@ def _rss(key):
         for line in f:
             if line.startswith(key):
                 return int(line.split()[1]) / 1024
+def _reset_peak():
+    import ctypes, gc
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # memory freed so far goes back, not kept in the heap
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 import numpy, kindling, kindling.runtime.nn
+{prelude}
 baseline = _rss("VmRSS")
 result = {{}}
 {code}

@@ -4,6 +4,7 @@ and a fully convolutional Caffe net (FCN-8s) against OpenCV's dnn module at two 
 
     python benchmarks/runtime.py [--json out.json] [--contended] [--repeats N] [--only lenet/training,...]
     python benchmarks/runtime.py --fcn-only              # just FCN-8s against OpenCV dnn
+    python benchmarks/runtime.py --peak-only             # just the peak memory of training against PyTorch
     python benchmarks/runtime.py --openblas-kernels      # the whole run twice: this environment's
                                                          # OpenBLAS kernel, and CI's (OPENBLAS_CORETYPE=Haswell)
 
@@ -13,8 +14,12 @@ once with PyTorch's first, so both see the same machine weather and the ratio ca
 depend on the order. Every repetition records the CPU time other processes used meanwhile (from
 /proc/stat less this process's own); medians over the quiet repetitions (others <= 0.3 cores) are
 reported apart, with their count. With --contended the set is repeated while a neighbour process
-keeps one core busy. It also prints the GEMM efficiency of the largest VGG convolution, and RSS
-after 10 and after 200 training iterations (steady state must not grow).
+keeps one core busy. It also prints the GEMM efficiency of the largest VGG convolution, RSS
+after 10 and after 200 training iterations (steady state must not grow), and the peak memory of
+training each workload at its training batch, each framework alone in a fresh child process
+(``benchmarks/_train_peak.py``): the high-water mark (VmHWM) above the RSS after imports, which
+counts the model's weights, the batch and everything training adds; and what kindling's modules
+keep between steps, by kind of buffer.
 
 Fairness: both frameworks live in this one process, so PyTorch runs with OMP_WAIT_POLICY=PASSIVE
 (unless you set it): by default its OpenMP threads keep spinning after each batch and steal the
@@ -43,8 +48,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
 import _cpu  # noqa: E402
+import _memory  # noqa: E402
 
-from kindling.runtime import blas, nn  # noqa: E402
+from kindling.runtime import blas, nn, workspace  # noqa: E402
 from kindling.runtime.optim import SGD  # noqa: E402
 
 THREADS = int(os.environ.get("KINDLING_NUM_THREADS", "2"))
@@ -149,10 +155,11 @@ def gemm_efficiency(repeats=7):
     x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # as the previous conv hands it on
     m, kdim, n = 64 * 32 * 32, 64 * 9, 64
     flops = 2.0 * m * kdim * n
-    conv.forward(x)
-    block_rows = conv._scratch["cols0"].shape[0]
+    with workspace.using(workspace.Workspace()) as ws:  # this layer's blocks alone
+        conv.forward(x)
+    block_rows = ws.elements("cols0") // kdim
     blocks = [np.random.default_rng(i).standard_normal((block_rows, kdim)).astype(np.float32) for i in range(2)]
-    wm = conv._scratch["wmat"][0]
+    wm = conv._weight_matrix()[0]
     a = np.random.default_rng(1).standard_normal((m, kdim)).astype(np.float32)
     b = np.random.default_rng(2).standard_normal((kdim, n)).astype(np.float32)
     out = np.empty((m, n), np.float32)
@@ -200,6 +207,60 @@ def steady_state(iterations=200):
             rss[i] = round(_rss_mb(), 1)
     return {"rss_mb_after_10": rss[10], f"rss_mb_after_{iterations}": rss[iterations],
             "growth_mb": round(rss[iterations] - rss[10], 1)}
+
+
+# ---- peak memory of training, each framework alone in a fresh child process ---------------------------
+PEAK_TARGET = 1.0  # the issue's: kindling's peak no more than PyTorch's
+PEAK_CHILD = """
+import sys
+sys.path.insert(0, {bench!r})
+import _train_peak
+result.update(_train_peak.{framework}({name!r}, {shape!r}, {batch}, {iterations}, {threads}, _reset_peak))
+"""
+
+
+def peak_memory(iterations: int, repeats: int = 3, only=None) -> dict:
+    """For each workload at its training batch: peak RSS above the post-import baseline of
+    ``iterations`` training steps, kindling and PyTorch each in its own fresh process, alternating,
+    ``repeats`` times (PyTorch's peak varies by several percent from one process to the next):
+    the medians, their ratio, and each framework's range."""
+    results = {}
+    bench = str(Path(__file__).resolve().parent)
+    for name, (_, shape, batches) in WORKLOADS.items():
+        if only and f"{name}/training" not in only:
+            continue
+        row = {"batch": batches["training"], "iterations": iterations, "repeats": repeats}
+        runs = {"kindling": [], "torch": []}
+        for _ in range(repeats):
+            for framework, prelude in (("kindling", ""), ("torch", "import torch")):
+                runs[framework].append(_memory.run_measured(PEAK_CHILD.format(
+                    bench=bench, framework=framework, name=name, shape=shape, batch=batches["training"],
+                    iterations=iterations, threads=THREADS), prelude))
+        for framework, rs in runs.items():
+            peaks = [r["peak_rss_mb"] - r["baseline_mb"] for r in rs]
+            row[framework] = {"peak_mb": round(statistics.median(peaks), 1), "range_mb": [round(min(peaks), 1),
+                                                                                       round(max(peaks), 1)],
+                              "baseline_mb": round(statistics.median(r["baseline_mb"] for r in rs), 1),
+                              **({"held": rs[-1]["held"]} if "held" in rs[-1] else {})}
+        row["ratio"] = round(row["kindling"]["peak_mb"] / row["torch"]["peak_mb"], 3)
+        row["target"] = PEAK_TARGET
+        results[name] = row
+    return results
+
+
+def _print_peak(results: dict) -> None:
+    for name, r in results.items():
+        k, t = r["kindling"], r["torch"]
+        print(f"[peak memory] {name} training at batch {r['batch']}, {r['iterations']} iterations, median of "
+              f"{r['repeats']} processes each: kindling {k['peak_mb']:7.1f} MB ({k['range_mb'][0]:.0f}-"
+              f"{k['range_mb'][1]:.0f})  torch {t['peak_mb']:7.1f} MB ({t['range_mb'][0]:.0f}-{t['range_mb'][1]:.0f}) "
+              f"above the post-import RSS ({k['baseline_mb']:.0f} / {t['baseline_mb']:.0f} MB)  ratio "
+              f"{r['ratio']:.2f} (target <= {r['target']}; kindling / torch)", flush=True)
+        h = k["held"]
+        print(f"    kindling keeps {h['total_mb']:.1f} MB between steps: "
+              + ", ".join(f"{kind} {mb:.1f}" for kind, mb in h["by_kind_mb"].items()), flush=True)
+        print("    most scratch by layer (MB): " + ", ".join(f"{n} {mb:.1f}" for n, mb in h["top_layers_mb"].items()),
+              flush=True)
 
 
 # ---- a fully convolutional Caffe net against OpenCV's dnn module --------------------------------------
@@ -322,7 +383,12 @@ def main(argv=None):
     ap.add_argument("--fcn-only", action="store_true",
                     help="only the fully convolutional net (FCN-8s) against OpenCV dnn, at two sizes")
     ap.add_argument("--fcn-repeats", type=int, default=15, help="interleaved batch-1 runs per size and side")
-    ap.add_argument("--skip-extras", action="store_true", help="no GEMM efficiency, FCN-8s or steady-state RSS")
+    ap.add_argument("--peak-only", action="store_true",
+                    help="only the peak memory of training against PyTorch (each in a fresh process)")
+    ap.add_argument("--peak-iterations", type=int, default=5, help="training steps per peak-memory child")
+    ap.add_argument("--peak-repeats", type=int, default=3, help="fresh processes per framework and workload")
+    ap.add_argument("--skip-extras", action="store_true",
+                    help="no GEMM efficiency, FCN-8s, steady-state RSS or peak memory")
     ap.add_argument("--openblas-kernels", action="store_true",
                     help="run everything twice: this environment's OpenBLAS kernel and the other setting")
     args = ap.parse_args(argv)
@@ -336,6 +402,10 @@ def main(argv=None):
         _print_fcn(results)
         return _write({"fcn_vs_opencv": results, "threads": THREADS}, args.json)
     only = set(args.only.split(",")) if args.only else None
+    if args.peak_only:
+        results = peak_memory(args.peak_iterations, args.peak_repeats, only)
+        _print_peak(results)
+        return _write({"peak_memory": results, "threads": THREADS}, args.json)
 
     import torch
     torch.set_num_threads(THREADS)
@@ -368,6 +438,8 @@ def main(argv=None):
     report["steady_state"] = s
     print(f"steady state (VGG-style training): RSS {s['rss_mb_after_10']} MB after 10 iterations, "
           f"{s[f'rss_mb_after_{args.steady_iterations}']} MB after {args.steady_iterations} (growth {s['growth_mb']} MB)")
+    report["peak_memory"] = peak_memory(args.peak_iterations, args.peak_repeats, only)
+    _print_peak(report["peak_memory"])
     _write(report, args.json)
 
 

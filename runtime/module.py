@@ -48,6 +48,12 @@ class Module:
     #: ``seed_batch(keys)`` before each forward, one key per sample, so that every draw is a
     #: function of the run's seed and the sample, whichever process or batch it is computed in.
     stochastic = False
+    #: False where backward never reads ``self.output`` (nor returns it): a training Sequential
+    #: may then let the next module overwrite it in place (``runs_in_place``).
+    backward_reads_output = True
+    #: Set by elementwise modules whose backward needs only their output (ReLU): ``forward(x,
+    #: in_place=True)`` then writes the result over ``x``, as PyTorch's ``inplace=True`` does.
+    runs_in_place = False
 
     def __init__(self, name: str | None = None):
         self.name = name or _auto_name(type(self))

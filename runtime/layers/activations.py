@@ -7,6 +7,7 @@ import numpy as np
 
 from ..module import Module, same_shape
 from ..parallel import pool
+from ..workspace import gradient_buffer
 
 # Below this many elements a pass is too short to be worth handing to another thread.
 _SPLIT_MIN_ELEMENTS = 1 << 17
@@ -25,26 +26,30 @@ def _split(fn, out, *arrays):
 
 
 class _Elementwise(Module):
-    """forward computes y = f(x) into a reused buffer; backward uses x or the cached y."""
+    """forward computes y = f(x) into a reused buffer (or over x, for modules whose backward needs
+    only y: ``runs_in_place``); backward uses x or the cached y."""
     output_shape = same_shape
 
-    def forward(self, x):
+    def forward(self, x, in_place: bool = False):
         x = np.asarray(x, np.float32)
-        self.output = _split(self._f, self._buffer_like("out", x), x)
+        out = x if in_place and self.runs_in_place and x.flags.writeable else self._buffer_like("out", x)
+        self.output = _split(self._f, out, x)
         return self.output
 
     def backward(self, x, grad_out):
         x = np.asarray(x, np.float32)
         g = np.asarray(grad_out, np.float32)
-        return _split(self._df, self._buffer_like("grad_in", x), x, self.output, g)
+        return _split(self._df, gradient_buffer(self, "grad_in", x, avoid=g), x, self.output, g)
 
 
 class ReLU(_Elementwise):
+    runs_in_place = True  # its backward reads only y
     def _f(self, x, out):
         return np.maximum(x, 0, out=out)
 
     def _df(self, x, y, g, out):
-        return np.multiply(g, y > 0, out=out)
+        np.greater(y, 0, out=out)  # 1.0 where it passed, else 0.0: g * it, as g * (y > 0)
+        return np.multiply(g, out, out=out)
 
 
 class LeakyReLU(_Elementwise):

@@ -19,6 +19,7 @@ from .. import init
 from ..init import kaiming_uniform
 from ..module import Module
 from ..parallel import pool
+from ..workspace import fill_border, for_this_thread, gradient_buffer
 
 # Bytes of column matrix per block: small enough to stay in a core's share of the cache.
 _BLOCK_BYTES = 4 << 20
@@ -54,6 +55,7 @@ class _Shape:
 
 
 class Conv2d(Module):
+    backward_reads_output = False
     shared_scratch = ("wmat", "wmat_key")  # the evaluate-mode weight matrix (see _weight_matrix)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
@@ -102,17 +104,19 @@ class Conv2d(Module):
         return n, h, w, oh, ow
 
     def _padded_nhwc(self, x: np.ndarray) -> np.ndarray:
-        """The input as NHWC with zero borders (a reused buffer whose border is zeroed once)."""
+        """The input as NHWC with zero borders, in the thread's workspace (only this call reads it:
+        backward pads the input again)."""
         xh = x.transpose(0, 2, 3, 1)
         ph, pw = self.padding
         if ph == 0 and pw == 0:
             return xh
         n, h, w, c = xh.shape
-        shape = (n, h + 2 * ph, w + 2 * pw, c)
-        buf = self._scratch.get("xpad")
-        if buf is None or buf.shape != shape:
-            buf = self._scratch["xpad"] = np.zeros(shape, np.float32)
-        pool.run(n, lambda _, lo, hi: np.copyto(buf[lo:hi, ph:ph + h, pw:pw + w, :], xh[lo:hi]))
+        buf = self._ws.array("xpad", (n, h + 2 * ph, w + 2 * pw, c))
+
+        def copy(_, lo, hi):
+            fill_border(buf[lo:hi], (ph, ph + h), (pw, pw + w), 0.0)
+            np.copyto(buf[lo:hi, ph:ph + h, pw:pw + w, :], xh[lo:hi])
+        pool.run(n, copy)
         return buf
 
     def _windows(self, xp: np.ndarray, oh: int, ow: int) -> np.ndarray:
@@ -144,25 +148,27 @@ class Conv2d(Module):
         return cols.reshape(rows, g, kh * kw * (c // g))
 
     def _prefix_buffer(self, key: str, shape) -> np.ndarray:
-        """A view of a flat scratch buffer kept at the largest size asked for, so blocks of
-        varying size (a shorter last block) do not reallocate it in turn."""
-        size = int(np.prod(shape))
-        buf = self._scratch.get(key)
-        if buf is None or buf.size < size:
-            buf = self._scratch[key] = np.empty(size, np.float32)
-        return buf[:size].reshape(shape)
+        """A view of a flat buffer of the thread's workspace kept at the largest size asked for,
+        so blocks of varying size (a shorter last block) do not reallocate it in turn."""
+        return self._ws.array(key, shape)
 
     def _weight_matrix(self) -> np.ndarray:
         """Weight as (G, kh*kw*C/G, Cout/G), matching the column layout. In evaluate mode the
         rearranged copy is kept while the weight array and a sample of its values stay the same
-        (inference calls forward many times on fixed weights); training rebuilds it each pass."""
+        (inference calls forward many times on fixed weights); training rebuilds it each pass, in
+        the thread's workspace."""
         w = self.params["weight"]
-        key = (id(w), w.ctypes.data, w.reshape(-1)[::max(1, w.size // 16)].tobytes())
-        wm = self._scratch.get("wmat")
-        if not self.training and wm is not None and self._scratch.get("wmat_key") == key:
-            return wm
         g = self.groups
         co, cg, kh, kw = w.shape
+        if self.training:
+            self._scratch.pop("wmat_key", None)  # the kept copy (if any) is no longer known to match
+            wm = self._ws.array("wmat", (g, kh * kw * cg, co // g))
+            np.copyto(wm.reshape(g, kh, kw, cg, co // g), w.reshape(g, co // g, cg, kh, kw).transpose(0, 3, 4, 2, 1))
+            return wm
+        key = (id(w), w.ctypes.data, w.reshape(-1)[::max(1, w.size // 16)].tobytes())
+        wm = self._scratch.get("wmat")
+        if wm is not None and self._scratch.get("wmat_key") == key:
+            return wm
         wm = self._buffer("wmat", (g, kh * kw * cg, co // g))
         np.copyto(wm.reshape(g, kh, kw, cg, co // g), w.reshape(g, co // g, cg, kh, kw).transpose(0, 3, 4, 2, 1))
         self._scratch["wmat_key"] = key
@@ -224,12 +230,15 @@ class Conv2d(Module):
         an optional ReLU, applied to each block while it is in cache."""
         return self._forward(x, epilogue)
 
-    def _forward(self, x, epilogue=None, wm=None):
-        """``wm``: a weight matrix to use instead of this module's own (the input gradient's)."""
+    def _forward(self, x, epilogue=None, wm=None, out=None):
+        """``wm``: a weight matrix to use instead of this module's own, and ``out`` an NHWC array to
+        write into instead of its own (the input gradient's)."""
         x = np.asarray(x, np.float32)
         n, h, w, oh, ow = self._geometry(x)
+        self._ws = for_this_thread()
         xp = self._padded_nhwc(x)
-        out = self._buffer("out", (n, oh, ow, self.out_channels))
+        if out is None:
+            out = self._buffer("out", (n, oh, ow, self.out_channels))
         if self.depthwise:
             self._depthwise_forward(xp, out, epilogue)
         else:
@@ -302,9 +311,10 @@ class Conv2d(Module):
     def backward(self, x, grad_out):
         x = np.asarray(x, np.float32)
         n, h, w, oh, ow = self._geometry(x)
+        self._ws = for_this_thread()
         gh = np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1)
         if not gh.flags.c_contiguous:
-            buf = self._buffer("gy", gh.shape)
+            buf = self._ws.array("gy", gh.shape)
             pool.run(n, lambda _, lo, hi: np.copyto(buf[lo:hi], gh[lo:hi]))
             gh = buf
         xp = self._padded_nhwc(x)
@@ -313,22 +323,33 @@ class Conv2d(Module):
         by_correlation = want_input and self._input_grad_is_correlation(h * w, oh * ow)
         dxp = None
         if want_input and not by_correlation:
-            dxp = self._buffer("dxpad", (n, h + 2 * ph, w + 2 * pw, self.in_channels))
+            dxp = gradient_buffer(self, "dxpad", (n, h + 2 * ph, w + 2 * pw, self.in_channels), avoid=grad_out)
         if self.depthwise:
             partials = self._depthwise_backward(xp, gh, dxp, want_params)
             bias_partials = [gh.reshape(-1, self.out_channels).sum(axis=0)] if want_params else []
         else:
             partials, bias_partials = self._gemm_backward(xp, gh, dxp, want_params)
         if want_params:
-            self._accumulate("weight", sum(partials[1:], partials[0]) if len(partials) > 1 else partials[0])
+            self._accumulate("weight", self._summed("wgrad", partials))
             if self.has_bias:
-                self._accumulate("bias", sum(bias_partials[1:], bias_partials[0]))
+                self._accumulate("bias", self._summed("bgrad", bias_partials))
         if by_correlation:
             helper = self._flipped()
-            return helper._forward(gh.transpose(0, 3, 1, 2), wm=self._flipped_matrix(helper))
+            out = gradient_buffer(self, "grad_in", (n, h, w, self.in_channels), avoid=[grad_out, gh])
+            return helper._forward(gh.transpose(0, 3, 1, 2), wm=self._flipped_matrix(helper), out=out)
         if not want_input:
             return None
         return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)
+
+    def _summed(self, key: str, parts: list) -> np.ndarray:
+        """The threads' partial gradients added in order (p0 + p1 + ...), into a reused buffer."""
+        if len(parts) == 1:
+            return parts[0]
+        total = self._ws.array(key, parts[0].shape)
+        np.add(parts[0], parts[1], out=total)
+        for p in parts[2:]:
+            total += p
+        return total
 
     # The correlation's work grows with the input's area, the slab path's with the output's: past
     # this ratio of the two the slabs win (LeNet's 5x5 valid conv2, 12x12 -> 8x8, area ratio 2.25:
@@ -364,7 +385,7 @@ class Conv2d(Module):
         column layout: built straight from the weight in one copy."""
         w, g = self.params["weight"], self.groups
         co, cg, kh, kw = w.shape
-        wm = helper._buffer("wmat", (g, kh * kw * (co // g), cg))
+        wm = self._ws.array("wmat", (g, kh * kw * (co // g), cg))
         np.copyto(wm.reshape(g, kh, kw, co // g, cg),
                   w.reshape(g, co // g, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 3, 4, 1, 2))
         return wm
@@ -391,7 +412,7 @@ class Conv2d(Module):
                 acc = dwm.get(wi)
                 fresh = acc is None
                 if fresh:
-                    acc = dwm[wi] = self._buffer(f"dwmat{wi}", (g, kh * kw * cg, cog))
+                    acc = dwm[wi] = self._ws.array(f"dwmat{wi}", (g, kh * kw * cg, cog))
                 for gi in range(g):
                     blas.gemm(cols[:, gi].T, g2[:, gi * cog:(gi + 1) * cog], acc[gi], parallel=False,
                               accumulate=not fresh)
@@ -402,7 +423,7 @@ class Conv2d(Module):
                 return
             dx = dxp[lo:hi]
             dx.fill(0)
-            slab = self._buffer(f"dslab{wi}", (rows, c))
+            slab = self._ws.array(f"dslab{wi}", (rows, c))
             for i in range(kh):
                 for j in range(kw):
                     k = i * kw + j
@@ -438,7 +459,7 @@ class Conv2d(Module):
                 return
             dx = dxp[lo:hi]
             dx.fill(0)
-            slab = self._buffer(f"dslab{wi}", (hi - lo, oh, ow, c))
+            slab = self._ws.array(f"dslab{wi}", (hi - lo, oh, ow, c))
             for i in range(kh):
                 for j in range(kw):
                     np.einsum("nhwcm,cm->nhwc", g5, wt[:, :, i, j], out=slab)

@@ -50,7 +50,8 @@ class ClassNLLCriterion(_Criterion):
 
     def backward(self, x, target):
         x, t, w = self._check(x, target)
-        g = np.zeros_like(x)
+        g = self._buffer("grad_in", x.shape)
+        g.fill(0)
         scale = -w / (float(w.sum(dtype=np.float64)) if self.size_average else 1.0)
         np.put_along_axis(g, t[:, None], scale[:, None].astype(np.float32), axis=1)
         return g

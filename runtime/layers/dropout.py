@@ -11,6 +11,7 @@ import zlib
 import numpy as np
 
 from ..module import Module, same_shape
+from ..workspace import gradient_buffer
 
 
 class Dropout(Module):
@@ -30,9 +31,9 @@ class Dropout(Module):
 
     def _draws(self, shape):
         keys = self._keys
+        out = self._buffer("draws", shape)
         if keys is None or len(keys) != shape[0]:
-            return self._rng.random(shape, dtype=np.float32)
-        out = np.empty(shape, np.float32)
+            return self._rng.random(shape, dtype=np.float32, out=out)
         layer = zlib.crc32(self.name.encode())
         for row, key in zip(out, keys):
             np.random.default_rng([*key, layer]).random(row.shape, dtype=np.float32, out=row)
@@ -56,7 +57,7 @@ class Dropout(Module):
     def backward(self, x, grad_out):
         if not self.training or self.p == 0.0:
             return grad_out
-        return np.multiply(grad_out, self._mask, out=self._buffer_like("grad_in", self._mask))
+        return np.multiply(grad_out, self._mask, out=gradient_buffer(self, "grad_in", self._mask, avoid=grad_out))
 
 
 class AlphaDropout(Dropout):

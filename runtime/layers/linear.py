@@ -6,9 +6,11 @@ import numpy as np
 from .. import blas
 from ..init import kaiming_uniform
 from ..module import Module
+from ..workspace import for_this_thread, gradient_buffer
 
 
 class Linear(Module):
+    backward_reads_output = False
     def __init__(self, in_features: int, out_features: int, bias: bool = True, name: str | None = None):
         super().__init__(name)
         if in_features <= 0 or out_features <= 0:
@@ -51,13 +53,13 @@ class Linear(Module):
             dw = self._accumulate_gemm("weight", g.T, x2)
             if self.has_bias:
                 self._accumulate("bias", g.sum(axis=0))
-        gx = blas.gemm(g, self.params["weight"], self._buffer("grad_in", x2.shape))
+        gx = blas.gemm(g, self.params["weight"], gradient_buffer(self, "grad_in", x2.shape, avoid=g))
         return gx.reshape(np.shape(x))
 
     def _accumulate_gemm(self, pname, a, b):
-        """grads[pname] += a @ b without a temporary once the gradient buffer exists."""
+        """grads[pname] += a @ b, the product in the thread's workspace (it lives only in this call)."""
         buf = self.grads.get(pname)
-        prod = blas.gemm(a, b, self._buffer(f"d{pname}", self.params[pname].shape))
+        prod = blas.gemm(a, b, for_this_thread().array(f"linear_d{pname}", self.params[pname].shape))
         if buf is None:
             self.grads[pname] = prod.copy()
         else:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..module import Container
 from ..parallel import pool
+from ..workspace import gradient_buffer, gradient_scope
 
 
 class _Join(Container):
@@ -43,10 +44,15 @@ class _Join(Container):
         grads = self.join_backward(self._branch_outputs, grad_out)
         if self.multi_input:
             return grads
-        total = None
-        for b, g in zip(self.modules_list, grads):
-            gx = b.backward(x, g)
-            total = np.array(gx, np.float32, copy=True) if total is None else total + gx
+        total = gradient_buffer(self, "grad_in", np.asarray(x, np.float32), avoid=grad_out)
+        with gradient_scope(self, chain=False) as scope:  # each branch's gradient is added up at once
+            for i, (b, g) in enumerate(zip(self.modules_list, grads)):
+                scope.current = b
+                gx = b.backward(x, g)
+                if i == 0:
+                    np.copyto(total, gx)
+                else:
+                    total += gx
         return total
 
 
@@ -88,6 +94,7 @@ class Concat(_Join):
 
 class Add(_Join):
     """Sum of the inputs, each weighted by ``coeffs`` when given (Caffe's Eltwise SUM coeff)."""
+    backward_reads_output = False
 
     def __init__(self, *branches, coeffs=None, name: str | None = None):
         super().__init__(*branches, name=name)

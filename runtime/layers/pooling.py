@@ -15,6 +15,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..module import Module
 from ..parallel import pool
+from ..workspace import fill_border, for_this_thread, gradient_buffer
 from .conv2d import pair
 
 # Input elements a piece should hold at least to be taken by whichever thread is free (pool.run).
@@ -74,16 +75,19 @@ class _Pool2d(Module):
 
     def _padded(self, xh: np.ndarray, k, s, p, o) -> np.ndarray:
         """NHWC input with the borders the windows need (left/top padding, and on the right/bottom
-        whatever ceil mode's last window reaches past), filled with pad_value."""
+        whatever ceil mode's last window reaches past), filled with pad_value; in the thread's
+        workspace (only this call reads it: backward pads the input again)."""
         n, h, w, c = xh.shape
         hp = max(h + 2 * p[0], (o[0] - 1) * s[0] + k[0])
         wp = max(w + 2 * p[1], (o[1] - 1) * s[1] + k[1])
         if (hp, wp) == (h, w):
             return xh
-        buf = self._scratch.get("xpad")
-        if buf is None or buf.shape != (n, hp, wp, c):
-            buf = self._scratch["xpad"] = np.full((n, hp, wp, c), self.pad_value, np.float32)
-        pool.run(n, lambda _, lo, hi: np.copyto(buf[lo:hi, p[0]:p[0] + h, p[1]:p[1] + w], xh[lo:hi]))
+        buf = for_this_thread().array("pool_xpad", (n, hp, wp, c))
+
+        def copy(_, lo, hi):
+            fill_border(buf[lo:hi], (p[0], p[0] + h), (p[1], p[1] + w), self.pad_value)
+            np.copyto(buf[lo:hi, p[0]:p[0] + h, p[1]:p[1] + w], xh[lo:hi])
+        pool.run(n, copy)
         return buf
 
     @staticmethod
@@ -120,7 +124,7 @@ class _Pool2d(Module):
     def backward(self, x, grad_out):
         (n, c, h, w), (k, s, p, o), xp = self._prepared(x)
         g = np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1)
-        dxp = self._buffer("dxpad", xp.shape)
+        dxp = gradient_buffer(self, "dxpad", xp.shape, avoid=grad_out)
         self._unpool(xp, g, dxp, k, s, p, o, (h, w))
         return dxp[:, p[0]:p[0] + h, p[1]:p[1] + w].transpose(0, 3, 1, 2)
 
@@ -193,9 +197,10 @@ class MaxPool2d(_Pool2d):
         # shared among the threads.
         out = self._out
         tiles = k == s and dxp.shape[1] == o[0] * k[0] and dxp.shape[2] == o[1] * k[1]
-        taken_all = self._buffer("taken", out.shape, np.bool_)
-        hit_all = self._buffer("hit", out.shape, np.bool_)
-        tmp_all = self._buffer("tmp", out.shape)
+        ws = for_this_thread()
+        taken_all = ws.array("pool_taken", out.shape, np.bool_)
+        hit_all = ws.array("pool_hit", out.shape, np.bool_)
+        tmp_all = ws.array("pool_tmp", out.shape)
 
         def work(_, lo, hi):
             taken, hit, tmp = taken_all[lo:hi], hit_all[lo:hi], tmp_all[lo:hi]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .fusion import plan
 from ..module import Container, Module
+from ..workspace import gradient_scope
 
 
 class Sequential(Container):
@@ -13,9 +14,16 @@ class Sequential(Container):
         if not self.training and self.fuse:
             return self._fused_forward(x)
         self._inputs = []
+        before = None
         for m in self.modules_list:
             self._inputs.append(x)
-            x = m.forward(x)
+            # An output nobody reads again (its producer's backward does not, and only the next
+            # module consumes it) is overwritten in place by a ReLU: one activation kept, not two.
+            if m.runs_in_place and before is not None and not before.backward_reads_output:
+                x = m.forward(x, in_place=True)
+            else:
+                x = m.forward(x)
+            before = m
         self.output = x
         return x
 
@@ -48,8 +56,10 @@ class Sequential(Container):
         # Modules before the first one that trains need no gradient at all (a frozen feature
         # extractor under a new head): stop there instead of back-propagating through them.
         stop = self._first_needing_grad()
-        for i in range(len(self.modules_list) - 1, stop - 1, -1):
-            g = self.modules_list[i].backward(inputs[i], g)
+        with gradient_scope(self, chain=True) as scope:  # the children's input gradients share 2 buffers
+            for i in range(len(self.modules_list) - 1, stop - 1, -1):
+                scope.current = self.modules_list[i]
+                g = self.modules_list[i].backward(inputs[i], g)
         return g if stop == 0 else None
 
     def _first_needing_grad(self) -> int:

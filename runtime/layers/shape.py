@@ -23,7 +23,13 @@ class Flatten(Module):
         if start > end:
             raise ValueError(f"Flatten {self.name!r}: start_dim {self.start_dim} is after end_dim {self.end_dim} "
                              f"for input shape {x.shape}")
-        self.output = x.reshape(*x.shape[:start], -1, *x.shape[end + 1:])
+        shape = (*x.shape[:start], -1, *x.shape[end + 1:])
+        if x.flags.c_contiguous:
+            self.output = x.reshape(shape)
+        else:  # an NCHW view of NHWC memory (a conv's output): copied, into the same buffer each step
+            out = self._buffer("out", x.shape, x.dtype)
+            np.copyto(out, x)
+            self.output = out.reshape(shape)
         return self.output
 
     def backward(self, x, grad_out):

@@ -17,7 +17,8 @@ class _SoftmaxBase(Module):
     def _log_softmax(self, x: np.ndarray) -> np.ndarray:
         out = self._buffer_like("out", x)
         np.subtract(x, x.max(axis=self.axis, keepdims=True), out=out)
-        out -= np.log(np.exp(out).sum(axis=self.axis, keepdims=True))
+        e = np.exp(out, out=self._buffer_like("exp", out))
+        out -= np.log(e.sum(axis=self.axis, keepdims=True))
         return out
 
 
