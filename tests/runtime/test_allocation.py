@@ -90,9 +90,6 @@ def test_a_warm_forward_loss_and_backward_allocate_no_activation():
     assert allocated < BOUND, f"a warmed-up forward and backward allocated {allocated / 1024:.0f} KB"
 
 
-@pytest.mark.xfail(strict=True, reason="sgd_step makes two parameter-sized temporaries a step (np.float32(1 - "
-                                       "dampening) * d and np.float32(rate) * d): the update's rewrite is another "
-                                       "branch's (runtime/optim/sgd.py)")
 def test_a_warm_training_iteration_with_its_sgd_update_allocates_no_activation():
     allocated = _allocated_per_step(_small_cnn(batchnorm=False))
     assert allocated < BOUND, f"a warmed-up iteration allocated {allocated / 1024:.0f} KB"
