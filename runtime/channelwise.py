@@ -1,0 +1,221 @@
+"""Per-channel statistics and affine passes over float32 (N, C, ...) arrays, as batch normalisation
+needs them: in either memory order, a cache-sized block at a time, split among kindling's threads.
+
+The array is seen, without copying, as a C-contiguous matrix each of whose lines belongs to one
+channel:
+
+- channels last (an NCHW view of NHWC memory, what Conv2d returns, or a plain (N, C) batch): the
+  matrix is (M / k, k * C) and column j is channel j % C. ``k`` > 1 widens the rows of layers with
+  few channels, so that numpy's inner loops run over many elements rather than a handful.
+- channels first (contiguous NCHW): the matrix is (N * C, S) and row i is channel i % C.
+
+The matrix is cut into blocks of whole rows of about ``BLOCK`` elements: a block stays in the
+core's cache while the three to five numpy passes of a step run over it, so memory sees one read of
+each input and one write of the output. Each block writes its partial results to its own slots and
+the slots are combined in float64 in a fixed order afterwards: the cut depends on the shape alone,
+so results are bit-identical however many threads ran the blocks.
+
+The variance is never E[x^2] - E[x]^2, which in float32 loses everything when a channel's mean is
+large against its spread: it is the corrected two-pass formula (Chan, Golub and LeVeque), the mean
+first, then sum(d^2) - sum(d)^2 / n over the deviations d = x - mean, whose small sum(d) takes out
+the rounding of the float32 mean. Sums run as matrix-vector products with a vector of ones (BLAS,
+held to one thread by runtime.blas, releases the GIL and beats numpy's reductions 2-4x), per block
+in float32 over at most a few hundred terms, and across blocks in float64.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import blas
+from .parallel import pool
+
+# Elements per block: its input, the scratch and (in backward) the second input and the output fit
+# in a core's L2 cache together. The widest useful row is WIDE elements.
+BLOCK = 1 << 16
+WIDE = 64
+# Below this many elements a pass is too short to be worth handing to another thread.
+SPLIT_MIN = 1 << 16
+
+_local = threading.local()
+_ones = np.ones(BLOCK, np.float32)  # read only: the vector sums multiply by (replaced when too short)
+
+
+def _ones_of(n: int) -> np.ndarray:
+    global _ones
+    if _ones.size < n:
+        _ones = np.ones(n, np.float32)
+    return _ones[:n]
+
+
+def _scratch(rows: int, cols: int) -> np.ndarray:
+    """A (rows, cols) float32 array owned by the calling thread (kindling's pool threads live on,
+    so each allocates its block-sized scratch once)."""
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.size < rows * cols:
+        buf = _local.scratch = np.empty(max(rows * cols, BLOCK), np.float32)
+    return buf[:rows * cols].reshape(rows, cols)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an (N, C, ...) array's memory is seen as a matrix of per-channel lines (module docstring)."""
+    channels: int
+    last: bool  # channels last: (M / k, k * C), lines are columns; else (N * C, S), lines are rows
+    rows: int
+    cols: int
+    per_block: int  # matrix rows per block
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> "Layout | None":
+        """The layout of ``x``'s memory, or None when it is neither order (a strided slice: copy it)."""
+        c = x.shape[1]
+        if np.moveaxis(x, 1, -1).flags.c_contiguous:
+            m = x.size // c
+            k = next(k for k in range(min(-(-WIDE // c), max(m, 1)), 0, -1) if m % k == 0)
+            rows, cols, last = m // k, k * c, True
+        elif x.flags.c_contiguous:
+            rows, cols, last = x.shape[0] * c, x.size // max(x.shape[0] * c, 1), False
+        else:
+            return None
+        return cls(c, last, rows, cols, max(1, BLOCK // max(cols, 1)))
+
+    def fits(self, a: np.ndarray) -> bool:
+        """Whether ``a`` (same shape as the array this layout describes) has the same memory order."""
+        return Layout.of(a) == self
+
+    def matrix(self, a: np.ndarray) -> np.ndarray:
+        """``a`` (of this layout) as the matrix, a view: results written to it land in ``a``."""
+        m = (np.moveaxis(a, 1, -1) if self.last else a).reshape(self.rows, self.cols)
+        if a.size and not np.may_share_memory(m, a):
+            raise ValueError(f"array of shape {a.shape} and strides {a.strides} does not have this layout")
+        return m
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.rows // self.per_block)
+
+    # ---- per-channel values against a block ---------------------------------------------------
+    def tile(self, v) -> np.ndarray:
+        """A per-channel vector laid out against the blocks (see ``part``): a whole block's worth
+        when channels are last (numpy's loops over two contiguous operands beat broadcasting a
+        row 1.6x), a column of per-row values otherwise."""
+        v = np.asarray(v, np.float32)
+        if self.last:
+            return np.tile(v, (min(self.per_block, self.rows), self.cols // self.channels))
+        return np.tile(v, self.rows // self.channels)[:, None]
+
+    def part(self, tiled: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        return tiled[:hi - lo] if self.last else tiled[lo:hi]
+
+    # ---- sums of each line of a block, into one slot per line ---------------------------------
+    def partials(self) -> np.ndarray:
+        return np.empty((self.blocks, self.cols) if self.last else (self.rows,), np.float32)
+
+    def line_sums(self, blk: np.ndarray, partial: np.ndarray, lo: int) -> None:
+        """The sums of ``blk``'s (matrix rows lo:lo + len(blk)) lines into their slots."""
+        if self.last:
+            np.matmul(_ones_of(len(blk)), blk, out=partial[lo // self.per_block])
+        else:
+            np.matmul(blk, _ones_of(self.cols), out=partial[lo:lo + len(blk)])
+
+    def per_channel(self, partial: np.ndarray) -> np.ndarray:
+        """The float64 per-channel totals of line sums."""
+        return partial.reshape(-1, self.channels).sum(axis=0, dtype=np.float64)
+
+    # ---- running over the blocks -------------------------------------------------------------
+    def run(self, fn, shared: bool = True) -> None:
+        """``fn(lo, hi)`` for every block (matrix rows lo:hi), in order on the calling thread, or
+        shared among kindling's threads when ``shared``. Only elementwise passes are worth sharing:
+        two threads running the sums' short BLAS calls measured slower than one (the calls
+        serialise inside OpenBLAS), while the elementwise passes ran 1.3-1.7x faster on two."""
+        blas.backend()  # holds the BLAS libraries to one thread each
+        step, rows = self.per_block, self.rows
+
+        def piece(_, first, stop):
+            for b in range(first, stop):
+                fn(b * step, min(rows, (b + 1) * step))
+        if not shared:
+            piece(0, 0, self.blocks)
+            return
+        least = -(-SPLIT_MIN // (step * self.cols))  # blocks per piece
+        pool.run(self.blocks, piece, min_per_worker=least,
+                 pieces_per_thread=pool.pieces_for(rows * self.cols, SPLIT_MIN))
+
+
+def moments(lay: Layout, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (biased) variance of ``x``, in float64."""
+    xm = lay.matrix(x)
+    total = x.size // lay.channels
+    blas.backend()
+    # The centre only needs to be near the mean (the deviations' sum corrects it): one BLAS call.
+    sums = np.matmul(_ones_of(lay.rows), xm) if lay.last else np.matmul(xm, _ones_of(lay.cols))
+    center = (sums.reshape(-1, lay.channels).sum(axis=0, dtype=np.float64) / total).astype(np.float32)
+    tiled = lay.tile(center)
+    dev, dev_sq = lay.partials(), lay.partials()
+
+    def block(lo, hi):
+        d = np.subtract(xm[lo:hi], lay.part(tiled, lo, hi), out=_scratch(hi - lo, lay.cols))
+        lay.line_sums(d, dev, lo)
+        np.square(d, out=d)
+        lay.line_sums(d, dev_sq, lo)
+    lay.run(block, shared=False)
+    ds = lay.per_channel(dev)
+    var = np.maximum(lay.per_channel(dev_sq) - ds * ds / total, 0.0) / total
+    return center + ds / total, var
+
+
+def affine(lay: Layout, x: np.ndarray, out: np.ndarray, scale, shift=None, center=None) -> np.ndarray:
+    """out = (x - center) * scale + shift per channel (``center`` and ``shift`` optional);
+    ``out`` has ``x``'s layout."""
+    xm, om = lay.matrix(x), lay.matrix(out)
+    scale = lay.tile(scale)
+    shift = None if shift is None else lay.tile(shift)
+    center = None if center is None else lay.tile(center)
+
+    def block(lo, hi):
+        o = om[lo:hi]
+        if center is None:
+            np.multiply(xm[lo:hi], lay.part(scale, lo, hi), out=o)
+        else:
+            np.subtract(xm[lo:hi], lay.part(center, lo, hi), out=o)
+            o *= lay.part(scale, lo, hi)
+        if shift is not None:
+            o += lay.part(shift, lo, hi)
+    lay.run(block)
+    return out
+
+
+def grad_sums(lay: Layout, g: np.ndarray, x: np.ndarray, center) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, in float64: sum(g) and sum(g * (x - center)), in one pass over g and x."""
+    gm, xm = lay.matrix(g), lay.matrix(x)
+    center = lay.tile(center)
+    g_sum, gd_sum = lay.partials(), lay.partials()
+
+    def block(lo, hi):
+        gb = gm[lo:hi]
+        lay.line_sums(gb, g_sum, lo)
+        d = np.subtract(xm[lo:hi], lay.part(center, lo, hi), out=_scratch(hi - lo, lay.cols))
+        d *= gb
+        lay.line_sums(d, gd_sum, lo)
+    lay.run(block, shared=False)
+    return lay.per_channel(g_sum), lay.per_channel(gd_sum)
+
+
+def combine(lay: Layout, g: np.ndarray, x: np.ndarray, out: np.ndarray, g_scale, x_scale, shift,
+            center) -> np.ndarray:
+    """out = g * g_scale + (x - center) * x_scale + shift per channel, in one pass over g and x."""
+    gm, xm, om = lay.matrix(g), lay.matrix(x), lay.matrix(out)
+    g_scale, x_scale, shift, center = (lay.tile(v) for v in (g_scale, x_scale, shift, center))
+
+    def block(lo, hi):
+        o = om[lo:hi]
+        d = np.subtract(xm[lo:hi], lay.part(center, lo, hi), out=_scratch(hi - lo, lay.cols))
+        d *= lay.part(x_scale, lo, hi)
+        np.multiply(gm[lo:hi], lay.part(g_scale, lo, hi), out=o)
+        o += d
+        o += lay.part(shift, lo, hi)
+    lay.run(block)
+    return out
