@@ -48,18 +48,23 @@ class BatchNorm2d(Module):
 
     def forward(self, x):
         x, lay = self._laid_out(x)
+        out = self._buffer_like("out", x)
         if self.training:
-            mean, var = moments(lay, x)
+            center, mean, var = moments(lay, x, out)  # out holds x - center
             count, m = x.size // self.num_features, self.momentum
             self.buffers["running_mean"][...] = (1 - m) * self.buffers["running_mean"] + m * mean
             self.buffers["running_var"][...] = ((1 - m) * self.buffers["running_var"]
                                                 + m * var * count / max(count - 1, 1))
         else:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-        self._mean = np.asarray(mean, np.float32)  # the centre both passes subtract
+            mean, var = self.buffers["running_mean"].astype(np.float64), self.buffers["running_var"]
+        self._mean = mean.astype(np.float32)  # the centre the backward pass subtracts
         self._inv_std = 1.0 / np.sqrt(np.asarray(var, np.float64) + self.eps)
-        shift = self.params["bias"] if self.affine else None
-        self.output = affine(lay, x, self._buffer_like("out", x), self._inv_std * self._gamma(), shift, self._mean)
+        scale = self._inv_std * self._gamma()
+        bias = self.params["bias"] if self.affine else 0.0
+        if self.training:  # (x - center) * scale + bias - (mean - center) * scale, in place
+            self.output = affine(lay, out, out, scale, bias - (mean - center) * scale)
+        else:  # x * scale + shift: one pass fewer, as PyTorch and the inference fusion compute it
+            self.output = affine(lay, x, out, scale, bias - mean * scale)
         return self.output
 
     def backward(self, x, grad_out):

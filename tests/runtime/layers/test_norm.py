@@ -131,6 +131,22 @@ def test_batchnorm_large_mean_small_variance_against_float64():
         assert_close(m.grads["weight"], (g64 * xhat).sum(axis=(0, 2, 3)), 5e-3, f"{layout} grad weight")
 
 
+@pytest.mark.parametrize("spike_at", [0, 1, 777], ids=lambda i: f"spike{i}")
+def test_batchnorm_variance_of_spiky_data_against_float64(spike_at):
+    """Nearly constant channels with one large value: the mean of a sample of rows (the centre the
+    deviations are taken about) may hold the spike or not; either way the statistics are exact."""
+    rng = np.random.default_rng(11)
+    x = (5 + 1e-3 * rng.standard_normal((16, 4, 32, 32))).astype(np.float32)
+    x.reshape(16, 4, -1)[spike_at % 16, :, spike_at] = 5e3
+    x64 = x.astype(np.float64)
+    n = x.size // 4
+    for layout, xl in _layouts(x).items():
+        m = nn.BatchNorm2d(4, momentum=1.0)
+        m.forward(xl)
+        assert_close(m.buffers["running_mean"], x64.mean(axis=(0, 2, 3)), 1e-6, f"{layout} mean")
+        assert_close(m.buffers["running_var"], x64.var(axis=(0, 2, 3)) * n / (n - 1), 1e-5, f"{layout} var")
+
+
 def test_batchnorm_frozen_eval_and_no_input_gradient(torch):
     """Frozen: no parameter gradients; evaluate mode still gives them (fine-tuning on global
     statistics); gradients accumulate across backward calls; propagate_down False skips grad input."""
