@@ -38,8 +38,10 @@ from .parallel import pool
 # in a core's L2 cache together. The widest useful row is WIDE elements.
 BLOCK = 1 << 16
 WIDE = 64
-# Below this many elements a pass is too short to be worth handing to another thread.
-SPLIT_MIN = 1 << 16
+# Elements per thread below which an elementwise pass runs on the calling thread alone: a second
+# thread made ResNet-18's 64x56x56 maps (3.2M elements, batch 16) 1.1-1.3x faster and its 512x7x7
+# maps (0.4M) 1.2x slower (each numpy call is short, and the threads take turns for the GIL).
+SPLIT_MIN = 1 << 20
 
 _local = threading.local()
 _ones = np.ones(BLOCK, np.float32)  # read only: the vector sums multiply by (replaced when too short)
@@ -125,9 +127,10 @@ class Layout:
     # ---- running over the blocks -------------------------------------------------------------
     def run(self, fn, shared: bool = True) -> None:
         """``fn(lo, hi)`` for every block (matrix rows lo:hi), in order on the calling thread, or
-        shared among kindling's threads when ``shared``. Only elementwise passes are worth sharing:
-        two threads running the sums' short BLAS calls measured slower than one (the calls
-        serialise inside OpenBLAS), while the elementwise passes ran 1.3-1.7x faster on two."""
+        shared among kindling's threads when ``shared`` and big enough (``SPLIT_MIN``). Only the
+        elementwise passes are worth sharing: on two threads, the passes that sum (short BLAS and
+        numpy calls) measured 1.2-1.3x slower than on one, the elementwise ones on ResNet-18's
+        largest maps 1.6-1.7x faster."""
         blas.backend()  # holds the BLAS libraries to one thread each
         step, rows = self.per_block, self.rows
 
@@ -139,7 +142,7 @@ class Layout:
             return
         least = -(-SPLIT_MIN // (step * self.cols))  # blocks per piece
         pool.run(self.blocks, piece, min_per_worker=least,
-                 pieces_per_thread=pool.pieces_for(rows * self.cols, SPLIT_MIN))
+                 pieces_per_thread=pool.pieces_for(rows * self.cols, SPLIT_MIN // 4))
 
 
 @functools.lru_cache(maxsize=256)

@@ -78,6 +78,15 @@ def test_batchnorm_resnet_shapes_both_layouts_match_torch(torch, shape, training
         assert_close(m.buffers["running_var"], to_numpy(t.running_var), 1e-5, f"{layout} running_var")
 
 
+@pytest.mark.parametrize("shape", [(3, 3, 1, 1), (5, 3, 1, 1), (1, 4, 3, 5), (3, 1, 4, 4), (3, 7), (3, 1), (4, 3, 97, 1)],
+                         ids=str)
+def test_batchnorm_degenerate_shapes_both_layouts(torch, shape):
+    x = np.random.default_rng(12).standard_normal(shape).astype(np.float32)
+    for layout, xl in _layouts(x).items():
+        t = torch.nn.BatchNorm2d(shape[1]) if len(shape) == 4 else torch.nn.BatchNorm1d(shape[1])
+        check_module(torch, nn.BatchNorm2d(shape[1]), t, xl)
+
+
 def test_batchnorm_gradient_in_other_layout_than_input(torch):
     """grad_out in NCHW memory for an input in NHWC memory (and back): read in the input's order."""
     rng = np.random.default_rng(6)
