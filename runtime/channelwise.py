@@ -1,5 +1,5 @@
 """Per-channel statistics and affine passes over float32 (N, C, ...) arrays, as batch normalisation
-needs them: in either memory order, a cache-sized block at a time, split among kindling's threads.
+needs them: in either memory order, in place, a cache-sized block at a time.
 
 The array is seen, without copying, as a C-contiguous matrix each of whose lines belongs to one
 channel:
@@ -10,17 +10,18 @@ channel:
 - channels first (contiguous NCHW): the matrix is (N * C, S) and row i is channel i % C.
 
 The matrix is cut into blocks of whole rows of about ``BLOCK`` elements: a block stays in the
-core's cache while the three to five numpy passes of a step run over it, so memory sees one read of
-each input and one write of the output. Each block writes its partial results to its own slots and
-the slots are combined in float64 in a fixed order afterwards: the cut depends on the shape alone,
-so results are bit-identical however many threads ran the blocks.
+core's cache while the two to five numpy calls of a pass run over it, so memory sees one read of
+each input and one write of the output per pass. Each block writes its partial sums to its own
+slots and the slots are combined in float64 in a fixed order afterwards: the cut depends on the
+shape alone, so results are bit-identical however many threads ran the blocks. Only the big
+elementwise passes are shared among kindling's threads (``Layout.run`` says why).
 
 The variance is never E[x^2] - E[x]^2, which in float32 loses everything when a channel's mean is
-large against its spread: it is the corrected two-pass formula (Chan, Golub and LeVeque), the mean
-first, then sum(d^2) - sum(d)^2 / n over the deviations d = x - mean, whose small sum(d) takes out
-the rounding of the float32 mean. Sums run as matrix-vector products with a vector of ones (BLAS,
-held to one thread by runtime.blas, releases the GIL and beats numpy's reductions 2-4x), per block
-in float32 over at most a few hundred terms, and across blocks in float64.
+large against its spread: it is the corrected two-pass formula (Chan, Golub and LeVeque): a centre
+c near the mean (the mean of an even sample of rows), then sum(d^2) - sum(d)^2 / n over the
+deviations d = x - c, whose sum also gives the exact mean. Sums run as matrix-vector products with
+a vector of ones (BLAS, held to one thread by runtime.blas: 2-5x faster than numpy's reductions
+over the same block), in float32 along the lines of a block and in float64 across blocks.
 """
 from __future__ import annotations
 
