@@ -1,12 +1,16 @@
-"""Batch normalisation over the channel axis of (N, C, H, W) or (N, C).
+"""Batch normalisation over the channel axis of (N, C, ...) inputs: (N, C, H, W), (N, C) or more axes.
 
 Training normalises with the batch's statistics and updates the running ones as PyTorch does
-(momentum, unbiased variance); evaluate mode uses the running statistics."""
+(momentum, unbiased variance); evaluate mode uses the running statistics. The passes over the data
+(statistics, output, the gradient's two sums and the input gradient) are runtime/channelwise.py's,
+which reads either memory order in place (an NCHW view of Conv2d's NHWC output stays one) and
+splits the work among kindling's threads."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import init
+from ..channelwise import Layout, affine, combine, grad_sums, moments
 from ..module import Module
 
 
@@ -26,53 +30,66 @@ class BatchNorm2d(Module):
     def config(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum, "affine": self.affine}
 
-    def _axes(self, x):
-        if x.ndim < 2 or x.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm2d {self.name!r} expects (N, {self.num_features}, ...), got {x.shape}")
-        return (0, *range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2)
+    def _laid_out(self, x) -> tuple[np.ndarray, Layout]:
+        """``x`` and its Layout; a strided slice in neither memory order is copied first."""
+        x = np.asarray(x, np.float32)
+        if x.ndim < 2 or x.shape[1] != self.num_features or x.size == 0:
+            raise ValueError(f"BatchNorm2d {self.name!r} expects a non-empty (N, {self.num_features}, ...), "
+                             f"got {x.shape}")
+        lay = Layout.of(x)
+        if lay is None:
+            buf = self._buffer("x", x.shape)
+            np.copyto(buf, x)
+            x, lay = buf, Layout.of(buf)
+        return x, lay
+
+    def _gamma(self) -> np.ndarray:
+        return self.params["weight"].astype(np.float64) if self.affine else np.ones(self.num_features)
 
     def forward(self, x):
-        x = np.asarray(x, np.float32)
-        axes, bshape = self._axes(x)
+        x, lay = self._laid_out(x)
+        out = self._buffer_like("out", x)
         if self.training:
-            mean = x.mean(axis=axes, dtype=np.float64)
-            var = x.var(axis=axes, dtype=np.float64)
-            count = x.size // self.num_features
-            m = self.momentum
+            center, mean, var = moments(lay, x, out)  # out holds x - center
+            count, m = x.size // self.num_features, self.momentum
             self.buffers["running_mean"][...] = (1 - m) * self.buffers["running_mean"] + m * mean
             self.buffers["running_var"][...] = ((1 - m) * self.buffers["running_var"]
                                                 + m * var * count / max(count - 1, 1))
         else:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-        self._inv_std = (1.0 / np.sqrt(np.asarray(var, np.float64) + self.eps)).astype(np.float32)
-        self._mean = np.asarray(mean, np.float32)
-        scale = self._inv_std * (self.params["weight"] if self.affine else 1)
-        shift = (self.params["bias"] if self.affine else 0) - self._mean * scale
-        # One fused pass: y = x * scale + shift, per channel.
-        out = self._buffer_like("out", x)
-        np.multiply(x, scale.reshape(bshape), out=out)
-        out += shift.reshape(bshape).astype(np.float32)
-        self.output = out
-        return out
+            mean, var = self.buffers["running_mean"].astype(np.float64), self.buffers["running_var"]
+        self._mean = mean.astype(np.float32)  # the centre the backward pass subtracts
+        self._inv_std = 1.0 / np.sqrt(np.asarray(var, np.float64) + self.eps)
+        scale = self._inv_std * self._gamma()
+        bias = self.params["bias"] if self.affine else 0.0
+        if self.training:  # (x - center) * scale + bias - (mean - center) * scale, in place
+            self.output = affine(lay, out, out, scale, bias - (mean - center) * scale)
+        else:  # x * scale + shift: one pass fewer, as PyTorch and the inference fusion compute it
+            self.output = affine(lay, x, out, scale, bias - mean * scale)
+        return self.output
 
     def backward(self, x, grad_out):
-        x = np.asarray(x, np.float32)
+        x, lay = self._laid_out(x)
         g = np.asarray(grad_out, np.float32)
-        axes, bshape = self._axes(x)
-        inv_std, mean = self._inv_std.reshape(bshape), self._mean.reshape(bshape)
-        gamma = self.params["weight"].reshape(bshape) if self.affine else np.float32(1)
-        xhat = (x - mean) * inv_std
-        if self.needs_param_grads and self.affine:
-            self._accumulate("weight", (g * xhat).sum(axis=axes))
-            self._accumulate("bias", g.sum(axis=axes))
+        if g.shape != x.shape:
+            raise ValueError(f"BatchNorm2d {self.name!r}: grad_out has shape {g.shape}, input {x.shape}")
+        if not lay.fits(g):  # the other memory order: read it in x's
+            buf = self._buffer_like("grad_out", x)
+            np.copyto(buf, g)
+            g = buf
+        want_params = self.needs_param_grads and self.affine
+        want_input = self.propagate_down
+        g_scale = self._gamma() * self._inv_std
+        if want_params or (want_input and self.training):
+            g_sum, gd_sum = grad_sums(lay, g, x, self._mean)  # sum(g), sum(g * (x - mean))
+            if want_params:
+                self._accumulate("weight", gd_sum * self._inv_std)  # sum(g * xhat)
+                self._accumulate("bias", g_sum)
+        if not want_input:
+            return None
         gx = self._buffer_like("grad_in", x)
         if not self.training:
-            return np.multiply(g, gamma * inv_std, out=gx)
+            return affine(lay, g, gx, g_scale)
+        # gx = gamma * inv_std * (g - mean(g) - xhat * mean(g * xhat)), as per-channel coefficients
         count = x.size // self.num_features
-        gsum = g.sum(axis=axes, keepdims=True)
-        gxhat_sum = (g * xhat).sum(axis=axes, keepdims=True)
-        np.multiply(g, count, out=gx)
-        gx -= gsum
-        gx -= xhat * gxhat_sum
-        gx *= gamma * inv_std / count
-        return gx
+        x_scale = -g_scale * self._inv_std ** 2 * gd_sum / count
+        return combine(lay, g, x, gx, g_scale, x_scale, -g_scale * g_sum / count, self._mean)

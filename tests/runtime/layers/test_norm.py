@@ -47,6 +47,164 @@ def test_batchnorm_train_finite_differences():
     assert_close(gx, numeric_grad(loss, x.astype(np.float64)), 1e-3)
 
 
+def _layouts(x):
+    """x as contiguous NCHW and as an NCHW view of NHWC memory (what Conv2d hands on)."""
+    return {"nchw": x, "nhwc": nhwc_view(x)} if x.ndim == 4 else {"plain": x}
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 56, 56), (4, 128, 28, 28), (3, 512, 7, 7), (5, 6, 24, 24), (2, 3, 4, 5, 6),
+                                   (7, 5, 1, 1)], ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batchnorm_resnet_shapes_both_layouts_match_torch(torch, shape, training):
+    rng = np.random.default_rng(5)
+    c = shape[1]
+    x = (rng.standard_normal(shape) * rng.uniform(0.5, 3, (1, c) + (1,) * (len(shape) - 2))
+         + rng.uniform(-2, 2, (1, c) + (1,) * (len(shape) - 2))).astype(np.float32)
+    for layout, xl in _layouts(x).items():
+        m = nn.BatchNorm2d(c, momentum=0.3, name=f"bn_{layout}")
+        m.params["weight"][...] = rng.uniform(0.5, 1.5, c)
+        m.params["bias"][...] = rng.standard_normal(c)
+        m.buffers["running_mean"][...] = rng.standard_normal(c)
+        m.buffers["running_var"][...] = rng.uniform(0.5, 2, c)
+        t = torch.nn.BatchNorm3d(c, momentum=0.3) if len(shape) == 5 else torch.nn.BatchNorm2d(c, momentum=0.3)
+        with torch.no_grad():
+            t.running_mean.copy_(torch.from_numpy(m.buffers["running_mean"]))
+            t.running_var.copy_(torch.from_numpy(m.buffers["running_var"]))
+        if not training:
+            m.evaluate()
+            t.eval()
+        check_module(torch, m, t, xl)
+        assert_close(m.buffers["running_mean"], to_numpy(t.running_mean), 1e-5, f"{layout} running_mean")
+        assert_close(m.buffers["running_var"], to_numpy(t.running_var), 1e-5, f"{layout} running_var")
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 1, 1), (5, 3, 1, 1), (1, 4, 3, 5), (3, 1, 4, 4), (3, 7), (3, 1), (4, 3, 97, 1)],
+                         ids=str)
+def test_batchnorm_degenerate_shapes_both_layouts(torch, shape):
+    x = np.random.default_rng(12).standard_normal(shape).astype(np.float32)
+    for layout, xl in _layouts(x).items():
+        t = torch.nn.BatchNorm2d(shape[1]) if len(shape) == 4 else torch.nn.BatchNorm1d(shape[1])
+        check_module(torch, nn.BatchNorm2d(shape[1]), t, xl)
+
+
+def test_batchnorm_gradient_in_other_layout_than_input(torch):
+    """grad_out in NCHW memory for an input in NHWC memory (and back): read in the input's order."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 8, 5, 7)).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    t = torch.nn.BatchNorm2d(8)
+    tx = torch.from_numpy(x).requires_grad_()
+    t(tx).backward(torch.from_numpy(gy))
+    for xl, gl in ((nhwc_view(x), gy), (x, nhwc_view(gy)), (x[:, :, :, ::-1].copy()[:, :, :, ::-1], gy)):
+        m = nn.BatchNorm2d(8)
+        m.forward(xl)
+        assert_close(m.backward(xl, gl), to_numpy(tx.grad), 1e-4, "grad input")
+        assert_close(m.grads["weight"], to_numpy(t.weight.grad), 1e-4, "grad weight")
+
+
+def test_batchnorm_strided_input_is_copied_not_misread(torch):
+    rng = np.random.default_rng(7)
+    big = rng.standard_normal((4, 6, 10, 12)).astype(np.float32)
+    x = big[:, :, ::2, 1::3]  # neither memory order
+    check_module(torch, nn.BatchNorm2d(6), torch.nn.BatchNorm2d(6), x)
+
+
+def test_batchnorm_large_mean_small_variance_against_float64():
+    """A channel with mean 1000 and spread 0.01: E[x^2] - E[x]^2 in float32 would return noise (or a
+    negative variance) here; the statistics, output and gradients must match a float64 reference."""
+    rng = np.random.default_rng(8)
+    shape = (8, 3, 16, 16)
+    x = rng.standard_normal(shape)
+    x[:, 0] = 1000 + 0.01 * x[:, 0]
+    x[:, 1] = -300 + 0.5 * x[:, 1]
+    x = x.astype(np.float32)
+    gy = rng.standard_normal(shape).astype(np.float32)
+    x64 = x.astype(np.float64)
+    mu = x64.mean(axis=(0, 2, 3), keepdims=True)
+    var = x64.var(axis=(0, 2, 3), keepdims=True)
+    xhat = (x64 - mu) / np.sqrt(var + 1e-5)
+    n = x.size // 3
+    g64 = gy.astype(np.float64)
+    gx = (g64 - g64.mean(axis=(0, 2, 3), keepdims=True)
+          - xhat * (g64 * xhat).mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(var + 1e-5)
+    for layout, xl in _layouts(x).items():
+        m = nn.BatchNorm2d(3, momentum=1.0)
+        y = m.forward(xl)
+        assert_close(m.buffers["running_var"], var.ravel() * n / (n - 1), 1e-4, f"{layout} running_var")
+        assert_close(m.buffers["running_mean"], mu.ravel(), 1e-6, f"{layout} running_mean")
+        for c in range(3):  # per channel: each is normalised to unit spread
+            assert_close(y[:, c], xhat[:, c], 5e-3, f"{layout} output channel {c}")
+        got = m.backward(xl, gy)
+        for c in range(3):
+            assert_close(got[:, c], gx[:, c], 5e-3, f"{layout} grad input channel {c}")
+        assert_close(m.grads["weight"], (g64 * xhat).sum(axis=(0, 2, 3)), 5e-3, f"{layout} grad weight")
+
+
+@pytest.mark.parametrize("spike_at", [0, 1, 777], ids=lambda i: f"spike{i}")
+def test_batchnorm_variance_of_spiky_data_against_float64(spike_at):
+    """Nearly constant channels with one large value: the mean of a sample of rows (the centre the
+    deviations are taken about) may hold the spike or not; either way the statistics are exact."""
+    rng = np.random.default_rng(11)
+    x = (5 + 1e-3 * rng.standard_normal((16, 4, 32, 32))).astype(np.float32)
+    x.reshape(16, 4, -1)[spike_at % 16, :, spike_at] = 5e3
+    x64 = x.astype(np.float64)
+    n = x.size // 4
+    for layout, xl in _layouts(x).items():
+        m = nn.BatchNorm2d(4, momentum=1.0)
+        m.forward(xl)
+        assert_close(m.buffers["running_mean"], x64.mean(axis=(0, 2, 3)), 1e-6, f"{layout} mean")
+        assert_close(m.buffers["running_var"], x64.var(axis=(0, 2, 3)) * n / (n - 1), 1e-5, f"{layout} var")
+
+
+def test_batchnorm_frozen_eval_and_no_input_gradient(torch):
+    """Frozen: no parameter gradients; evaluate mode still gives them (fine-tuning on global
+    statistics); gradients accumulate across backward calls; propagate_down False skips grad input."""
+    rng = np.random.default_rng(9)
+    x = nhwc_view(rng.standard_normal((4, 5, 6, 6)).astype(np.float32))
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    m = nn.BatchNorm2d(5)
+    m.forward(x)
+    m.backward(x, gy)
+    once = {k: v.copy() for k, v in m.grads.items()}
+    m.backward(x, gy)
+    for k in once:
+        assert_close(m.grads[k], 2 * once[k], 1e-6, f"accumulated {k}")
+    m.zero_grad()
+    m.freeze()
+    gx = m.backward(x, gy)
+    assert not any(np.any(v) for v in m.grads.values())
+    m.propagate_down = False
+    assert m.backward(x, gy) is None
+    m.frozen, m.propagate_down = False, True
+    m.evaluate()
+    t = torch.nn.BatchNorm2d(5).eval()
+    with torch.no_grad():
+        t.running_mean.copy_(torch.from_numpy(m.buffers["running_mean"]))
+        t.running_var.copy_(torch.from_numpy(m.buffers["running_var"]))
+    check_module(torch, m, t, x)
+    assert gx.shape == x.shape
+
+
+def test_batchnorm_results_do_not_depend_on_thread_count():
+    from kindling.runtime.parallel import pool
+    rng = np.random.default_rng(10)
+    x = nhwc_view(rng.standard_normal((8, 64, 28, 28)).astype(np.float32))
+    gy = nhwc_view(rng.standard_normal(x.shape).astype(np.float32))
+    results = []
+    before = pool.max_threads
+    try:
+        for threads in (1, 2, 3):
+            pool.set_threads(threads)
+            m = nn.BatchNorm2d(64)
+            y = m.forward(x).copy()
+            results.append((y, m.backward(x, gy).copy(), m.grads["weight"].copy(), m.buffers["running_var"].copy()))
+    finally:
+        pool.set_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("size, beta, batch", [(3, 0.75, 2), (5, 0.75, 2), (4, 0.75, 2), (5, 0.6, 1), (4, 1.3, 5)])
 def test_lrn_across_channels_matches_torch(torch, size, beta, batch):
     x = np.random.default_rng(3).standard_normal((batch, 7, 3, 4)).astype(np.float32)
