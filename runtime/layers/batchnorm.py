@@ -15,6 +15,7 @@ from ..module import Module
 
 
 class BatchNorm2d(Module):
+    backward_reads_output = False  # backward reads x and the statistics: a ReLU after it may run over the output
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                  name: str | None = None):
         super().__init__(name)
