@@ -99,7 +99,7 @@ class Module:
         """Add ``grad`` into ``self.grads[pname]`` (allocated once, reused across iterations)."""
         buf = self.grads.get(pname)
         if buf is None:
-            self.grads[pname] = np.array(grad, dtype=self.params[pname].dtype, copy=True)
+            self.grads[pname] = np.array(grad, dtype=self.params[pname].dtype, order="C", copy=True)
         else:
             buf += grad
 
