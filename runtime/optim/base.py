@@ -19,6 +19,7 @@ import numpy as np
 
 from ..module import Module
 from ..parallel import pool
+from ..workspace import for_this_thread
 from .flat import FlatParameters, trainable
 
 #: Elements per pass of the flat update: every operand of a step (weights, gradient, slots,
@@ -81,12 +82,13 @@ class OptimMethod:
             return
         lr = self.current_learning_rate() if lr is None else float(lr)
         self.state["learning_rate"] = lr
-        params, grads, slots, scratch = flat.params, flat.grads, flat.slots.items(), flat.scratch
+        params, grads, slots = flat.params, flat.grads, flat.slots.items()
         chunks = flat.take_chunks(CHUNK)
 
         def step(_, a, b):
+            scratch = for_this_thread().array("optim_scratch", (CHUNK,))  # one chunk's: not a model-sized copy
             for lo, hi, r in chunks[a:b]:
-                self._run(params[lo:hi], grads[lo:hi], {n: s[lo:hi] for n, s in slots}, scratch[lo:hi],
+                self._run(params[lo:hi], grads[lo:hi], {n: s[lo:hi] for n, s in slots}, scratch[:hi - lo],
                           rate=lr * r.lr_mult, decay_mult=r.decay_mult, first=r.first)
         # elementwise: whichever thread steps a chunk, the bits are the same
         pool.run(len(chunks), step, MIN_CHUNKS, pieces_per_thread=pool.pieces_for(len(chunks), MIN_CHUNKS))

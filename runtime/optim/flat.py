@@ -69,7 +69,8 @@ def flattenable(found) -> bool:
 
 
 class FlatParameters:
-    """Flat params, grads, slots and scratch of one model for one optim method."""
+    """Flat params, grads and slots of one model for one optim method (the update's scratch is a
+    chunk per thread, runtime/workspace.py)."""
 
     def __init__(self, model, buffers: dict, slot_names: tuple[str, ...], found: list):
         order = sorted(range(len(found)), key=lambda i: (found[i][1].lr_mult.get(found[i][2], 1.0),
@@ -77,7 +78,6 @@ class FlatParameters:
         self.size = sum(found[i][3].size for i in order)
         self.params = np.empty(self.size, np.float32)
         self.grads = np.empty(self.size, np.float32)
-        self.scratch = np.empty(self.size, np.float32)
         self.slots = {s: np.zeros(self.size, np.float32) for s in slot_names}
         self.entries: list[FlatEntry] = []
         fresh = []
