@@ -90,6 +90,7 @@ class FlatParameters:
             self.grads[start:stop] = g.reshape(-1)
             m.params[name] = self.params[start:stop].reshape(w.shape)
             m.grads[name] = self.grads[start:stop].reshape(w.shape)
+            found[i] = (key, m, name, None, None)  # the old arrays go now, not after the last copy: a lower peak
             own = buffers.setdefault(key, {}) if slot_names else {}
             fresh.append(bool(slot_names) and not all(s in own for s in slot_names))
             for s, flat in self.slots.items():
