@@ -48,11 +48,7 @@ class _Join(Container):
         with gradient_scope(self, chain=False) as scope:  # each branch's gradient is added up at once
             for i, (b, g) in enumerate(zip(self.modules_list, grads)):
                 scope.current = b
-                gx = b.backward(x, g)
-                if i == 0:
-                    np.copyto(total, gx)
-                else:
-                    total += gx
+                _add_into(total, b.backward(x, g), first=i == 0)
         return total
 
 
@@ -171,6 +167,17 @@ class Max(_Join):
 class Min(Max):
     """Elementwise minimum with broadcasting; the gradient goes to the first input holding it."""
     reduce = staticmethod(np.minimum)
+
+
+def _add_into(total: np.ndarray, g, first: bool) -> None:
+    """``total = g`` or ``total += g``, the batch shared among kindling's threads (a residual
+    block's input gradient: as large as the block's activations)."""
+    g = np.asarray(g, np.float32)
+    if g.shape != total.shape or total.ndim == 0:
+        np.copyto(total, g) if first else np.add(total, g, out=total)
+        return
+    op = np.copyto if first else (lambda out, src: np.add(out, src, out=out))
+    pool.run(total.shape[0], lambda _, lo, hi: op(total[lo:hi], g[lo:hi]))
 
 
 def _weighted_sum(xs, coeffs, out) -> None:
