@@ -23,6 +23,10 @@ def sgd_step(w: np.ndarray, g: np.ndarray, buf: np.ndarray | None, *, rate: floa
     Every product is rounded to float32 before it is added, in place where the operand is no
     longer needed (the same bits as ``a + f * b`` with a temporary)."""
     d = scratch
+    if not weight_decay and not momentum:  # plain SGD: one product, one subtraction
+        np.multiply(g, np.float32(rate), out=d)
+        w -= d
+        return
     if weight_decay:
         np.multiply(w, np.float32(weight_decay), out=d)
         d += g
