@@ -114,9 +114,17 @@ class Add(_Join):
         # Same shapes (a residual sum): keep the inputs' memory order (NHWC under an NCHW view,
         # as convolutions return it), so neither this sum nor the next convolution transposes,
         # and share the images among kindling's threads.
-        out = self._buffer_like("out", xs[0])
+        out = xs[0] if self._sums_in_place(xs) else self._buffer_like("out", xs[0])
         pool.run(shape[0], lambda _, lo, hi: _weighted_sum([x[lo:hi] for x in xs], coeffs, out[lo:hi]))
         return out
+
+    def _sums_in_place(self, xs) -> bool:
+        """In training, the sum is written over the first branch's output when nothing reads that
+        again (the branch's backward does not, and only this sum consumes it), as torchvision's
+        BasicBlock adds in place: one activation per residual block fewer."""
+        first = None if self.multi_input else self.modules_list[0]
+        return (self.training and first is not None and not first.backward_reads_output
+                and xs[0].flags.writeable and not any(np.may_share_memory(xs[0], x) for x in xs[1:]))
 
     def join_backward(self, xs, grad_out):
         g = np.asarray(grad_out, np.float32)

@@ -10,6 +10,11 @@ class Sequential(Container):
     #: in evaluate mode, run Conv2d -> BatchNorm2d -> Scale -> ReLU runs as one fused pass (fusion.py)
     fuse = True
 
+    @property
+    def backward_reads_output(self) -> bool:
+        """A chain's output is its last module's: read in backward exactly when that one reads it."""
+        return self.modules_list[-1].backward_reads_output if self.modules_list else True
+
     def forward(self, x):
         if not self.training and self.fuse:
             return self._fused_forward(x)

@@ -112,3 +112,24 @@ def test_a_chain_keeps_two_gradient_buffers_per_level_not_one_per_layer():
     slots = model._gradient_slots._flat
     # levels: the model's children (0); the blocks' Add and ReLU (1); the branches' layers (2)
     assert sorted(key for key, _ in slots) == ["grad0.0", "grad0.1", "grad1.0", "grad1.1", "grad2.0", "grad2.1"]
+
+
+def test_a_residual_sum_in_training_is_written_over_its_first_branchs_output():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
+    block = _block("b", 8, 8, 1)
+    add, body = block.modules_list[0], block.modules_list[0].modules_list[0]
+    block.train(True)
+    out = add.forward(x)
+    assert np.shares_memory(out, body.output)  # the body's conv2 output, which no backward reads
+    assert not np.shares_memory(out, x)
+    expected = body.modules_list[-1].forward(body.modules_list[1].forward(body.modules_list[0].forward(x))) + x
+    assert_close(add.forward(x), expected, 1e-6, "sum")
+    # an Identity first branch hands over the block's input itself: never written over
+    ident = nn.Add(nn.Identity(name="i"), nn.Sequential(nn.Conv2d(8, 8, 1, name="c"), name="s"), name="a2")
+    ident.train(True)
+    kept = x.copy()
+    ident.forward(x)
+    np.testing.assert_array_equal(x, kept)
+    block.train(False)
+    assert not np.shares_memory(add.forward(x), body.output)
