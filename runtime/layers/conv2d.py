@@ -6,7 +6,8 @@ copy of contiguous C-length runs), and the block becomes one GEMM against the we
 bias added while the block is still in cache. Blocks are sized to stay in cache and are shared
 out among kindling's threads (runtime/parallel.py), so the gathering runs on every core too. The
 result is returned as an NCHW *view* of NHWC memory, which the next convolution reads back
-without a transpose. Depthwise convolution (groups == in_channels) skips GEMM: one multiply-add
+without a transpose. A true NCHW input (a model's first layer) is gathered from its channel planes
+instead, the column matrix built transposed (``_reads_planes``). Depthwise convolution (groups == in_channels) skips GEMM: one multiply-add
 per kernel offset.
 """
 from __future__ import annotations
