@@ -24,7 +24,10 @@ keep between steps, by kind of buffer.
 Fairness: both frameworks live in this one process, so PyTorch runs with OMP_WAIT_POLICY=PASSIVE
 (unless you set it): by default its OpenMP threads keep spinning after each batch and steal the
 cores from whatever runs next, which here measured kindling 1.5x slower than when run alone, while
-PyTorch's own speed changed by under 5%. On machines that set OPENBLAS_CORETYPE (older OpenBLAS
+PyTorch's own speed changed by under 5%. onnxruntime's intra-op threads likewise spin after
+each run (its default), and in both orders kindling's block follows onnxruntime's: with spinning
+on, LeNet inference measured kindling at 1,900-3,700 records/s against 5,800-6,900 with it off
+(same run conditions), so onnxruntime runs with session.intra_op.allow_spinning=0. On machines that set OPENBLAS_CORETYPE (older OpenBLAS
 builds crash on some CPUs), numpy's OpenBLAS is held to that older kernel; the kernel in use is
 printed. To measure the current one: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python ...
 """
@@ -111,6 +114,8 @@ def _onnxruntime_step(model, mode, x):
         return None
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    # its threads otherwise spin after each run, inside the next framework's timing (see the docstring)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = onnxruntime.InferenceSession(to_onnx(model, input_shapes={"input": list(x.shape)}).SerializeToString(),
                                         options, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name

@@ -38,7 +38,12 @@ class Sequential(Container):
         while i < len(mods):
             p = plan(mods, i)
             if p is None:
-                x = mods[i].forward(x)
+                # as in training: a ReLU overwrites an output that only it reads (a Linear's)
+                before = mods[i - 1] if i else None
+                if mods[i].runs_in_place and before is not None and not before.backward_reads_output:
+                    x = mods[i].forward(x, in_place=True)
+                else:
+                    x = mods[i].forward(x)
                 i += 1
             else:
                 x = mods[i].forward(x, epilogue=p[0])

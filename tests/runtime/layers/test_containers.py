@@ -207,3 +207,22 @@ def test_frozen_prefix_is_not_backpropagated_when_asked():
     seq.forward(x)
     assert seq.backward(x, np.ones((2, 2), np.float32)) is None
     assert "weight" not in seq.find("a").grads and "weight" in seq.find("b").grads
+
+
+def test_evaluate_mode_relu_runs_over_a_linear_output_only(torch):
+    """In evaluate mode as in training, a ReLU overwrites an output that only it reads (a
+    Linear's); never the caller's input, nor the output of a module that hands its input on."""
+    lin = nn.Linear(6, 5, name="fc")
+    model = nn.Sequential(lin, nn.ReLU(name="relu"), name="m").evaluate()
+    x = np.random.default_rng(0).standard_normal((7, 6)).astype(np.float32)
+    y = model.forward(x)
+    tl = torch.nn.Linear(6, 5)
+    with torch.no_grad():
+        tl.weight.copy_(torch.from_numpy(lin.params["weight"]))
+        tl.bias.copy_(torch.from_numpy(lin.params["bias"]))
+        assert_close(y, to_numpy(torch.relu(tl(torch.from_numpy(x)))))
+    assert np.shares_memory(y, lin.output)
+    keep = x.copy()
+    passthrough = nn.Sequential(nn.Identity(name="id"), nn.ReLU(name="relu"), name="p").evaluate()
+    assert_close(passthrough.forward(x), np.maximum(keep, 0))
+    assert np.array_equal(x, keep)

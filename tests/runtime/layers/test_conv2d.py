@@ -61,6 +61,40 @@ def test_conv2d_matches_torch(torch, case, layout):
         assert_close(conv.grads["bias"], to_numpy(tc.bias.grad), what="grad bias")
 
 
+PLANE_CASES = {
+    # name: (in, out, kernel, stride, padding, dilation, N, H, W): inputs whose columns are gathered
+    # from channel planes (NCHW, stride 1 along the width), in evaluate mode, where the batch decides
+    # between whole-image blocks (N >= 2 * threads), bands of rows (N = 1) and one shared GEMM
+    "lenet_conv1_batch64": (1, 20, 5, 1, 0, 1, 64, 28, 28),
+    "lenet_conv1_batch1": (1, 20, 5, 1, 0, 1, 1, 28, 28),
+    "rgb_3x3_pad1_batch17": (3, 8, 3, 1, 1, 1, 17, 15, 13),
+    "rgb_3x3_pad1_batch1_large": (3, 8, 3, 1, 1, 1, 1, 70, 33),
+    "stride_h2_dil_pad_odd": (2, 5, (3, 2), (2, 1), (1, 2), (1, 2), 3, 13, 11),
+    "tiny_map_batch2": (3, 4, 3, 1, 0, 1, 2, 4, 5),
+}
+
+
+@pytest.mark.parametrize("case", PLANE_CASES)
+def test_conv2d_columns_from_planes_match_torch(torch, case):
+    cin, cout, k, s, p, d, n, h, w = PLANE_CASES[case]
+    conv = nn.Conv2d(cin, cout, k, s, p, d, name=case).evaluate()
+    x = np.random.default_rng(1).standard_normal((n, cin, h, w)).astype(np.float32)
+    assert conv._reads_planes(x)
+    tc, tx = _torch_conv(torch, conv, x)
+    expected = to_numpy(tc(tx))
+    assert_close(conv.forward(x), expected, what="forward from planes")
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert conv._reads_planes(nhwc) == (cin == 1)  # one channel: the same memory either way
+    assert_close(conv.forward(nhwc), expected, what="forward from NHWC")
+
+
+def test_conv2d_planes_only_where_rows_are_runs():
+    x = np.zeros((2, 3, 9, 9), np.float32)
+    assert not nn.Conv2d(3, 4, 3, (1, 2))._reads_planes(x)  # strided along the width
+    assert not nn.Conv2d(3, 3, 3, groups=3)._reads_planes(x)  # depthwise has its own path
+    assert not nn.Conv2d(3, 4, 1)._reads_planes(x)  # pointwise reads its input as the columns
+
+
 def test_conv2d_repeated_calls_reuse_buffers_and_accumulate(torch):
     rng = np.random.default_rng(1)
     conv = nn.Conv2d(3, 4, 3, padding=1)
