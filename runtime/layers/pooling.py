@@ -179,7 +179,8 @@ class MaxPool2d(_Pool2d):
                 gp = gh[images, out_rows]
                 mask = ws.array(f"pool_mask.{t}", gp.shape, np.int8)
                 bits = ws.array(f"pool_bits.{t}", gp.shape)
-                windows.scatter_max(gp, code[images, out_rows], dx[images], plan, mask, bits)
+                compact = ws.array(f"pool_compact.{t}", (gp.shape[0] * plan.largest * c,))
+                windows.scatter_max(gp, code[images, out_rows], dx[images], plan, mask, bits, compact)
         pool.run(len(work_blocks), work, pieces_per_thread=pool.pieces_for(dx.size, _SHARED_MIN_ELEMENTS))
         return dx.transpose(0, 3, 1, 2)
 

@@ -95,14 +95,14 @@ def test_avg_pool_in_bands_of_rows_matches_torch(torch, geometry, count_include_
 
 @pytest.mark.parametrize("cls", [nn.MaxPool2d, nn.AvgPool2d])
 def test_pooling_keeps_no_padded_copy_of_its_input(cls):
-    """Scratch for a training step is a fraction of one output (blocks of it per thread), where a
-    padded copy of the input took more than the input itself."""
+    """Scratch for a training step is a few cache-sized blocks per thread, where a padded copy of
+    the input took more than the input itself."""
     x = nhwc_view(np.random.default_rng(7).standard_normal((8, 64, 56, 56)).astype(np.float32))
     m = cls(3, 2, 1)
     with using(Workspace()) as ws:
         y = m.forward(x)
         m.backward(x, nhwc_view(np.ones(y.shape, np.float32)))
-    assert ws.nbytes < y.nbytes / 2, ws.nbytes
+    assert ws.nbytes < x.nbytes / 4, ws.nbytes
     own = sum(a.nbytes for a in m._scratch.values())  # output, winners' offsets, input gradient
     assert own <= y.nbytes * 1.25 + x.nbytes
 
