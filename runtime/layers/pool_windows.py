@@ -71,14 +71,15 @@ def _strided(r, stride) -> slice:
 BLOCK_BYTES = 1 << 20
 
 
-def blocks(n: int, rows: int, row_bytes: int) -> list[tuple[slice, tuple[int, int]]]:
-    """(images, row range) blocks covering n images of ``rows`` rows: several whole images per
-    block when they are small, else bands of rows of one image."""
-    per_image = max(1, rows * row_bytes)
-    if per_image <= BLOCK_BYTES:
-        step = max(1, BLOCK_BYTES // per_image)
+def blocks(n: int, rows: int, image_bytes: int) -> list[tuple[slice, tuple[int, int]]]:
+    """(images, row range) blocks covering n images of ``rows`` rows (of output or of input
+    gradient, as the caller cuts), ``image_bytes`` of input each: several whole images per block
+    when they are small, else bands of rows of one image."""
+    image_bytes = max(1, image_bytes)
+    if image_bytes <= BLOCK_BYTES:
+        step = max(1, BLOCK_BYTES // image_bytes)
         return [(slice(i, min(i + step, n)), (0, rows)) for i in range(0, n, step)]
-    parts = min(rows, -(-per_image // BLOCK_BYTES))
+    parts = min(rows, -(-image_bytes // BLOCK_BYTES))
     ranges = [(rows * q // parts, rows * (q + 1) // parts) for q in range(parts)]
     return [(slice(i, i + 1), r) for i in range(n) for r in ranges]
 

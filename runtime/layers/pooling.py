@@ -138,8 +138,7 @@ class MaxPool2d(_Pool2d):
         blocks of images or bands of output rows shared among the threads."""
         k, s, p, o = geo
         n, c = xh.shape[0], xh.shape[3]
-        # a band of output rows reads about stride input rows per row
-        work_blocks = windows.blocks(n, o[0], s[0] * hw[1] * c * 4)
+        work_blocks = windows.blocks(n, o[0], xh[0].nbytes)
         plans = {r: (windows.offsets(k, s, p, o, hw, r), windows.first_inside(k, s, p, o, r))
                  for r in {r for _, r in work_blocks}}
         ws = for_this_thread()
@@ -168,7 +167,7 @@ class MaxPool2d(_Pool2d):
         gh = np.asarray(g, np.float32).transpose(0, 2, 3, 1)
         dx = self._input_gradient(shape, grad_out)
         # bands of input-gradient rows: each row is written by one band, so they are independent
-        work_blocks = windows.blocks(n, h, w * c * 4)
+        work_blocks = windows.blocks(n, h, xh[0].nbytes)
         plans = {r: windows.scatter_plan(k, s, p, o, (h, w), r) for r in {r for _, r in work_blocks}}
         ws = for_this_thread()
 
@@ -210,7 +209,7 @@ class AvgPool2d(_Pool2d):
         (n, c, h, w), (k, s, p, o), xh = self._prepared(x)
         out = self._buffer("out", (n, o[0], o[1], c))
         divisor = self._divisor(k, s, p, o, (h, w))
-        work_blocks = windows.blocks(n, o[0], s[0] * w * c * 4)
+        work_blocks = windows.blocks(n, o[0], xh[0].nbytes)
         plans = {r: windows.offsets(k, s, p, o, (h, w), r) for r in {r for _, r in work_blocks}}
 
         def work(_, lo, hi):
@@ -230,7 +229,7 @@ class AvgPool2d(_Pool2d):
         gh = np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1)
         dx = self._input_gradient((n, c, h, w), grad_out)
         divisor = self._divisor(k, s, p, o, (h, w))
-        work_blocks = windows.blocks(n, h, w * c * 4)
+        work_blocks = windows.blocks(n, h, h * w * c * 4)
         plans = {r: windows.scatter_plan(k, s, p, o, (h, w), r) for r in {r for _, r in work_blocks}}
 
         def work(_, lo, hi):

@@ -108,8 +108,8 @@ def test_pooling_keeps_no_padded_copy_of_its_input(cls):
 
 
 def test_blocks_cover_every_image_and_row_once():
-    for n, rows, row_bytes in ((16, 56, 2 * 112 * 64 * 4), (64, 16, 2 * 32 * 64 * 4), (1, 7, 10 << 20), (3, 1, 1)):
+    for n, rows, image_bytes in ((16, 56, 112 * 112 * 64 * 4), (64, 16, 32 * 32 * 64 * 4), (1, 7, 80 << 20), (3, 1, 1)):
         seen = np.zeros((n, rows), int)
-        for images, (r0, r1) in pool_windows.blocks(n, rows, row_bytes):
+        for images, (r0, r1) in pool_windows.blocks(n, rows, image_bytes):
             seen[images, r0:r1] += 1
         assert (seen == 1).all()
