@@ -9,6 +9,8 @@ Max pooling in training records which offset won in each window, one byte per ou
 (``max_argmax``), and its backward puts each gradient back at that offset (``scatter_max``).
 Both follow PyTorch to the bit: the first maximum in row-major window order wins, and an input
 position several windows chose receives their gradients summed in row-major output order.
+(One known difference: a window holding NaN pools to NaN as in PyTorch, but its gradient goes to
+the first maximum before the NaN, where PyTorch picks the last NaN.)
 
 Why these numpy forms: ufuncs with ``where=`` take a slow masked path (an add with ``where`` over
 one image's strided view: 8 ms against 0.14 ms unmasked), so winners are kept by ``maximum`` of
