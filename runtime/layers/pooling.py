@@ -231,15 +231,18 @@ class AvgPool2d(_Pool2d):
         divisor = self._divisor(k, s, p, o, (h, w))
         work_blocks = windows.blocks(n, h, h * w * c * 4)
         plans = {r: windows.scatter_plan(k, s, p, o, (h, w), r) for r in {r for _, r in work_blocks}}
+        ws = for_this_thread()
 
-        def work(_, lo, hi):
+        def work(t, lo, hi):
             for images, rows in work_blocks[lo:hi]:
                 if self.global_pooling:  # every input position gets its image's gradient over h * w
                     np.copyto(dx[images, rows[0]:rows[1]], gh[images] / divisor)
                     continue
                 plan = plans[rows]
                 out_rows = slice(*plan.rows)
-                windows.scatter_sum(gh[images, out_rows] / divisor[out_rows], dx[images], plan)
+                gp = gh[images, out_rows]
+                share = np.divide(gp, divisor[out_rows], out=ws.array(f"pool_share.{t}", gp.shape))
+                windows.scatter_sum(share, dx[images], plan)
         pool.run(len(work_blocks), work, pieces_per_thread=pool.pieces_for(dx.size, _SHARED_MIN_ELEMENTS))
         return dx.transpose(0, 3, 1, 2)
 
