@@ -6,7 +6,7 @@ element inside the input (``offsets``). The border is handled by clipping those 
 nothing is padded (a padded copy of ResNet-18's stem activations is 53 MB at batch 16).
 
 Max pooling in training records which offset won in each window, one byte per output
-(``max_argmax``), and its backward puts each gradient back at that offset (``scatter_max``).
+(``max_argmax``), and its backward adds each gradient at that place (``scatter_max``).
 Both follow PyTorch to the bit: the first maximum in row-major window order wins, and an input
 position several windows chose receives their gradients summed in row-major output order.
 (One known difference: a window holding NaN pools to NaN as in PyTorch, but its gradient goes to
@@ -14,7 +14,7 @@ the first maximum before the NaN, where PyTorch picks the last NaN.)
 
 Why these numpy forms: ufuncs with ``where=`` take a slow masked path (an add with ``where`` over
 one image's strided view: 8 ms against 0.14 ms unmasked), so winners are kept by ``maximum`` of
-offset codes and gradients are masked by a bitwise AND of their bits (exact: a gradient or +0.0).
+offset codes.
 """
 from __future__ import annotations
 
@@ -67,9 +67,9 @@ def _strided(r, stride) -> slice:
 
 # Input bytes one block of work holds: with its outputs and scratch it stays in a core's L2 cache
 # (2 MB here) through the k*k passes; whole (N, H, W, C) arrays stream from memory on every pass.
-# ResNet-18's stem pool at batch 16 on one thread (busy machine, CPU time): training forward and
-# backward 58 and 56 ms as whole arrays; 52/47 ms in 4 MB blocks, 43/42 in 2 MB, 41/41 in 1 MB,
-# 43/43 in 512 KB (Python around more pieces).
+# ResNet-18's stem pool at batch 16, training forward on one thread (busy machine, CPU time):
+# 58 ms as whole arrays, 52 in 4 MB blocks, 43 in 2 MB, 41 in 1 MB, 43 in 512 KB (Python around
+# more pieces).
 BLOCK_BYTES = 1 << 20
 
 
@@ -141,104 +141,58 @@ def max_argmax(x, out, code, hit, spare, found: list[Offset], first) -> None:
         np.maximum(code[off.outputs], spare[off.outputs], out=code[off.outputs])
 
 
-class Residue(NamedTuple):
-    """One residue class of input positions (rows y0 + r, y0 + r + sh, ...; columns c, c + sw, ...):
-    every offset that reaches it, in decreasing code (so each position receives its windows'
-    gradients in increasing output order, as PyTorch adds them), each with its place in the
-    class's own compact (rows, cols) array."""
-    rows: slice       # the class's positions in the input gradient
-    cols: slice
-    shape: tuple      # (rows, cols) of the class
-    steps: list       # (Offset, (row slice, column slice) of the compact array)
-    outright: bool    # whether the first step reaches every position of the class: written, not added to zeros
+def winner_table(k, s, p, o, hw, c) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, corners), int32: the distance in one NHWC image, flattened, from a window's
+    element at kernel offset (0, 0) to its element at each offset code, and that (0, 0) element's
+    position for every (output row, output column, channel), negative or past a row's end where
+    it lies in the padding (a winner never does)."""
+    h, w = hw
+    code = np.arange(k[0] * k[1])
+    table = ((code // k[1] * w + code % k[1]) * c).astype(np.int32)
+    rows, cols = np.arange(o[0]) * s[0] - p[0], np.arange(o[1]) * s[1] - p[1]
+    corners = ((rows[:, None] * w + cols[None, :]) * c)[:, :, None] + np.arange(c)
+    return table, corners.astype(np.int32)
 
 
-class Scatter(NamedTuple):
-    """How ``scatter_max`` fills the input gradient's rows ``in_rows`` from the outputs of rows
-    ``rows``: class by class of positions that share their offsets' strides."""
-    rows: tuple
-    in_rows: tuple
-    classes: list     # Residue
-    zeroed: list      # (row slice, column slice) of classes no offset reaches
-    largest: int      # positions in the largest class of one image's rows
+def scatter_max(g, code, dx, channels: slice, table, corners, positions) -> None:
+    """Channels ``channels`` of dx (a block of whole NHWC images) = the gradient of max pooling:
+    g and code (the block's outputs, those channels) put back at each window's recorded winner
+    and summed where windows share it. ``np.add.at`` adds in index order, i.e. in increasing
+    output order as PyTorch does, to the bit. ``positions`` (int32, g's shape) is scratch.
+
+    One indexed add per output, where one masked pass per kernel offset (3x3: nine) took three
+    times as long: ResNet-18's stem on one thread 35 -> ~12 ms."""
+    n, h, w, c = dx.shape
+    dx[..., channels] = 0
+    np.take(table, code, out=positions)
+    positions += corners[..., channels]
+    if n > 1:
+        positions += (np.arange(n, dtype=np.int32) * (h * w * c))[:, None, None, None]
+    flat = dx.view()
+    flat.shape = (-1,)  # raises rather than copy: the adds must land in dx
+    np.add.at(flat, positions.reshape(-1), g.reshape(-1))
 
 
-def scatter_plan(k, s, p, o, hw, in_rows=None) -> Scatter:
-    """The plan for input rows ``in_rows`` (default all): bands of input rows are independent,
-    each position is written by one band only."""
-    y0, y1 = in_rows = in_rows or (0, hw[0])
-    rows = (max(0, -(-(y0 + p[0] - k[0] + 1) // s[0])), min(o[0], (y1 - 1 + p[0]) // s[0] + 1))
-    steps = {}
-    for off in reversed(offsets(k, s, p, o, hw, rows, in_rows)):
-        steps.setdefault(((off.rows[2] - y0) % s[0], off.cols[2] % s[1]), []).append(off)
-    classes, zeroed = [], []
-    for r in range(min(s[0], y1 - y0)):
-        for c in range(min(s[1], hw[1])):
-            where = (slice(y0 + r, y1, s[0]), slice(c, None, s[1]))
-            if (r, c) not in steps:
-                zeroed.append(where)
-                continue
-            shape = (len(range(y0 + r, y1, s[0])), len(range(c, hw[1], s[1])))
-            first = steps[r, c][0]
-            outright = _whole(first.rows, s[0], in_rows) and _whole(first.cols, s[1], (0, hw[1]))
-            places = [(off, (_local(off.rows, y0 + r, s[0]), _local(off.cols, c, s[1]))) for off in steps[r, c]]
-            classes.append(Residue(*where, shape, places, outright))
-    largest = max((cls.shape[0] * cls.shape[1] for cls in classes), default=0)
-    return Scatter(rows, in_rows, classes, zeroed, largest)
-
-
-def _whole(r, stride, inputs) -> bool:
-    """Whether input indices first, first+stride, ... for outputs a..b-1 are every index of their
-    residue class in ``inputs`` (a range)."""
-    a, b, first = r
-    return first - inputs[0] < stride and first + stride * (b - a - 1) + stride >= inputs[1]
-
-
-def _local(r, start, stride) -> slice:
-    """Where an offset's input indices fall in its class's compact array (the class starting at
-    input index ``start``)."""
-    a, b, first = r
-    lo = (first - start) // stride
-    return slice(lo, lo + b - a)
-
-
-def scatter_max(g, code, dx, plan: Scatter, mask, bits, compact) -> None:
-    """dx rows ``plan.in_rows`` = the gradient of max pooling: g (N, plan's output rows, OW, C)
-    put back at each window's recorded offset (``code``, the same rows), summed where windows
-    share an input. ``mask`` (int8) and ``bits`` (float32) are scratch of g's shape, ``compact``
-    a flat float32 scratch of at least N * plan.largest * C.
-
-    A class that one offset covers alone is written in place; the others are summed in their
-    compact array (contiguous adds, where adding into strided views of dx cost twice as much:
-    ResNet-18's stem backward 19% faster) and written once."""
-    n, c = g.shape[0], g.shape[3]
+def scatter_disjoint(g, code, dx, found: list[Offset], covered: bool, mask) -> None:
+    """``scatter_max`` for windows that do not overlap (stride >= kernel): each offset's winners'
+    gradients written straight into its strided view of dx, the rest of it +0.0 (a bitwise AND
+    of the gradient's bits with all-ones or zero: exact). dx is zeroed first unless the windows
+    cover it (``covered``). ``mask`` (int8, g's shape) is scratch. (2x2/s2: 1.5-1.8x faster than
+    the indexed writes, which must zero dx first.)"""
+    if not covered:
+        dx[...] = 0
     g_bits, dx_bits = g.view(np.int32), dx.view(np.int32)
-    for rows, cols in plan.zeroed:
-        dx[:, rows, cols] = 0
-    for cls in plan.classes:
-        if len(cls.steps) == 1 and cls.outright:
-            off = cls.steps[0][0]
-            np.bitwise_and(g_bits[off.outputs], _winners(code, off, mask), out=dx_bits[off.inputs])
-            continue
-        acc = compact[:n * cls.shape[0] * cls.shape[1] * c].reshape(n, *cls.shape, c)
-        if not cls.outright:
-            acc.fill(0)
-        for q, (off, (r, k)) in enumerate(cls.steps):
-            m, place = _winners(code, off, mask), acc[:, r, k]
-            if q == 0 and cls.outright:
-                np.bitwise_and(g_bits[off.outputs], m, out=place.view(np.int32))
-            else:
-                masked = bits[off.outputs]
-                np.bitwise_and(g_bits[off.outputs], m, out=masked.view(np.int32))
-                np.add(place, masked, out=place)
-        np.copyto(dx[:, cls.rows, cls.cols], acc)
+    for off in found:
+        m = mask[off.outputs]
+        np.equal(code[off.outputs], code.dtype.type(off.code), out=m.view(np.bool_))
+        np.negative(m, out=m)  # 0 or -1: every bit set
+        np.bitwise_and(g_bits[off.outputs], m, out=dx_bits[off.inputs])
 
 
-def _winners(code, off: Offset, mask) -> np.ndarray:
-    """int8 -1 (every bit set) where ``off`` won its window, 0 elsewhere."""
-    m = mask[off.outputs]
-    np.equal(code[off.outputs], code.dtype.type(off.code), out=m.view(np.bool_))
-    return np.negative(m, out=m)
+def scatter_rows(k, s, p, o, in_rows) -> tuple[int, int]:
+    """The output rows whose windows reach input rows ``in_rows``."""
+    y0, y1 = in_rows
+    return max(0, -(-(y0 + p[0] - k[0] + 1) // s[0])), min(o[0], (y1 - 1 + p[0]) // s[0] + 1)
 
 
 def sum_windows(x, out, found: list[Offset]) -> None:
@@ -248,10 +202,10 @@ def sum_windows(x, out, found: list[Offset]) -> None:
         np.add(out[off.outputs], x[off.inputs], out=out[off.outputs])
 
 
-def scatter_sum(g, dx, plan: Scatter) -> None:
-    """dx rows ``plan.in_rows`` = g (the plan's output rows) added into every input position of
-    its window, in PyTorch's order."""
-    dx[:, plan.in_rows[0]:plan.in_rows[1]] = 0
-    for cls in plan.classes:
-        for off, _ in cls.steps:
-            np.add(dx[off.inputs], g[off.outputs], out=dx[off.inputs])
+def scatter_sum(g, dx, found: list[Offset], in_rows) -> None:
+    """dx rows ``in_rows`` = g (``found``'s output rows: ``offsets`` for these input rows) added
+    into every input position of its window, in PyTorch's order (increasing output order: offsets
+    in decreasing order)."""
+    dx[:, in_rows[0]:in_rows[1]] = 0
+    for off in reversed(found):
+        np.add(dx[off.inputs], g[off.outputs], out=dx[off.inputs])

@@ -166,22 +166,38 @@ class MaxPool2d(_Pool2d):
             self._pool(xh, for_this_thread().array("pool_recompute", code.shape), code, geo, (h, w))
         gh = np.asarray(g, np.float32).transpose(0, 2, 3, 1)
         dx = self._input_gradient(shape, grad_out)
-        # bands of input-gradient rows: each row is written by one band, so they are independent
-        work_blocks = windows.blocks(n, h, xh[0].nbytes)
-        plans = {r: windows.scatter_plan(k, s, p, o, (h, w), r) for r in {r for _, r in work_blocks}}
+        table, corners = windows.winner_table(k, s, p, o, (h, w), c)
+        disjoint = s[0] >= k[0] and s[1] >= k[1]  # windows that share no input
+        found = windows.offsets(k, s, p, o, (h, w))
+        covered = k == s and o[0] * s[0] - p[0] >= h and o[1] * s[1] - p[1] >= w
+        # blocks of whole images (np.add.at indexes a whole image), or a group of channels per
+        # thread when there are fewer images than threads
+        if n >= pool.max_threads:
+            work_blocks = [(images, slice(None)) for images, _ in windows.blocks(n, 1, xh[0].nbytes)]
+        else:
+            cut = sorted({c * q // pool.max_threads for q in range(pool.max_threads + 1)})
+            work_blocks = [(slice(i, i + 1), slice(lo, hi)) for i in range(n) for lo, hi in zip(cut, cut[1:])]
         ws = for_this_thread()
 
         def work(t, lo, hi):
-            for images, rows in work_blocks[lo:hi]:
-                plan = plans[rows]
-                out_rows = slice(*plan.rows)
-                gp = gh[images, out_rows]
-                mask = ws.array(f"pool_mask.{t}", gp.shape, np.int8)
-                bits = ws.array(f"pool_bits.{t}", gp.shape)
-                compact = ws.array(f"pool_compact.{t}", (gp.shape[0] * plan.largest * c,))
-                windows.scatter_max(gp, code[images, out_rows], dx[images], plan, mask, bits, compact)
-        pool.run(len(work_blocks), work, pieces_per_thread=pool.pieces_for(dx.size, _SHARED_MIN_ELEMENTS))
+            for images, channels in work_blocks[lo:hi]:
+                gp = gh[images, ..., channels]
+                if disjoint:
+                    windows.scatter_disjoint(gp, code[images, ..., channels], dx[images, ..., channels], found,
+                                             covered, ws.array(f"pool_mask.{t}", gp.shape, np.int8))
+                    continue
+                if not gp.flags.c_contiguous:  # np.add.at reads the gradient flat
+                    gp = _copied(gp, ws.array(f"pool_grad.{t}", gp.shape))
+                positions = ws.array(f"pool_positions.{t}", gp.shape, np.int32)
+                windows.scatter_max(gp, code[images, ..., channels], dx[images], channels, table, corners, positions)
+        pool.run(len(work_blocks), work, pieces_per_thread=1 if n < pool.max_threads else
+                 pool.pieces_for(dx.size, _SHARED_MIN_ELEMENTS))
         return dx.transpose(0, 3, 1, 2)
+
+
+def _copied(a: np.ndarray, into: np.ndarray) -> np.ndarray:
+    np.copyto(into, a)
+    return into
 
 
 class AvgPool2d(_Pool2d):
@@ -230,19 +246,22 @@ class AvgPool2d(_Pool2d):
         dx = self._input_gradient((n, c, h, w), grad_out)
         divisor = self._divisor(k, s, p, o, (h, w))
         work_blocks = windows.blocks(n, h, h * w * c * 4)
-        plans = {r: windows.scatter_plan(k, s, p, o, (h, w), r) for r in {r for _, r in work_blocks}}
+        # bands of input-gradient rows: each row is written by one band, so they are independent
+        plans = {}
+        for _, r in work_blocks:
+            rows = windows.scatter_rows(k, s, p, o, r)
+            plans[r] = rows, windows.offsets(k, s, p, o, (h, w), rows, r)
         ws = for_this_thread()
 
         def work(t, lo, hi):
-            for images, rows in work_blocks[lo:hi]:
+            for images, in_rows in work_blocks[lo:hi]:
                 if self.global_pooling:  # every input position gets its image's gradient over h * w
-                    np.copyto(dx[images, rows[0]:rows[1]], gh[images] / divisor)
+                    np.copyto(dx[images, in_rows[0]:in_rows[1]], gh[images] / divisor)
                     continue
-                plan = plans[rows]
-                out_rows = slice(*plan.rows)
-                gp = gh[images, out_rows]
-                share = np.divide(gp, divisor[out_rows], out=ws.array(f"pool_share.{t}", gp.shape))
-                windows.scatter_sum(share, dx[images], plan)
+                (r0, r1), found = plans[in_rows]
+                gp = gh[images, r0:r1]
+                share = np.divide(gp, divisor[r0:r1], out=ws.array(f"pool_share.{t}", gp.shape))
+                windows.scatter_sum(share, dx[images], found, in_rows)
         pool.run(len(work_blocks), work, pieces_per_thread=pool.pieces_for(dx.size, _SHARED_MIN_ELEMENTS))
         return dx.transpose(0, 3, 1, 2)
 
