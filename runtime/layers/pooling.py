@@ -2,20 +2,22 @@
 max pooling's argmax indices and the max-unpooling that puts values back at them (SegNet).
 
 Work happens in NHWC (the memory order a Conv2d output already has): one strided view per kernel
-offset, so a k x k window costs k*k vectorized passes, never a loop over pixels. Images are shared
-among kindling's threads (numpy's loops are single-threaded); max pooling of fewer images than
-threads shares out bands of output rows instead.
+offset, clipped at the border instead of padding the input (pool_windows.py), so a k x k window
+costs k*k vectorized passes, never a loop over pixels. Images are shared among kindling's threads
+(numpy's loops are single-threaded); max pooling of fewer images than threads shares out bands
+of output rows instead, and its backward groups of channels.
+
+Max pooling in training keeps, per output, which offset of its window held the maximum (one
+byte), and its backward scatters the gradient by it: it never compares the input again.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from ..module import Module
 from ..parallel import pool
-from ..workspace import fill_border, for_this_thread, gradient_buffer
+from ..workspace import for_this_thread, gradient_buffer
+from . import pool_windows as windows
 from .conv2d import pair
 
 # Input elements a piece should hold at least to be taken by whichever thread is free (pool.run).
@@ -33,8 +35,6 @@ def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) 
 
 
 class _Pool2d(Module):
-    pad_value = 0.0
-
     def __init__(self, kernel_size=None, stride=None, padding=0, ceil_mode: bool = False,
                  global_pooling: bool = False, name: str | None = None):
         super().__init__(name)
@@ -73,60 +73,18 @@ class _Pool2d(Module):
         _, _, _, o = self.geometry(shape[2], shape[3])
         return (shape[0], shape[1], *o)
 
-    def _padded(self, xh: np.ndarray, k, s, p, o) -> np.ndarray:
-        """NHWC input with the borders the windows need (left/top padding, and on the right/bottom
-        whatever ceil mode's last window reaches past), filled with pad_value; in the thread's
-        workspace (only this call reads it: backward pads the input again)."""
-        n, h, w, c = xh.shape
-        hp = max(h + 2 * p[0], (o[0] - 1) * s[0] + k[0])
-        wp = max(w + 2 * p[1], (o[1] - 1) * s[1] + k[1])
-        if (hp, wp) == (h, w):
-            return xh
-        buf = for_this_thread().array("pool_xpad", (n, hp, wp, c))
-
-        def copy(_, lo, hi):
-            fill_border(buf[lo:hi], (p[0], p[0] + h), (p[1], p[1] + w), self.pad_value)
-            np.copyto(buf[lo:hi, p[0]:p[0] + h, p[1]:p[1] + w], xh[lo:hi])
-        pool.run(n, copy)
-        return buf
-
-    @staticmethod
-    def _offset(xp: np.ndarray, i: int, j: int, s, o) -> np.ndarray:
-        """The (N, OH, OW, C) view of every window's element at kernel offset (i, j)."""
-        return xp[:, i:i + s[0] * (o[0] - 1) + 1:s[0], j:j + s[1] * (o[1] - 1) + 1:s[1]]
-
     def _prepared(self, x):
-        """The input checked, its (N, C, H, W), the geometry and the padded NHWC input."""
+        """The input checked, its (N, C, H, W), the geometry and the NHWC view of the input."""
         x = np.asarray(x, np.float32)
         if x.ndim != 4:
             raise ValueError(f"{type(self).__name__} {self.name!r} expects (N, C, H, W), got {x.shape}")
-        k, s, p, o = self.geometry(*x.shape[2:])
-        return x.shape, (k, s, p, o), self._padded(x.transpose(0, 2, 3, 1), k, s, p, o)
+        return x.shape, self.geometry(*x.shape[2:]), x.transpose(0, 2, 3, 1)
 
-    #: whether a band of output rows can be pooled from its band of input rows alone (max: yes;
-    #: average: its divisor depends on where the band lies)
-    rows_apart = False
-
-    def forward(self, x):
-        (n, c, h, w), (k, s, p, o), xp = self._prepared(x)
-        out = self._buffer("out", (n, o[0], o[1], c))
-        pieces = pool.pieces_for(xp.size, _SHARED_MIN_ELEMENTS)
-        if n >= pool.max_threads or not self.rows_apart:
-            pool.run(n, lambda _, lo, hi: self._pool(xp[lo:hi], out[lo:hi], k, s, p, o, (h, w)),
-                     pieces_per_thread=pieces)
-        else:  # fewer images than threads (batch-1 inference): bands of output rows are shared out
-            pool.run(o[0], lambda _, r0, r1: self._pool(xp[:, r0 * s[0]:(r1 - 1) * s[0] + k[0]], out[:, r0:r1], k,
-                                                        s, p, (r1 - r0, o[1]), (h, w)), pieces_per_thread=pieces)
-        self._out = out
-        self.output = out.transpose(0, 3, 1, 2)
-        return self.output
-
-    def backward(self, x, grad_out):
-        (n, c, h, w), (k, s, p, o), xp = self._prepared(x)
-        g = np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1)
-        dxp = gradient_buffer(self, "dxpad", xp.shape, avoid=grad_out)
-        self._unpool(xp, g, dxp, k, s, p, o, (h, w))
-        return dxp[:, p[0]:p[0] + h, p[1]:p[1] + w].transpose(0, 3, 1, 2)
+    def _input_gradient(self, shape, grad_out) -> np.ndarray:
+        """The (N, H, W, C) buffer the input gradient is written into (NCHW view of NHWC memory
+        once transposed back)."""
+        n, c, h, w = shape
+        return gradient_buffer(self, "dx", (n, h, w, c), avoid=grad_out)
 
 
 class MaxPool2d(_Pool2d):
@@ -134,13 +92,13 @@ class MaxPool2d(_Pool2d):
     h * W + w in its channel plane of the unpadded input, the first maximum in scan order, as a
     float (Caffe's mask top; PyTorch's return_indices, whose int64 they equal). The indices get no
     gradient."""
-    pad_value = -np.inf
-    rows_apart = True
+    backward_reads_output = False  # it reads the winners' offsets recorded by forward
 
     def __init__(self, kernel_size=None, stride=None, padding=0, ceil_mode: bool = False,
                  global_pooling: bool = False, return_indices: bool = False, name: str | None = None):
         super().__init__(kernel_size, stride, padding, ceil_mode, global_pooling, name)
         self.return_indices = bool(return_indices)
+        self._code = None
 
     @property
     def num_outputs(self) -> int:
@@ -154,86 +112,92 @@ class MaxPool2d(_Pool2d):
         return [out, out] if self.return_indices else out
 
     def forward(self, x):
+        (n, c, h, w), geo, xh = self._prepared(x)
+        k, s, p, o = geo
+        out = self._buffer("out", (n, o[0], o[1], c))
+        # Training (and indices) need each window's winning offset; evaluate mode only its value.
+        record = self.training or self.return_indices
+        code = self._buffer("code", out.shape, windows.code_dtype(k)) if record else None
+        self._pool(xh, out, code, geo, (h, w))
+        self._code = code
+        values = out.transpose(0, 3, 1, 2)
         if not self.return_indices:
-            return super().forward(x)
-        (n, c, h, w), (k, s, p, o), xp = self._prepared(x)
-        out, idx = self._buffer("out", (n, o[0], o[1], c)), self._buffer("idx", (n, o[0], o[1], c))
-        hit_all = self._buffer("hit", out.shape, np.bool_)
-        # Input position of each window's top-left element (kernel offset 0, 0), as h * W + w.
+            self.output = values
+            return values
+        idx = self._buffer("idx", out.shape)
+        # flat input position of each window's top-left element, plus the winner's place in it
         corner = ((np.arange(o[0]) * s[0] - p[0])[:, None] * w + (np.arange(o[1]) * s[1] - p[1])[None, :])
-        corner = corner.astype(np.float32)[:, :, None]
-
-        def work(_, lo, hi):
-            top, arg, hit = out[lo:hi], idx[lo:hi], hit_all[lo:hi]
-            top.fill(-np.inf)
-            arg.fill(-1)
-            for i in range(k[0]):
-                for j in range(k[1]):
-                    v = self._offset(xp[lo:hi], i, j, s, o)
-                    np.greater(v, top, out=hit)  # strictly: the first maximum in scan order stays
-                    np.copyto(top, v, where=hit)
-                    np.copyto(arg, corner + np.float32(i * w + j), where=hit)
-        pool.run(n, work)
-        self._out = out
-        self.output = [out.transpose(0, 3, 1, 2), idx.transpose(0, 3, 1, 2)]
+        within = np.arange(k[0] * k[1])
+        np.take((within // k[1] * w + within % k[1]).astype(np.float32), code, out=idx)
+        idx += corner.astype(np.float32)[:, :, None]
+        self.output = [values, idx.transpose(0, 3, 1, 2)]
         return self.output
 
-    def backward(self, x, grad_out):
-        return super().backward(x, grad_out[0] if self.return_indices else grad_out)
-
-    def _pool(self, xp, out, k, s, p, o, hw):
-        # Maxima over strided views, windows overlapping or not (for windows that tile the input
-        # 3x faster than np.max over two axes of a reshaped view: FCN's 2x2 pools of a 422x422x16
-        # map, 13 ms against 40-50 ms). Kernels with more offsets than rows and columns together
-        # (3x3) go separably, kh + kw passes instead of kh * kw: first over the kernel's rows,
-        # whose views are runs of whole input rows (W*C floats), then over its columns (runs of C
-        # floats): ResNet's 3x3/2 pool of 8x112x112x64 10.0 -> 7.6 ms. For 2x2 the row pass over
-        # twice the output's size cost what it saved (64x8x8x50: 58 -> 80 us; 64x24x24x20 512 -> 453).
-        if k[0] * k[1] <= k[0] + k[1]:
-            np.copyto(out, self._offset(xp, 0, 0, s, o))
-            for i in range(k[0]):
-                for j in range(k[1]):
-                    if i or j:
-                        np.maximum(out, self._offset(xp, i, j, s, o), out=out)
-            return
-        rows = for_this_thread().array("pool_rows", (xp.shape[0], o[0], xp.shape[2], xp.shape[3]))
-        row = lambda i: xp[:, i:i + s[0] * (o[0] - 1) + 1:s[0]]  # noqa: E731
-        np.maximum(row(0), row(1), out=rows)
-        for i in range(2, k[0]):
-            np.maximum(rows, row(i), out=rows)
-        col = lambda j: rows[:, :, j:j + s[1] * (o[1] - 1) + 1:s[1]]  # noqa: E731
-        np.maximum(col(0), col(1), out=out)
-        for j in range(2, k[1]):
-            np.maximum(out, col(j), out=out)
-
-    def _unpool(self, xp, g, dxp, k, s, p, o, hw):
-        # Each window's gradient goes to its first maximum in scan order, as in PyTorch. Windows
-        # that tile the input write every position once (no zero fill, no add); images are
-        # shared among the threads.
-        out = self._out
-        tiles = k == s and dxp.shape[1] == o[0] * k[0] and dxp.shape[2] == o[1] * k[1]
+    def _pool(self, xh, out, code, geo, hw):
+        """Maxima into ``out`` (and winners' offsets into ``code`` when given), in cache-sized
+        blocks of images or bands of output rows shared among the threads."""
+        k, s, p, o = geo
+        n, c = xh.shape[0], xh.shape[3]
+        work_blocks = windows.blocks(n, o[0], xh[0].nbytes)
+        plans = {r: (windows.offsets(k, s, p, o, hw, r), windows.first_inside(k, s, p, o, r))
+                 for r in {r for _, r in work_blocks}}
         ws = for_this_thread()
-        taken_all = ws.array("pool_taken", out.shape, np.bool_)
-        hit_all = ws.array("pool_hit", out.shape, np.bool_)
-        tmp_all = ws.array("pool_tmp", out.shape)
 
-        def work(_, lo, hi):
-            taken, hit, tmp = taken_all[lo:hi], hit_all[lo:hi], tmp_all[lo:hi]
-            taken.fill(False)
-            if not tiles:
-                dxp[lo:hi] = 0
-            for i in range(k[0]):
-                for j in range(k[1]):
-                    np.equal(self._offset(xp[lo:hi], i, j, s, o), out[lo:hi], out=hit)
-                    np.greater(hit, taken, out=hit)  # hit and not yet taken
-                    np.logical_or(taken, hit, out=taken)
-                    target = self._offset(dxp[lo:hi], i, j, s, o)
-                    if tiles:
-                        np.multiply(g[lo:hi], hit, out=target)
-                    else:
-                        np.multiply(g[lo:hi], hit, out=tmp)
-                        target += tmp
-        pool.run(out.shape[0], work, pieces_per_thread=pool.pieces_for(xp.size, _SHARED_MIN_ELEMENTS))
+        def work(t, lo, hi):
+            for images, rows in work_blocks[lo:hi]:
+                found, first = plans[rows]
+                top = out[images, rows[0]:rows[1]]
+                if code is None:
+                    windows.max_values(xh[images], top, found)
+                    continue
+                hit = ws.array(f"pool_hit.{t}", top.shape, np.bool_)
+                spare = ws.array(f"pool_spare.{t}", top.shape, code.dtype)
+                windows.max_argmax(xh[images], top, code[images, rows[0]:rows[1]], hit, spare, found, first)
+        pool.run(len(work_blocks), work, pieces_per_thread=pool.pieces_for(xh.size, _SHARED_MIN_ELEMENTS))
+
+    def backward(self, x, grad_out):
+        g = grad_out[0] if self.return_indices else grad_out
+        shape, geo, xh = self._prepared(x)
+        k, s, p, o = geo
+        n, c, h, w = shape
+        code = self._code
+        if code is None or code.shape != (n, o[0], o[1], c):  # forward ran in evaluate mode
+            code = self._buffer("code", (n, o[0], o[1], c), windows.code_dtype(k))
+            self._pool(xh, for_this_thread().array("pool_recompute", code.shape), code, geo, (h, w))
+        gh = np.asarray(g, np.float32).transpose(0, 2, 3, 1)
+        dx = self._input_gradient(shape, grad_out)
+        table, corners = windows.winner_table(k, s, p, o, (h, w), c)
+        disjoint = s[0] >= k[0] and s[1] >= k[1]  # windows that share no input
+        found = windows.offsets(k, s, p, o, (h, w))
+        covered = k == s and o[0] * s[0] - p[0] >= h and o[1] * s[1] - p[1] >= w
+        # blocks of whole images (np.add.at indexes a whole image), or a group of channels per
+        # thread when there are fewer images than threads
+        if n >= pool.max_threads:
+            work_blocks = [(images, slice(None)) for images, _ in windows.blocks(n, 1, xh[0].nbytes)]
+        else:
+            cut = sorted({c * q // pool.max_threads for q in range(pool.max_threads + 1)})
+            work_blocks = [(slice(i, i + 1), slice(lo, hi)) for i in range(n) for lo, hi in zip(cut, cut[1:])]
+        ws = for_this_thread()
+
+        def work(t, lo, hi):
+            for images, channels in work_blocks[lo:hi]:
+                gp = gh[images, ..., channels]
+                if disjoint:
+                    windows.scatter_disjoint(gp, code[images, ..., channels], dx[images, ..., channels], found,
+                                             covered, ws.array(f"pool_mask.{t}", gp.shape, np.int8))
+                    continue
+                if not gp.flags.c_contiguous:  # np.add.at reads the gradient flat
+                    gp = _copied(gp, ws.array(f"pool_grad.{t}", gp.shape))
+                positions = ws.array(f"pool_positions.{t}", gp.shape, np.int32)
+                windows.scatter_max(gp, code[images, ..., channels], dx[images], channels, table, corners, positions)
+        pool.run(len(work_blocks), work, pieces_per_thread=1 if n < pool.max_threads else
+                 pool.pieces_for(dx.size, _SHARED_MIN_ELEMENTS))
+        return dx.transpose(0, 3, 1, 2)
+
+
+def _copied(a: np.ndarray, into: np.ndarray) -> np.ndarray:
+    np.copyto(into, a)
+    return into
 
 
 class AvgPool2d(_Pool2d):
@@ -257,28 +221,49 @@ class AvgPool2d(_Pool2d):
         dw = sizes(o[1], k[1], s[1], p[1], hw[1])
         return (dh[:, None] * dw[None, :]).astype(np.float32)[:, :, None]
 
-    def _pool(self, xp, out, k, s, p, o, hw):
-        n, hp, wp, c = xp.shape
-        if self.global_pooling:
-            np.mean(xp, axis=(1, 2), out=out.reshape(n, c))
-            return
-        np.copyto(out, self._offset(xp, 0, 0, s, o))
-        for i in range(k[0]):
-            for j in range(k[1]):
-                if i or j:
-                    out += self._offset(xp, i, j, s, o)
-        out /= self._divisor(k, s, p, o, hw)
-
-    def _unpool(self, xp, g, dxp, k, s, p, o, hw):
-        divisor = self._divisor(k, s, p, o, hw)
+    def forward(self, x):
+        (n, c, h, w), (k, s, p, o), xh = self._prepared(x)
+        out = self._buffer("out", (n, o[0], o[1], c))
+        divisor = self._divisor(k, s, p, o, (h, w))
+        work_blocks = windows.blocks(n, o[0], xh[0].nbytes)
+        plans = {r: windows.offsets(k, s, p, o, (h, w), r) for r in {r for _, r in work_blocks}}
 
         def work(_, lo, hi):
-            dx, gd = dxp[lo:hi], g[lo:hi] / divisor
-            dx.fill(0)
-            for i in range(k[0]):
-                for j in range(k[1]):
-                    self._offset(dx, i, j, s, o)[...] += gd
-        pool.run(g.shape[0], work, pieces_per_thread=pool.pieces_for(dxp.size, _SHARED_MIN_ELEMENTS))
+            for images, (r0, r1) in work_blocks[lo:hi]:
+                top = out[images, r0:r1]
+                if self.global_pooling:
+                    np.mean(xh[images], axis=(1, 2), out=top.reshape(top.shape[0], c))
+                    continue
+                windows.sum_windows(xh[images], top, plans[r0, r1])
+                top /= divisor[r0:r1]
+        pool.run(len(work_blocks), work, pieces_per_thread=pool.pieces_for(xh.size, _SHARED_MIN_ELEMENTS))
+        self.output = out.transpose(0, 3, 1, 2)
+        return self.output
+
+    def backward(self, x, grad_out):
+        (n, c, h, w), (k, s, p, o), _ = self._prepared(x)
+        gh = np.asarray(grad_out, np.float32).transpose(0, 2, 3, 1)
+        dx = self._input_gradient((n, c, h, w), grad_out)
+        divisor = self._divisor(k, s, p, o, (h, w))
+        work_blocks = windows.blocks(n, h, h * w * c * 4)
+        # bands of input-gradient rows: each row is written by one band, so they are independent
+        plans = {}
+        for _, r in work_blocks:
+            rows = windows.scatter_rows(k, s, p, o, r)
+            plans[r] = rows, windows.offsets(k, s, p, o, (h, w), rows, r)
+        ws = for_this_thread()
+
+        def work(t, lo, hi):
+            for images, in_rows in work_blocks[lo:hi]:
+                if self.global_pooling:  # every input position gets its image's gradient over h * w
+                    np.copyto(dx[images, in_rows[0]:in_rows[1]], gh[images] / divisor)
+                    continue
+                (r0, r1), found = plans[in_rows]
+                gp = gh[images, r0:r1]
+                share = np.divide(gp, divisor[r0:r1], out=ws.array(f"pool_share.{t}", gp.shape))
+                windows.scatter_sum(share, dx[images], found, in_rows)
+        pool.run(len(work_blocks), work, pieces_per_thread=pool.pieces_for(dx.size, _SHARED_MIN_ELEMENTS))
+        return dx.transpose(0, 3, 1, 2)
 
 
 class MaxUnpool2d(Module):
