@@ -220,7 +220,6 @@ def test_batchnorm_frozen_eval_and_no_input_gradient(torch):
 
 
 def test_batchnorm_results_do_not_depend_on_thread_count():
-    from kindling.runtime.parallel import pool
     rng = np.random.default_rng(10)
     for shape in ((8, 64, 28, 28), (16, 64, 48, 48)):  # the second's passes are shared among threads
         _same_bits_on_any_thread_count(nhwc_view(rng.standard_normal(shape).astype(np.float32)), rng)
