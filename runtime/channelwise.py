@@ -42,7 +42,7 @@ from .workspace import for_this_thread
 # in a core's L2 cache together. The widest useful row is WIDE elements.
 BLOCK = 1 << 16
 WIDE = 64
-# Elements per thread below which an elementwise pass runs on the calling thread alone: a second
+# Elements per thread below which a pass runs on the calling thread alone: a second
 # thread made ResNet-18's 64x56x56 maps (3.2M elements, batch 16) 1.1-1.3x faster and its 512x7x7
 # maps (0.4M) 1.2x slower (each numpy call is short, and the threads take turns for the GIL).
 SPLIT_MIN = 1 << 20
