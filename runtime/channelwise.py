@@ -13,8 +13,10 @@ The matrix is cut into blocks of whole rows of about ``BLOCK`` elements: a block
 core's cache while the two to five numpy calls of a pass run over it, so memory sees one read of
 each input and one write of the output per pass. Each block writes its partial sums to its own
 slots and the slots are combined in float64 in a fixed order afterwards: the cut depends on the
-shape alone, so results are bit-identical however many threads ran the blocks. Only the big
-elementwise passes are shared among kindling's threads (``Layout.run`` says why).
+shape alone, so results are bit-identical however many threads ran the blocks, and every pass
+is shared among kindling's threads in runs of whole blocks. The per-channel tiles and the slots
+come from the calling thread's workspace (runtime/workspace.py) and each thread's scratch block is
+its own, so a warmed-up call allocates nothing the size of a block.
 
 The variance is never E[x^2] - E[x]^2, which in float32 loses everything when a channel's mean is
 large against its spread: it is the corrected two-pass formula (Chan, Golub and LeVeque): a centre
@@ -34,15 +36,21 @@ import numpy as np
 
 from . import blas
 from .parallel import pool
+from .workspace import for_this_thread
 
 # Elements per block: its input, the scratch and (in backward) the second input and the output fit
 # in a core's L2 cache together. The widest useful row is WIDE elements.
 BLOCK = 1 << 16
 WIDE = 64
-# Elements per thread below which an elementwise pass runs on the calling thread alone: a second
+# Elements per thread below which a pass runs on the calling thread alone: a second
 # thread made ResNet-18's 64x56x56 maps (3.2M elements, batch 16) 1.1-1.3x faster and its 512x7x7
 # maps (0.4M) 1.2x slower (each numpy call is short, and the threads take turns for the GIL).
 SPLIT_MIN = 1 << 20
+# Elements per piece of a shared pass: a quarter of SPLIT_MIN, so that a 3.2M-element map is cut
+# into 8 pieces of 6-7 blocks, 4 per thread, where whole SPLIT_MINs made 3 (one thread ran two of
+# them while the other waited); 56x56 maps, fwd + bwd, measured interleaved on a busy machine:
+# 19.6 against 21.6 ms (NHWC memory), 21.4 against 22.1 (NCHW).
+PIECE_MIN = SPLIT_MIN // 4
 
 _local = threading.local()
 _ones = np.ones(BLOCK, np.float32)  # read only: the vector sums multiply by (replaced when too short)
@@ -95,21 +103,23 @@ class Layout:
         return -(-self.rows // self.per_block)
 
     # ---- per-channel values against a block ---------------------------------------------------
-    def tile(self, v) -> np.ndarray:
-        """A per-channel vector laid out against the blocks (see ``part``). Channels last: one row
+    def tile(self, v, slot: int) -> np.ndarray:
+        """A per-channel vector laid out against the blocks (see ``part``), in workspace buffer
+        ``slot`` of the calling thread (a pass uses one slot per vector). Channels last: one row
         of the matrix, repeated to a whole block's worth when there are several blocks (numpy's
         loops over two contiguous operands beat broadcasting a row 1.6x, and a block-sized tile
         is built once per call by doubling copies). Channels first: a column of per-row values."""
+        ws, key = for_this_thread(), f"channelwise.tile{slot}"
         if not self.last:
-            t = np.empty((self.rows // self.channels, self.channels), np.float32)
+            t = ws.array(key, (self.rows // self.channels, self.channels))
             t[...] = v
             return t.reshape(-1, 1)
-        row = np.empty(self.cols, np.float32)
-        row.reshape(-1, self.channels)[...] = v
         if self.blocks == 1:
+            row = ws.array(key, (self.cols,))
+            row.reshape(-1, self.channels)[...] = v
             return row
-        t = np.empty((min(self.per_block, self.rows), self.cols), np.float32)
-        t[0] = row
+        t = ws.array(key, (min(self.per_block, self.rows), self.cols))
+        t[0].reshape(-1, self.channels)[...] = v
         done = 1
         while done < len(t):
             more = min(done, len(t) - done)
@@ -123,8 +133,10 @@ class Layout:
         return tiled[lo:hi]
 
     # ---- sums of each line of a block, into one slot per line ---------------------------------
-    def partials(self) -> np.ndarray:
-        return np.empty((self.blocks, self.cols) if self.last else (self.rows,), np.float32)
+    def partials(self, slot: int) -> np.ndarray:
+        """Slots for one sum of every line of every block, in the calling thread's workspace."""
+        shape = (self.blocks, self.cols) if self.last else (self.rows,)
+        return for_this_thread().array(f"channelwise.sums{slot}", shape)
 
     def line_sums(self, blk: np.ndarray, partial: np.ndarray, lo: int) -> None:
         """The sums of ``blk``'s (matrix rows lo:lo + len(blk)) lines into their slots."""
@@ -138,22 +150,20 @@ class Layout:
         return partial.reshape(-1, self.channels).sum(axis=0, dtype=np.float64)
 
     # ---- running over the blocks -------------------------------------------------------------
-    def run(self, fn, shared: bool = True) -> None:
-        """``fn(lo, hi)`` for every block (matrix rows lo:hi), in order on the calling thread, or
-        shared among kindling's threads when ``shared`` and big enough (``SPLIT_MIN``). Only the
-        elementwise passes are worth sharing: on two threads, the passes that sum (short BLAS and
-        numpy calls) measured 1.2-1.3x slower than on one, the elementwise ones on ResNet-18's
-        largest maps 1.6-1.7x faster."""
+    def run(self, fn) -> None:
+        """``fn(lo, hi)`` for every block (matrix rows lo:hi), shared among kindling's threads in
+        runs of whole blocks when big enough (``SPLIT_MIN``), else in order on the calling thread.
+        Each block writes its own slots, so which thread ran it changes no result."""
         blas.backend()  # holds the BLAS libraries to one thread each
         step, rows = self.per_block, self.rows
 
         def piece(_, first, stop):
             for b in range(first, stop):
                 fn(b * step, min(rows, (b + 1) * step))
-        if not shared or self.rows * self.cols < 2 * SPLIT_MIN:
+        if self.rows * self.cols < 2 * SPLIT_MIN:
             piece(0, 0, self.blocks)
             return
-        least = -(-SPLIT_MIN // (step * self.cols))  # blocks per piece
+        least = -(-PIECE_MIN // (step * self.cols))  # blocks per piece
         pool.run(self.blocks, piece, min_per_worker=least,
                  pieces_per_thread=pool.pieces_for(rows * self.cols, SPLIT_MIN // 4))
 
@@ -205,24 +215,22 @@ def _sample_mean(lay: Layout, xm: np.ndarray) -> np.ndarray:
     return (sums.reshape(-1, lay.channels).sum(axis=0, dtype=np.float64) / count).astype(np.float32)
 
 
-def moments(lay: Layout, x: np.ndarray, out: np.ndarray | None = None):
+def moments(lay: Layout, x: np.ndarray):
     """Per-channel (centre, mean, biased variance) of ``x``: the centre is the float32 mean the
-    deviations were taken about, mean and variance are float64. With ``out`` (of ``x``'s layout),
-    the deviations x - centre are left there: the forward pass then finishes in place."""
+    deviations were taken about, mean and variance are float64. One read of ``x``; the deviations
+    stay in each thread's cache-sized scratch."""
     xm = lay.matrix(x)
-    om = None if out is None else lay.matrix(out)
     total = x.size // lay.channels
     center = _sample_mean(lay, xm)
-    tiled = lay.tile(center)
-    dev, dev_sq = lay.partials(), lay.partials()
+    tiled = lay.tile(center, 0)
+    dev, dev_sq = lay.partials(0), lay.partials(1)
 
     def block(lo, hi):
-        sq = _scratch(hi - lo, lay.cols)
-        d = np.subtract(xm[lo:hi], lay.part(tiled, lo, hi), out=sq if om is None else om[lo:hi])
+        d = np.subtract(xm[lo:hi], lay.part(tiled, lo, hi), out=_scratch(hi - lo, lay.cols))
         lay.line_sums(d, dev, lo)
-        np.square(d, out=sq)
-        lay.line_sums(sq, dev_sq, lo)
-    lay.run(block, shared=False)
+        np.square(d, out=d)
+        lay.line_sums(d, dev_sq, lo)
+    lay.run(block)
     ds = lay.per_channel(dev)
     var = np.maximum(lay.per_channel(dev_sq) - ds * ds / total, 0.0) / total
     return center, center + ds / total, var
@@ -232,9 +240,9 @@ def affine(lay: Layout, x: np.ndarray, out: np.ndarray, scale, shift=None, cente
     """out = (x - center) * scale + shift per channel (``center`` and ``shift`` optional);
     ``out`` has ``x``'s layout."""
     xm, om = lay.matrix(x), lay.matrix(out)
-    scale = lay.tile(scale)
-    shift = None if shift is None else lay.tile(shift)
-    center = None if center is None else lay.tile(center)
+    scale = lay.tile(scale, 0)
+    shift = None if shift is None else lay.tile(shift, 1)
+    center = None if center is None else lay.tile(center, 2)
 
     def block(lo, hi):
         o = om[lo:hi]
@@ -249,32 +257,46 @@ def affine(lay: Layout, x: np.ndarray, out: np.ndarray, scale, shift=None, cente
     return out
 
 
-def grad_sums(lay: Layout, g: np.ndarray, x: np.ndarray, center) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel, in float64: sum(g) and sum(g * (x - center)), in one pass over g and x."""
+def grad_sums(lay: Layout, g: np.ndarray, x: np.ndarray, center, subtract: bool = True):
+    """Per channel, in float64: sum(g) and sum(g * (x - center)), in one read of g and x. With
+    ``subtract`` False the second is sum(g * x) - center * sum(g), one numpy call per block fewer:
+    for callers that know ``center`` is small against the spread of x (else it cancels)."""
     gm, xm = lay.matrix(g), lay.matrix(x)
-    center = lay.tile(center)
-    g_sum, gd_sum = lay.partials(), lay.partials()
+    tiled = lay.tile(center, 0) if subtract else None
+    g_sum, gd_sum = lay.partials(0), lay.partials(1)
 
     def block(lo, hi):
         gb = gm[lo:hi]
         lay.line_sums(gb, g_sum, lo)
-        d = np.subtract(xm[lo:hi], lay.part(center, lo, hi), out=_scratch(hi - lo, lay.cols))
-        d *= gb
+        d = _scratch(hi - lo, lay.cols)
+        if subtract:
+            np.subtract(xm[lo:hi], lay.part(tiled, lo, hi), out=d)
+            d *= gb
+        else:
+            np.multiply(xm[lo:hi], gb, out=d)
         lay.line_sums(d, gd_sum, lo)
-    lay.run(block, shared=False)
-    return lay.per_channel(g_sum), lay.per_channel(gd_sum)
+    lay.run(block)
+    sums = lay.per_channel(g_sum)
+    products = lay.per_channel(gd_sum)
+    return sums, products if subtract else products - np.asarray(center, np.float64) * sums
 
 
 def combine(lay: Layout, g: np.ndarray, x: np.ndarray, out: np.ndarray, g_scale, x_scale, shift,
-            center) -> np.ndarray:
-    """out = g * g_scale + (x - center) * x_scale + shift per channel, in one pass over g and x."""
+            center=None) -> np.ndarray:
+    """out = g * g_scale + (x - center) * x_scale + shift per channel, in one read of g and x
+    (``center`` optional: without it, one numpy call per block fewer)."""
     gm, xm, om = lay.matrix(g), lay.matrix(x), lay.matrix(out)
-    g_scale, x_scale, shift, center = (lay.tile(v) for v in (g_scale, x_scale, shift, center))
+    g_scale, x_scale, shift = (lay.tile(v, i) for i, v in enumerate((g_scale, x_scale, shift)))
+    center = None if center is None else lay.tile(center, 3)
 
     def block(lo, hi):
         o = om[lo:hi]
-        d = np.subtract(xm[lo:hi], lay.part(center, lo, hi), out=_scratch(hi - lo, lay.cols))
-        d *= lay.part(x_scale, lo, hi)
+        d = _scratch(hi - lo, lay.cols)
+        if center is None:
+            np.multiply(xm[lo:hi], lay.part(x_scale, lo, hi), out=d)
+        else:
+            np.subtract(xm[lo:hi], lay.part(center, lo, hi), out=d)
+            d *= lay.part(x_scale, lo, hi)
         np.multiply(gm[lo:hi], lay.part(g_scale, lo, hi), out=o)
         o += d
         o += lay.part(shift, lo, hi)

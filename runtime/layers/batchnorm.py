@@ -12,6 +12,13 @@ import numpy as np
 from .. import init
 from ..channelwise import Layout, affine, combine, grad_sums, moments
 from ..module import Module
+from ..workspace import gradient_buffer
+
+# Channels whose mean is at most NEAR standard deviations from zero are normalised as x * scale +
+# shift (PyTorch's form, one numpy call per block fewer than (x - mean) * scale + bias): rounding
+# then costs at most about (1 + NEAR) float32 epsilons of the output's spread. A layer with a
+# channel further out subtracts its mean first, which keeps large-mean inputs exact.
+NEAR = 8.0
 
 
 class BatchNorm2d(Module):
@@ -51,21 +58,25 @@ class BatchNorm2d(Module):
         x, lay = self._laid_out(x)
         out = self._buffer_like("out", x)
         if self.training:
-            center, mean, var = moments(lay, x, out)  # out holds x - center
+            center, mean, var = moments(lay, x)
             count, m = x.size // self.num_features, self.momentum
             self.buffers["running_mean"][...] = (1 - m) * self.buffers["running_mean"] + m * mean
             self.buffers["running_var"][...] = ((1 - m) * self.buffers["running_var"]
                                                 + m * var * count / max(count - 1, 1))
         else:
             mean, var = self.buffers["running_mean"].astype(np.float64), self.buffers["running_var"]
-        self._mean = mean.astype(np.float32)  # the centre the backward pass subtracts
         self._inv_std = 1.0 / np.sqrt(np.asarray(var, np.float64) + self.eps)
         scale = self._inv_std * self._gamma()
         bias = self.params["bias"] if self.affine else 0.0
-        if self.training:  # (x - center) * scale + bias - (mean - center) * scale, in place
-            self.output = affine(lay, out, out, scale, bias - (mean - center) * scale)
-        else:  # x * scale + shift: one pass fewer, as PyTorch and the inference fusion compute it
-            self.output = affine(lay, x, out, scale, bias - mean * scale)
+        self._mean = np.asarray(mean, np.float64)
+        # the float32 centre the passes subtract, or None where every channel's mean is near zero
+        # against its spread (evaluate mode: the running mean, for the parameter gradients)
+        near = np.all(np.abs(self._mean) * self._inv_std <= NEAR)
+        self._center = None if near else center if self.training else self._mean.astype(np.float32)
+        if self._center is None or not self.training:  # x * scale + shift, as PyTorch computes it
+            self.output = affine(lay, x, out, scale, bias - self._mean * scale)
+        else:  # (x - center) * scale + bias - (mean - center) * scale
+            self.output = affine(lay, x, out, scale, bias - (self._mean - self._center) * scale, self._center)
         return self.output
 
     def backward(self, x, grad_out):
@@ -80,17 +91,25 @@ class BatchNorm2d(Module):
         want_params = self.needs_param_grads and self.affine
         want_input = self.propagate_down
         g_scale = self._gamma() * self._inv_std
+        centered = self._center is not None
         if want_params or (want_input and self.training):
-            g_sum, gd_sum = grad_sums(lay, g, x, self._mean)  # sum(g), sum(g * (x - mean))
+            center = self._center if centered else self._mean
+            g_sum, gd_sum = grad_sums(lay, g, x, center, subtract=centered)  # sum(g), sum(g * (x - center))
+            if centered:  # about the batch mean
+                gd_sum = gd_sum - (self._mean - center) * g_sum
             if want_params:
                 self._accumulate("weight", gd_sum * self._inv_std)  # sum(g * xhat)
                 self._accumulate("bias", g_sum)
         if not want_input:
             return None
-        gx = self._buffer_like("grad_in", x)
+        gx = gradient_buffer(self, "grad_in", x, avoid=grad_out)
         if not self.training:
             return affine(lay, g, gx, g_scale)
         # gx = gamma * inv_std * (g - mean(g) - xhat * mean(g * xhat)), as per-channel coefficients
         count = x.size // self.num_features
         x_scale = -g_scale * self._inv_std ** 2 * gd_sum / count
-        return combine(lay, g, x, gx, g_scale, x_scale, -g_scale * g_sum / count, self._mean)
+        shift = -g_scale * g_sum / count
+        if centered:  # (x - center) * x_scale stands for (x - mean) * x_scale
+            return combine(lay, g, x, gx, g_scale, x_scale, shift - (self._mean - self._center) * x_scale,
+                           self._center)
+        return combine(lay, g, x, gx, g_scale, x_scale, shift - self._mean * x_scale)

@@ -95,9 +95,6 @@ def test_a_warm_training_iteration_with_its_sgd_update_allocates_no_activation()
     assert allocated < BOUND, f"a warmed-up iteration allocated {allocated / 1024:.0f} KB"
 
 
-@pytest.mark.xfail(strict=True, reason="BatchNorm2d (runtime/channelwise.py) builds its per-channel tiles on each "
-                                       "call: up to four block-sized arrays (1 MB), bounded by the block, not the "
-                                       "batch, but new every step")
 def test_a_warm_training_iteration_with_batchnorm_allocates_no_activation():
     allocated = _allocated_per_step(_small_cnn(batchnorm=True), update=False)
     assert allocated < BOUND, f"a warmed-up iteration allocated {allocated / 1024:.0f} KB"

@@ -133,3 +133,30 @@ def test_a_residual_sum_in_training_is_written_over_its_first_branchs_output():
     np.testing.assert_array_equal(x, kept)
     block.train(False)
     assert not np.shares_memory(add.forward(x), body.output)
+
+
+def test_batchnorm_in_a_chain_writes_its_input_gradient_into_the_chains_buffers(torch):
+    """Conv2d -> BatchNorm2d -> ReLU -> Conv2d -> BatchNorm2d in training: PyTorch's input and
+    parameter gradients, and neither BatchNorm2d keeps an input-gradient buffer of its own."""
+    rng = np.random.default_rng(4)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, name="c1"), nn.BatchNorm2d(6, name="bn1"),
+                          nn.ReLU(name="r1"), nn.Conv2d(6, 5, 3, padding=1, name="c2"),
+                          nn.BatchNorm2d(5, name="bn2"), name="chain")
+    tn = torch.nn
+    twin = tn.Sequential(tn.Conv2d(3, 6, 3, padding=1), tn.BatchNorm2d(6), tn.ReLU(), tn.Conv2d(6, 5, 3, padding=1),
+                         tn.BatchNorm2d(5))
+    with torch.no_grad():
+        for i, name in ((0, "c1"), (3, "c2")):
+            twin[i].weight.copy_(torch.from_numpy(model.find(name).params["weight"]))
+            twin[i].bias.copy_(torch.from_numpy(model.find(name).params["bias"]))
+    x = rng.standard_normal((4, 3, 9, 7)).astype(np.float32)
+    gy = rng.standard_normal((4, 5, 9, 7)).astype(np.float32)
+    model.zero_grad()
+    model.forward(x)
+    gx = model.backward(x, gy)
+    tx = torch.from_numpy(x).requires_grad_()
+    twin(tx).backward(torch.from_numpy(gy))
+    assert_close(gx, to_numpy(tx.grad), 1e-4, "grad input")
+    assert_close(model.find("bn1").grads["weight"], to_numpy(twin[1].weight.grad), 1e-4, "bn1 grad weight")
+    assert_close(model.find("c1").grads["weight"], to_numpy(twin[0].weight.grad), 1e-4, "c1 grad weight")
+    assert [k for m in model.modules() for k in m._scratch if k == "grad_in"] == []

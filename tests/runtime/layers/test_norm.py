@@ -140,6 +140,40 @@ def test_batchnorm_large_mean_small_variance_against_float64():
         assert_close(m.grads["weight"], (g64 * xhat).sum(axis=(0, 2, 3)), 5e-3, f"{layout} grad weight")
 
 
+def _float64_batchnorm(x, gy):
+    """Output (gamma 1, beta 0), input gradient and weight gradient of training-mode batch norm, in float64."""
+    x64, g64 = x.astype(np.float64), gy.astype(np.float64)
+    axes = (0, *range(2, x.ndim))
+    mu, var = x64.mean(axis=axes, keepdims=True), x64.var(axis=axes, keepdims=True)
+    xhat = (x64 - mu) / np.sqrt(var + 1e-5)
+    gx = (g64 - g64.mean(axis=axes, keepdims=True)
+          - xhat * (g64 * xhat).mean(axis=axes, keepdims=True)) / np.sqrt(var + 1e-5)
+    return xhat, gx, (g64 * xhat).sum(axis=axes)
+
+
+@pytest.mark.parametrize("offset, centred", [(7.5, False), (9.0, True), (3e3, True)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 5, 9, 7), (3, 5, 33, 31), (10, 5, 208, 208)], ids=str)
+def test_batchnorm_mean_far_from_or_near_zero_against_float64(shape, offset, centred):
+    """One channel's mean ``offset`` standard deviations from zero: up to NEAR the passes use
+    PyTorch's x * scale + shift, beyond it they subtract the centre first; both agree with float64
+    to float32's rounding (batch 1, odd sizes, a batch whose passes are shared among threads)."""
+    from kindling.runtime.layers.batchnorm import NEAR
+    assert (offset > NEAR) == centred
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(shape) * rng.uniform(0.5, 2, (1, shape[1], 1, 1))
+    x[:, 2] = offset * 0.25 + 0.25 * (x[:, 2] - x[:, 2].mean()) / x[:, 2].std()  # mean exactly offset std
+    x = x.astype(np.float32)
+    gy = rng.standard_normal(shape).astype(np.float32)
+    xhat, gx, gw = _float64_batchnorm(x, gy)
+    for layout, xl in _layouts(x).items():
+        m = nn.BatchNorm2d(shape[1])
+        y = m.forward(xl)
+        assert (m._center is not None) == centred, f"{layout}: the {'centred' if centred else 'direct'} path"
+        assert_close(y, xhat, 2e-5, f"{layout} output")
+        assert_close(m.backward(xl, gy), gx, 5e-5, f"{layout} grad input")
+        assert_close(m.grads["weight"], gw, 5e-5, f"{layout} grad weight")
+
+
 @pytest.mark.parametrize("spike_at", [0, 1, 777], ids=lambda i: f"spike{i}")
 def test_batchnorm_variance_of_spiky_data_against_float64(spike_at):
     """Nearly constant channels with one large value: the mean of a sample of rows (the centre the
@@ -186,9 +220,13 @@ def test_batchnorm_frozen_eval_and_no_input_gradient(torch):
 
 
 def test_batchnorm_results_do_not_depend_on_thread_count():
-    from kindling.runtime.parallel import pool
     rng = np.random.default_rng(10)
-    x = nhwc_view(rng.standard_normal((8, 64, 28, 28)).astype(np.float32))
+    for shape in ((8, 64, 28, 28), (16, 64, 48, 48)):  # the second's passes are shared among threads
+        _same_bits_on_any_thread_count(nhwc_view(rng.standard_normal(shape).astype(np.float32)), rng)
+
+
+def _same_bits_on_any_thread_count(x, rng):
+    from kindling.runtime.parallel import pool
     gy = nhwc_view(rng.standard_normal(x.shape).astype(np.float32))
     results = []
     before = pool.max_threads
