@@ -22,12 +22,7 @@ class Sequential(Container):
         before = None
         for m in self.modules_list:
             self._inputs.append(x)
-            # An output nobody reads again (its producer's backward does not, and only the next
-            # module consumes it) is overwritten in place by a ReLU: one activation kept, not two.
-            if m.runs_in_place and before is not None and not before.backward_reads_output:
-                x = m.forward(x, in_place=True)
-            else:
-                x = m.forward(x)
+            x = _run(m, x, before)
             before = m
         self.output = x
         return x
@@ -38,12 +33,7 @@ class Sequential(Container):
         while i < len(mods):
             p = plan(mods, i)
             if p is None:
-                # as in training: a ReLU overwrites an output that only it reads (a Linear's)
-                before = mods[i - 1] if i else None
-                if mods[i].runs_in_place and before is not None and not before.backward_reads_output:
-                    x = mods[i].forward(x, in_place=True)
-                else:
-                    x = mods[i].forward(x)
+                x = _run(mods[i], x, mods[i - 1] if i else None)
                 i += 1
             else:
                 x = mods[i].forward(x, epilogue=p[0])
@@ -95,3 +85,12 @@ class Sequential(Container):
 
     def __len__(self):
         return len(self.modules_list)
+
+
+def _run(m, x, before):
+    """``m.forward(x)``; in place over x when x is an output nobody reads again (its producer's
+    backward does not, and only m consumes it) and m may overwrite it (a ReLU): one activation
+    kept, not two."""
+    if m.runs_in_place and before is not None and not before.backward_reads_output:
+        return m.forward(x, in_place=True)
+    return m.forward(x)
